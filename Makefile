@@ -1,0 +1,53 @@
+# tokenproxy — two commands: `make run` (demo: emulator + proxy) and `make test` (whole suite).
+# Everything installs itself: a venv on a Python >= 3.12 found on this machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CONFIG ?= config/demo.toml
+PYTEST_WORKERS ?= 3
+
+# Python >= 3.12 (mitmproxy 12): prefer 3.13 (no tight typing-extensions pin), then 3.12;
+# look on PATH, then in pyenv's versions folder.
+PYTHON ?= $(shell for c in python3.13 python3.12 \
+	$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.13*/bin/python3 2>/dev/null | sort -V -r) \
+	$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3 2>/dev/null | sort -V -r) \
+	/root/.pyenv/versions/3.13*/bin/python3 /root/.pyenv/versions/3.12*/bin/python3 python3; do \
+	  p=$$(command -v $$c 2>/dev/null) || continue; \
+	  $$p -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null && { echo $$p; break; }; \
+	done)
+
+.PHONY: help venv run test lint bench soak clean
+
+help:
+	@echo "make run    start the bundled platform emulator and the proxy ($(CONFIG))"
+	@echo "make test   lint and run the whole test suite"
+	@echo "make lint   ruff"
+	@echo "make clean  remove the venv and runtime state"
+
+$(VENV)/.installed: pyproject.toml
+	@if [ -z "$(PYTHON)" ]; then \
+	  echo "error: no Python >= 3.12 found (mitmproxy 12 needs it)."; \
+	  echo "  looked for python3.13/python3.12 on PATH and in ~/.pyenv/versions/3.1[23]*;"; \
+	  echo "  install one (e.g. 'pyenv install 3.13') or run: make PYTHON=/path/to/python3.13 ..."; \
+	  exit 1; fi
+	@echo "using $(PYTHON) ($$($(PYTHON) --version))"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	$(BIN)/tokenproxy run --config $(CONFIG)
+
+lint: venv
+	$(BIN)/ruff check proxy_addon tests
+
+test: venv lint
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider tests
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

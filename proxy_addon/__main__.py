@@ -1,0 +1,7 @@
+"""``python -m proxy_addon``: same as the ``tokenproxy`` console script."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,191 @@
+"""The mitmproxy addon: identify the calling app, swap its credential for a live token, and
+replay requests the platform refused with a token 401.
+
+Hooks, in the order a request meets them:
+
+- ``requestheaders``: who is calling? The Bearer the app sent must be a configured client key;
+  anything else is answered here (401) and never reaches the pool or the upstream.
+- ``request``: strip the app's credential and inject the account's token, taken from the pool
+  without awaiting anything while the token is fresh.
+- ``responseheaders``: the platform authenticated (or refused) the request: the lease on the
+  token generation ends; large answers stream through.
+- ``response``: a 401 with OAU-213/210/128/129 means the token died: renew once (coalesced in
+  the pool) and replay the request transparently.
+- ``error``: the flow died; its lease ends too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from mitmproxy import ctx, http
+
+from . import proxy_errors
+from .config import ClientConfig, Config
+from .oauth import UpstreamUnreachable
+from .platform_errors import token_error_code
+from .pool import AccountTokens, TokenPool, TokenUnavailable
+from .replay import Replayer
+
+log = logging.getLogger("tokenproxy.addon")
+
+FLOW_KEY = "tokenproxy"
+OAUTH_PREFIX = "/restapi/oauth/"
+
+
+@dataclass(slots=True)
+class FlowTokenState:
+    """What the addon remembers about one flow between its hooks."""
+
+    client: ClientConfig
+    account: AccountTokens
+    generation: int = -1  # token generation injected; -1 before injection
+    leased: bool = False  # holds a lease on ``generation`` in the pool
+    replayed: bool = False
+
+
+class TokenInjector:
+    """Client identification, token injection and transparent replay."""
+
+    def __init__(self, config: Config, pool: TokenPool, replayer: Replayer) -> None:
+        self._pool = pool
+        self._replayer = replayer
+        self._stream_threshold = config.proxy.stream_threshold
+        self._clients = {_digest(c.key.reveal()): c for c in config.clients}
+        self.listening: list[str] = []
+        self.on_listening: Callable[[list[str]], None] | None = None
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    def running(self) -> None:
+        server = ctx.master.addons.get("proxyserver")
+        addresses = server.listen_addrs() if server is not None else []
+        self.listening = [f"http://{host}:{port}" for host, port, *_ in addresses]
+        for url in self.listening:
+            print(f"tokenproxy listening on {url}", flush=True)
+        if self.on_listening is not None:
+            self.on_listening(self.listening)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        request = flow.request
+        if request.path.startswith(OAUTH_PREFIX):
+            flow.response = proxy_errors.error_response(
+                403, proxy_errors.OAUTH_MANAGED,
+                "tokenproxy manages this account's OAuth tokens: do not log in through the "
+                "proxy; send your client key as 'Authorization: Bearer <key>' on API calls.")
+            return
+        key = _bearer(request.headers.get("authorization"))
+        client = self._clients.get(_digest(key)) if key else None
+        if client is None:
+            reason = "is not a configured client key" if key else "is missing"
+            flow.response = proxy_errors.error_response(
+                401, proxy_errors.CLIENT_UNKNOWN,
+                f"The client key {reason}: send 'Authorization: Bearer <key>' with a key "
+                "configured under [[clients]] in the tokenproxy config.")
+            return
+        flow.metadata[FLOW_KEY] = FlowTokenState(client, self._pool[client.account])
+
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        state: FlowTokenState | None = flow.metadata.get(FLOW_KEY)
+        if state is None or flow.response is not None:
+            return None
+        request = flow.request
+        request.headers.pop("proxy-authorization", None)
+        if "access_token=" in request.path:
+            request.query.pop("access_token", None)
+        lease = state.account.try_lease()
+        if lease is not None:
+            self._inject(flow, state, lease)
+            return None
+        return self._inject_after_wait(flow, state)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        state: FlowTokenState | None = flow.metadata.get(FLOW_KEY)
+        if state is not None:
+            self._release(state)
+        response = flow.response
+        if response is None or response.status_code == 401:
+            return  # a 401 body is needed whole: it decides about the replay
+        length = response.headers.get("content-length")
+        if length is None or not length.isdigit() or int(length) > self._stream_threshold:
+            response.stream = True
+
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        state: FlowTokenState | None = flow.metadata.get(FLOW_KEY)
+        if state is None:
+            return None
+        self._release(state)
+        response = flow.response
+        if response is None or response.status_code != 401 or state.replayed:
+            return None
+        code = token_error_code(401, response.raw_content or b"")
+        if code is None or state.generation < 0:
+            return None
+        return self._replay(flow, state, code)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        state: FlowTokenState | None = flow.metadata.get(FLOW_KEY)
+        if state is not None:
+            self._release(state)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _inject(self, flow: http.HTTPFlow, state: FlowTokenState, lease: tuple[str, int]) -> None:
+        token, state.generation = lease
+        state.leased = True
+        flow.request.headers["authorization"] = f"Bearer {token}"
+
+    def _release(self, state: FlowTokenState) -> None:
+        if state.leased:
+            state.leased = False
+            state.account.release(state.generation)
+
+    async def _inject_after_wait(self, flow: http.HTTPFlow, state: FlowTokenState) -> None:
+        try:
+            lease = await state.account.lease()
+        except TokenUnavailable as exc:
+            flow.response = proxy_errors.error_response(exc.status, exc.code, exc.message,
+                                                        exc.retry_after)
+            return
+        if not flow.live:  # the client went away while we waited
+            state.account.release(lease[1])
+            return
+        self._inject(flow, state, lease)
+
+    async def _replay(self, flow: http.HTTPFlow, state: FlowTokenState, code: str) -> None:
+        state.replayed = True
+        account = state.account
+        try:
+            token, generation = await account.rejected(state.generation, code)
+        except TokenUnavailable as exc:
+            flow.response = proxy_errors.error_response(exc.status, exc.code, exc.message,
+                                                        exc.retry_after)
+            return
+        try:
+            flow.response = await self._replayer.send(flow.request, token)
+        except UpstreamUnreachable as exc:
+            flow.response = proxy_errors.error_response(
+                502, proxy_errors.UPSTREAM_UNREACHABLE, f"The platform is unreachable: {exc}")
+        finally:
+            account.release(generation)
+        log.debug("account %s: replayed %s %s after %s", account.account.name,
+                  flow.request.method, flow.request.path.split("?", 1)[0], code)
+
+
+def _bearer(header: str | None) -> str | None:
+    """The credential of an ``Authorization: Bearer <credential>`` header (scheme any case)."""
+    if not header:
+        return None
+    scheme, _, credential = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    credential = credential.strip()
+    return credential or None
+
+
+def _digest(key: str) -> bytes:
+    # Look keys up by digest: the dict lookup then reveals nothing about the keys' bytes.
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()

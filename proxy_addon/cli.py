@@ -1,0 +1,79 @@
+"""Command line: ``tokenproxy run | emulator | check-config``.
+
+Entry point of the console script and of ``python -m proxy_addon``. Exit codes: 0 success,
+1 runtime failure, 2 bad input (config or arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__
+from .config import ConfigError, load_config
+
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokenproxy",
+        description="Reverse proxy that owns the RingCentral OAuth token lifecycle for legacy "
+                    "apps: they point their server URL at it and never handle tokens again.")
+    parser.add_argument("--version", action="version", version=f"tokenproxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="start the proxy",
+                              description="Start the proxy with the given config.")
+    run.add_argument("--config", "-c", required=True, help="path of the TOML config file")
+    run.add_argument("--log-level", default="info",
+                     choices=["debug", "info", "warning", "error"])
+
+    check = commands.add_parser("check-config", help="validate a config file and exit",
+                                description="Validate the config (file, keys, env vars).")
+    check.add_argument("--config", "-c", required=True, help="path of the TOML config file")
+
+    commands.add_parser("emulator", help="run the bundled RingCentral platform emulator",
+                        add_help=False,
+                        description="Run the platform emulator (see 'tokenproxy emulator -h').")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "emulator":
+        from .emulator.server import main as emulator_main
+
+        return emulator_main(argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"tokenproxy: config error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.command == "check-config":
+        print(f"{args.config}: OK ({len(config.accounts)} account(s), "
+              f"{len(config.clients)} client(s), upstream {config.proxy.upstream})")
+        return 0
+    _setup_logging(args.log_level)
+    from .runner import StartupError, run
+
+    try:
+        return run(config)
+    except StartupError as exc:
+        print(f"tokenproxy: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("mitmproxy", "httpx", "httpcore", "hpack", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

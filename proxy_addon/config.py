@@ -1,0 +1,415 @@
+"""Configuration: read the TOML file, interpolate ``${ENV}``, validate, and freeze it.
+
+First step of the data flow: everything the proxy knows about upstream, accounts and clients
+comes from here. Every problem is reported as a :class:`ConfigError` naming the file, the key
+path (``accounts[0].grant``) and the reason; secrets are wrapped in :class:`Secret` so that no
+``repr`` or log line can print them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+GRANTS = ("jwt", "password", "refresh_token", "authorization_code")
+LOGIN_GRANTS = ("jwt", "password")
+MAX_LIVE_TOKENS_CAP = 5  # the platform evicts the oldest session beyond 5 per (user, client id)
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """A configuration problem; ``str()`` is the message shown to the operator."""
+
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        self.source, self.key, self.reason = source, key, reason
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {reason}")
+
+
+class Secret:
+    """A credential from the config. Its value is only reachable through :meth:`reveal`."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    name: str
+    client_id: str
+    client_secret: Secret | None
+    grant: str
+    jwt: Secret | None = None
+    username: str | None = None
+    extension: str | None = None
+    password: Secret | None = None
+    refresh_token: Secret | None = None
+    auth_code: Secret | None = None
+    redirect_uri: str | None = None
+    code_verifier: Secret | None = None
+    access_token_ttl: int | None = None
+    max_live_tokens: int = 1
+
+    @property
+    def can_login(self) -> bool:
+        """True when the proxy can start a new session by itself (no person needed)."""
+        return self.grant in LOGIN_GRANTS
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    name: str
+    account: str
+    key: Secret
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """The bundled platform emulator, started by ``tokenproxy run`` as the upstream (demo)."""
+
+    enabled: bool = False
+    listen: HostPort = HostPort("127.0.0.1", 9000)
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    listen: HostPort = HostPort("127.0.0.1", 8080)
+    upstream: str = "https://platform.ringcentral.com"
+    token_wait_timeout: float = 10.0
+    upstream_timeout: float = 60.0
+    refresh_ahead: float = 60.0
+    drain_timeout: float = 2.0
+    stream_threshold: int = 1024 * 1024
+    verify_upstream_tls: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    proxy: ProxyConfig
+    accounts: tuple[AccountConfig, ...]
+    clients: tuple[ClientConfig, ...]
+    emulator: EmulatorConfig = field(default_factory=EmulatorConfig)
+
+    def account(self, name: str) -> AccountConfig:
+        for account in self.accounts:
+            if account.name == name:
+                return account
+        raise KeyError(name)
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Config:
+    """Read, interpolate and validate the config file at ``path``."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read file: {exc.strerror or exc}") from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(source, "", "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "", f"invalid TOML: {exc}") from None
+    return parse_config(doc, source, os.environ if environ is None else environ)
+
+
+def parse_config(doc: dict[str, Any], source: str, environ: Any) -> Config:
+    reader = _Reader(source, environ)
+    return reader.config(doc)
+
+
+class _Reader:
+    """Walks the parsed TOML, tracking the key path for error messages."""
+
+    def __init__(self, source: str, environ: Any) -> None:
+        self.source = source
+        self.environ = environ
+
+    def fail(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(self.source, key, reason)
+
+    # -- primitives ----------------------------------------------------------------------
+
+    def table(self, value: Any, key: str, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a table, got {_kind(value)}")
+        for name in value:
+            if name not in allowed:
+                hint = ", ".join(sorted(allowed))
+                raise self.fail(_join(key, name), f"unknown key (allowed here: {hint})")
+        return value
+
+    def interpolate(self, text: str, key: str) -> str:
+        def sub(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            value = self.environ.get(name)
+            if value is None or (value == "" and default is not None):
+                if default is not None:
+                    return default
+                raise self.fail(key, f"environment variable {name} is not set")
+            return value
+
+        return _ENV_REF.sub(sub, text)
+
+    def string(self, table: dict[str, Any], name: str, key: str, *, required: bool = False,
+               default: str | None = None) -> str | None:
+        full = _join(key, name)
+        if name not in table:
+            if required:
+                raise self.fail(full, "required key is missing")
+            return default
+        value = table[name]
+        if not isinstance(value, str):
+            raise self.fail(full, f"expected a string, got {_kind(value)}")
+        value = self.interpolate(value, full)
+        if required and not value:
+            raise self.fail(full, "must not be empty")
+        return value
+
+    def secret(self, table: dict[str, Any], name: str, key: str, *,
+               required: bool = False) -> Secret | None:
+        value = self.string(table, name, key, required=required)
+        return Secret(value) if value else None
+
+    def number(self, table: dict[str, Any], name: str, key: str, default: float, *,
+               minimum: float, maximum: float | None = None, integer: bool = False) -> float:
+        full = _join(key, name)
+        if name not in table:
+            return default
+        value = table[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(full, f"expected a number, got {_kind(value)}")
+        if integer and not isinstance(value, int):
+            raise self.fail(full, "expected a whole number")
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise self.fail(full, f"must be {bound}, got {value}")
+        return value
+
+    def boolean(self, table: dict[str, Any], name: str, key: str, default: bool) -> bool:
+        if name not in table:
+            return default
+        value = table[name]
+        if not isinstance(value, bool):
+            raise self.fail(_join(key, name), f"expected true or false, got {_kind(value)}")
+        return value
+
+    def host_port(self, text: str, key: str) -> HostPort:
+        host, sep, port = text.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise self.fail(key, f"expected HOST:PORT (e.g. 127.0.0.1:8080), got {text!r}")
+        return HostPort(host, int(port))
+
+    # -- sections ------------------------------------------------------------------------
+
+    def config(self, doc: dict[str, Any]) -> Config:
+        self.table(doc, "", {"proxy", "accounts", "clients", "emulator"})
+        proxy = self.proxy(doc.get("proxy", {}))
+        emulator = self.emulator(doc.get("emulator", {}))
+        if emulator.enabled and "upstream" not in doc.get("proxy", {}):
+            proxy = _replace(proxy, upstream=f"http://{emulator.listen}")
+        accounts = self.accounts(doc.get("accounts"))
+        clients = self.clients(doc.get("clients", []), {a.name for a in accounts})
+        return Config(self.source, proxy, accounts, clients, emulator)
+
+    def proxy(self, value: Any) -> ProxyConfig:
+        key = "proxy"
+        allowed = {"listen", "upstream", "token_wait_timeout", "upstream_timeout", "refresh_ahead",
+                   "drain_timeout", "stream_threshold", "verify_upstream_tls"}
+        table = self.table(value, key, allowed)
+        defaults = ProxyConfig()
+        listen = self.string(table, "listen", key)
+        upstream = self.string(table, "upstream", key, default=defaults.upstream) or ""
+        parts = urlsplit(upstream)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise self.fail("proxy.upstream", f"expected an http(s) URL, got {upstream!r}")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise self.fail("proxy.upstream", "must be a bare origin like https://host[:port]")
+        try:
+            parts.port  # noqa: B018 - validates the port
+        except ValueError:
+            raise self.fail("proxy.upstream", f"invalid port in {upstream!r}") from None
+        return ProxyConfig(
+            listen=self.host_port(listen, "proxy.listen") if listen else defaults.listen,
+            upstream=upstream.rstrip("/"),
+            token_wait_timeout=self.number(table, "token_wait_timeout", key,
+                                           defaults.token_wait_timeout, minimum=0.1),
+            upstream_timeout=self.number(table, "upstream_timeout", key,
+                                         defaults.upstream_timeout, minimum=0.1),
+            refresh_ahead=self.number(table, "refresh_ahead", key, defaults.refresh_ahead,
+                                      minimum=0),
+            drain_timeout=self.number(table, "drain_timeout", key, defaults.drain_timeout,
+                                      minimum=0),
+            stream_threshold=int(self.number(table, "stream_threshold", key,
+                                             defaults.stream_threshold, minimum=0, integer=True)),
+            verify_upstream_tls=self.boolean(table, "verify_upstream_tls", key,
+                                             defaults.verify_upstream_tls),
+        )
+
+    def emulator(self, value: Any) -> EmulatorConfig:
+        key = "emulator"
+        table = self.table(value, key, {"enabled", "listen", "args"})
+        listen = self.string(table, "listen", key)
+        args = table.get("args", [])
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise self.fail("emulator.args", "expected a list of strings")
+        return EmulatorConfig(
+            enabled=self.boolean(table, "enabled", key, False),
+            listen=self.host_port(listen, "emulator.listen") if listen else HostPort(
+                "127.0.0.1", 9000),
+            args=tuple(self.interpolate(a, "emulator.args") for a in args),
+        )
+
+    def accounts(self, value: Any) -> tuple[AccountConfig, ...]:
+        if value is None:
+            raise self.fail("accounts", "at least one [[accounts]] table is required")
+        if not isinstance(value, list) or not value:
+            raise self.fail("accounts", "expected one or more [[accounts]] tables")
+        accounts: list[AccountConfig] = []
+        for index, item in enumerate(value):
+            account = self.account(item, f"accounts[{index}]")
+            if any(a.name == account.name for a in accounts):
+                raise self.fail(f"accounts[{index}].name", f"duplicate account {account.name!r}")
+            accounts.append(account)
+        return tuple(accounts)
+
+    def account(self, value: Any, key: str) -> AccountConfig:
+        allowed = {"name", "client_id", "client_secret", "grant", "jwt", "username", "extension",
+                   "password", "refresh_token", "auth_code", "redirect_uri", "code_verifier",
+                   "access_token_ttl", "max_live_tokens"}
+        table = self.table(value, key, allowed)
+        name = self.string(table, "name", key, required=True) or ""
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+            raise self.fail(_join(key, "name"),
+                            "use 1-64 letters, digits, '.', '_' or '-' (it is a metric label)")
+        grant = self.string(table, "grant", key, required=True) or ""
+        if grant not in GRANTS:
+            raise self.fail(_join(key, "grant"),
+                            f"unknown grant {grant!r} (expected one of {', '.join(GRANTS)})")
+        needed = {
+            "jwt": ("jwt",),
+            "password": ("username", "password"),
+            "refresh_token": ("refresh_token",),
+            "authorization_code": ("auth_code", "redirect_uri"),
+        }[grant]
+        for name_needed in needed:
+            if name_needed not in table:
+                raise self.fail(_join(key, name_needed), f"required for grant {grant!r}")
+        ttl = table.get("access_token_ttl")
+        max_live = self.number(table, "max_live_tokens", key, 1, minimum=1, integer=True)
+        if max_live > MAX_LIVE_TOKENS_CAP:
+            raise self.fail(
+                _join(key, "max_live_tokens"),
+                f"must be at most {MAX_LIVE_TOKENS_CAP}: the platform evicts the oldest session "
+                f"beyond {MAX_LIVE_TOKENS_CAP} per user and client id, got {max_live}")
+        return AccountConfig(
+            name=name,
+            client_id=self.string(table, "client_id", key, required=True) or "",
+            client_secret=self.secret(table, "client_secret", key),
+            grant=grant,
+            jwt=self.secret(table, "jwt", key, required=grant == "jwt"),
+            username=self.string(table, "username", key, required=grant == "password"),
+            extension=self.string(table, "extension", key),
+            password=self.secret(table, "password", key, required=grant == "password"),
+            refresh_token=self.secret(table, "refresh_token", key,
+                                      required=grant == "refresh_token"),
+            auth_code=self.secret(table, "auth_code", key,
+                                  required=grant == "authorization_code"),
+            redirect_uri=self.string(table, "redirect_uri", key,
+                                     required=grant == "authorization_code"),
+            code_verifier=self.secret(table, "code_verifier", key),
+            access_token_ttl=None if ttl is None else int(self.number(
+                table, "access_token_ttl", key, 3600, minimum=1, maximum=3600, integer=True)),
+            max_live_tokens=int(max_live),
+        )
+
+    def clients(self, value: Any, account_names: set[str]) -> tuple[ClientConfig, ...]:
+        if not isinstance(value, list):
+            raise self.fail("clients", "expected [[clients]] tables")
+        clients: list[ClientConfig] = []
+        for index, item in enumerate(value):
+            key = f"clients[{index}]"
+            table = self.table(item, key, {"name", "account", "key"})
+            name = self.string(table, "name", key, required=True) or ""
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+                raise self.fail(_join(key, "name"),
+                                "use 1-64 letters, digits, '.', '_' or '-' (it is a metric label)")
+            account = self.string(table, "account", key, required=True) or ""
+            if account not in account_names:
+                raise self.fail(_join(key, "account"), f"no [[accounts]] named {account!r}")
+            secret = self.secret(table, "key", key, required=True)
+            assert secret is not None
+            if len(secret.reveal()) < 16:
+                raise self.fail(_join(key, "key"), "too short: use at least 16 characters")
+            if any(c.name == name for c in clients):
+                raise self.fail(_join(key, "name"), f"duplicate client {name!r}")
+            if any(c.key == secret for c in clients):
+                raise self.fail(_join(key, "key"), "the same key is used by another client")
+            clients.append(ClientConfig(name=name, account=account, key=secret))
+        return tuple(clients)
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a table", list: "an array", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _replace(obj: Any, **changes: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(obj, **changes)

@@ -1,0 +1,76 @@
+"""A lean mitmproxy master for tokenproxy: only the addons a reverse proxy needs.
+
+``mitmdump`` loads some 35 addons that every flow passes through; tokenproxy needs the core,
+the proxy server, layer selection, TLS and DNS, plus its own :class:`TokenInjector`. This
+module also makes mitmproxy's own error answers (e.g. the upstream refusing connections) JSON
+in the platform's envelope instead of HTML, so apps can parse them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import addons as _unused  # noqa: F401 - import order: registers addon modules
+from mitmproxy import options
+from mitmproxy.addons import core, dns_resolver, errorcheck, next_layer, proxyserver, tlsconfig
+from mitmproxy.http import Headers, Response
+from mitmproxy.master import Master
+from mitmproxy.net.http import http1
+from mitmproxy.proxy.layers.http import _http1
+
+from . import proxy_errors
+from .config import Config
+
+log = logging.getLogger("tokenproxy.master")
+
+
+def build_master(config: Config, *extra_addons: object) -> Master:
+    """A master serving ``config.proxy.listen`` in reverse mode to ``config.proxy.upstream``."""
+    opts = options.Options()
+    master = Master(opts)
+    master.addons.add(
+        core.Core(),
+        proxyserver.Proxyserver(),
+        dns_resolver.DnsResolver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
+        *extra_addons,
+    )
+    listen = config.proxy.listen
+    opts.update(
+        mode=[f"reverse:{config.proxy.upstream}"],
+        listen_host=listen.host,
+        listen_port=listen.port,
+        connection_strategy="lazy",  # unknown clients are refused before any upstream connect
+        ssl_insecure=not config.proxy.verify_upstream_tls,
+        keep_host_header=False,
+        http2=False,
+    )
+    install_json_error_pages()
+    return master
+
+
+def _json_error_response(status_code: int, message: str = "") -> bytes:
+    if status_code == 502:
+        code, text = proxy_errors.UPSTREAM_UNREACHABLE, f"The platform is unreachable: {message}"
+    else:
+        code, text = proxy_errors.PROXY_ERROR, message or "proxy error"
+    response = Response.make(
+        status_code, proxy_errors.error_body(code, text),
+        Headers(Connection="close", Content_Type="application/json",
+                X_Tokenproxy_Error=code))
+    return http1.assemble_response(response)
+
+
+def install_json_error_pages() -> None:
+    """Replace mitmproxy's HTML error pages (HTTP/1) with JSON in the platform's envelope.
+
+    mitmproxy offers no hook for this answer: it is written by the HTTP/1 layer when the
+    upstream cannot be reached. The replacement keeps the original's signature; if a future
+    mitmproxy drops the function, the proxy keeps working with HTML error pages.
+    """
+    if hasattr(_http1, "make_error_response"):
+        _http1.make_error_response = _json_error_response
+    else:  # pragma: no cover - depends on the mitmproxy version
+        log.warning("mitmproxy has no make_error_response: error pages stay HTML")

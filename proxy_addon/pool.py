@@ -1,0 +1,403 @@
+"""The token pool: one always-fresh token set per account, shared by every client of it.
+
+The addon asks :meth:`AccountTokens.try_lease` for a token on every request (hot path: no
+await, no I/O while the token is fresh) and falls back to :meth:`AccountTokens.lease` when a
+renewal is due. Renewals are single-flight per account and numbered by *generation*: a 401 on
+a request that carried generation ``g`` triggers a renewal only while ``g`` is current,
+otherwise the request is replayed with the newer token. Refresh-ahead first *drains* the old
+generation (new requests wait, in-flight ones finish) because the platform kills the old access
+token the moment a refresh succeeds; that way steady traffic never sees a token 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .config import AccountConfig, Config
+from .oauth import TokenEndpoint, UpstreamUnreachable
+from .platform_errors import TokenEndpointError
+from .tokens import TokenSet
+
+log = logging.getLogger("tokenproxy.pool")
+
+Lease = tuple[str, int]  # (access token, generation)
+
+
+class AccountState(enum.StrEnum):
+    IDLE = "idle"  # no token acquired yet
+    HEALTHY = "healthy"
+    REFRESHING = "refreshing"
+    BACKING_OFF = "backing_off"
+    REAUTH_REQUIRED = "reauth_required"
+    MISCONFIGURED = "misconfigured"
+
+
+class TokenUnavailable(Exception):
+    """No token can be had for this account now; carries what the client is told."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    token_wait_timeout: float = 10.0  # how long a request waits for a renewal
+    refresh_ahead: float = 60.0  # refresh this long before expiry (capped to a share of TTL)
+    refresh_ahead_share: float = 0.04  # ... never more than this share of the token lifetime
+    drain_timeout: float = 2.0  # longest wait for in-flight requests before a refresh-ahead
+    keepalive_share: float = 0.10  # refresh idle accounts this share of refresh TTL early
+    keepalive_max: float = 3600.0
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    misconfigured_backoff: float = 30.0  # wrong credentials: do not hammer the endpoint
+
+    @classmethod
+    def from_config(cls, config: Config) -> PoolSettings:
+        return cls(token_wait_timeout=config.proxy.token_wait_timeout,
+                   refresh_ahead=config.proxy.refresh_ahead,
+                   drain_timeout=config.proxy.drain_timeout)
+
+
+class AccountTokens:
+    """Token set, generation, in-flight leases and renewal of one account."""
+
+    def __init__(self, account: AccountConfig, endpoint: TokenEndpoint, settings: PoolSettings,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.account = account
+        self._endpoint = endpoint
+        self._settings = settings
+        self._clock = clock
+        self._tokens: TokenSet | None = None
+        if account.grant == "refresh_token" and account.refresh_token:
+            self._tokens = TokenSet("", 0.0, account.refresh_token.reveal(), None)
+        self._code_spent = False  # an authorization code works once
+        self.generation = 0
+        self._access_dead = False  # the platform rejected the current generation
+        self._refresh_at = 0.0
+        self._keepalive_at = math.inf
+        self._used = False  # a request leased the current generation
+        self._inflight: dict[int, int] = {}
+        self._renewal: asyncio.Task[None] | None = None
+        self._draining: tuple[int, asyncio.Event] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self._failure: TokenUnavailable | None = None
+        self._closed = False
+        self.state = AccountState.IDLE
+        self.state_since = clock()
+        self.last_error: str = ""
+        self.last_hint: str = ""
+        self.last_refresh: float | None = None
+        self.token_calls = 0
+
+    # -- hot path ------------------------------------------------------------------------
+
+    def try_lease(self) -> Lease | None:
+        """The current token if it is fresh and no renewal is under way; else None."""
+        tokens = self._tokens
+        if tokens is None or self._renewal is not None or self._clock() >= self._refresh_at:
+            return None
+        return self._grant(tokens)
+
+    def release(self, generation: int) -> None:
+        """A request that leased ``generation`` got its answer (or failed)."""
+        left = self._inflight.get(generation, 0) - 1
+        if left > 0:
+            self._inflight[generation] = left
+            return
+        self._inflight.pop(generation, None)
+        if self._draining is not None and self._draining[0] == generation:
+            self._draining[1].set()
+
+    # -- slow path -----------------------------------------------------------------------
+
+    async def lease(self) -> Lease:
+        """A usable token, waiting (bounded) for a renewal when one is due or under way."""
+        deadline = self._clock() + self._settings.token_wait_timeout
+        while True:
+            fast = self.try_lease()
+            if fast is not None:
+                return fast
+            if self._renewal is None:
+                if self._clock() < self._retry_at:
+                    return self._fallback_or_raise()
+                self._start_renewal(self._due_reason())
+            renewal = self._renewal
+            assert renewal is not None
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise self._timeout()
+            try:
+                await asyncio.wait_for(asyncio.shield(renewal), remaining)
+            except TimeoutError:
+                raise self._timeout() from None
+            except TokenUnavailable:
+                return self._fallback_or_raise()
+            tokens = self._tokens
+            if tokens is not None and not self._access_dead and tokens.access_alive(self._clock()):
+                return self._grant(tokens)
+
+    async def rejected(self, generation: int, code: str) -> Lease:
+        """The platform answered a token 401 (``code``) to a request made with ``generation``:
+        renew once if that generation is still current, then hand out the newer token."""
+        if generation == self.generation:
+            self._access_dead = True
+            self._refresh_at = 0.0
+            if self._renewal is None:
+                if self._clock() >= self._retry_at:
+                    self._start_renewal(f"rejected:{code}")
+            elif self._draining is not None and self._draining[0] == generation:
+                self._draining[1].set()  # no point waiting: the token is dead already
+        return await self.lease()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._renewal is not None:
+            self._renewal.cancel()
+
+    # -- renewal -------------------------------------------------------------------------
+
+    def _grant(self, tokens: TokenSet) -> Lease:
+        generation = self.generation
+        self._inflight[generation] = self._inflight.get(generation, 0) + 1
+        self._used = True
+        return tokens.access_token, generation
+
+    def _due_reason(self) -> str:
+        tokens = self._tokens
+        if tokens is None or not tokens.access_token:
+            return "initial"
+        if self._access_dead or not tokens.access_alive(self._clock()):
+            return "expired"
+        return "ahead"
+
+    def _start_renewal(self, reason: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._renew(reason),
+                                                      name=f"renew:{self.account.name}")
+        self._renewal = task
+        task.add_done_callback(_retrieve_exception)
+
+    async def _renew(self, reason: str) -> None:
+        previous_state = self.state
+        self._set_state(AccountState.REFRESHING)
+        try:
+            if reason == "ahead":
+                await self._drain(self.generation)
+            tokens = await self._obtain(reason)
+        except TokenUnavailable as exc:
+            self._failure = exc
+            if self.state is AccountState.REFRESHING:
+                self._set_state(AccountState.BACKING_OFF)
+            raise
+        except asyncio.CancelledError:
+            self._set_state(previous_state)
+            raise
+        else:
+            self._tokens = tokens
+            self.generation += 1
+            self._access_dead = False
+            self._used = False
+            self._failures = 0
+            self._retry_at = 0.0
+            self._failure = None
+            self.last_refresh = self._clock()
+            self._set_state(AccountState.HEALTHY)
+        finally:
+            self._draining = None
+            self._renewal = None
+            self._schedule()
+
+    async def _drain(self, generation: int) -> None:
+        """Let requests using ``generation`` finish before the refresh kills their token."""
+        if not self._inflight.get(generation):
+            return
+        tokens = self._tokens
+        assert tokens is not None
+        budget = min(self._settings.drain_timeout,
+                     tokens.access_expires_at - self._clock() - 0.02)
+        if budget <= 0:
+            return
+        event = asyncio.Event()
+        self._draining = (generation, event)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), budget)
+
+    async def _obtain(self, reason: str) -> TokenSet:
+        """New tokens: refresh while the refresh token lives, else log in with the grant."""
+        account = self.account
+        tokens = self._tokens
+        now = self._clock()
+        session_gone = reason == "rejected:OAU-213" and account.can_login
+        try:
+            if tokens is not None and tokens.refresh_alive(now) and not session_gone:
+                try:
+                    self.token_calls += 1
+                    return await self._endpoint.refresh(account, tokens.refresh_token or "")
+                except TokenEndpointError as exc:
+                    if not exc.refresh_token_dead:
+                        raise
+                    log.warning("account %s: refresh token is dead (%s); logging in again",
+                                account.name, exc.code or exc.error)
+            if account.can_login or (account.grant == "authorization_code"
+                                     and not self._code_spent):
+                self._code_spent = account.grant == "authorization_code"
+                self.token_calls += 1
+                tokens = await self._endpoint.login(account)
+                log.info("account %s: new session (%s grant, reason %s)", account.name,
+                         account.grant, reason)
+                return tokens
+            self.last_error = "refresh token dead"
+            self.last_hint = (f"account {account.name} uses the {account.grant} grant and its "
+                              "refresh token no longer works: a person must authorize it again "
+                              f"(tokenproxy authorize {account.name})")
+            self._set_state(AccountState.REAUTH_REQUIRED)
+            self._retry_at = math.inf
+            log.error("account %s: reauthorization required: %s", account.name, self.last_hint)
+            raise TokenUnavailable(503, "TPX-REAUTH-REQUIRED", self.last_hint)
+        except TokenEndpointError as exc:
+            raise self._endpoint_failure(exc) from None
+        except UpstreamUnreachable as exc:
+            self._back_off(None)
+            self.last_error, self.last_hint = "upstream unreachable", str(exc)
+            log.warning("account %s: %s", account.name, exc)
+            raise TokenUnavailable(502, "TPX-UPSTREAM-UNREACHABLE",
+                                   f"The platform is unreachable: {exc}",
+                                   self._retry_at - self._clock()) from None
+
+    def _endpoint_failure(self, exc: TokenEndpointError) -> TokenUnavailable:
+        account = self.account
+        self.last_error = exc.code or exc.error or f"HTTP {exc.status}"
+        cause_changed = self.last_hint != exc.hint
+        self.last_hint = exc.hint
+        if exc.rate_limited:
+            self._back_off(exc.retry_after)
+            log.warning("account %s: token endpoint rate limit (%s); backing off %.0f s",
+                        account.name, exc.code or "429", self._retry_at - self._clock())
+            return TokenUnavailable(503, "TPX-AUTH-RATE-LIMITED",
+                                    "The platform's token endpoint is rate limiting this app; "
+                                    "the proxy is backing off.", self._retry_at - self._clock())
+        if exc.status < 500 and exc.error in ("invalid_client", "unauthorized_client",
+                                               "invalid_grant", "invalid_request"):
+            self._back_off(self._settings.misconfigured_backoff)
+            self._set_state(AccountState.MISCONFIGURED)
+            if cause_changed:
+                log.error("account %s: token endpoint refused the account's credentials: %s — "
+                          "hint: %s", account.name, exc, exc.hint)
+            return TokenUnavailable(503, "TPX-ACCOUNT-MISCONFIGURED",
+                                    f"The platform refused account {account.name!r}'s "
+                                    f"credentials ({self.last_error}): {exc.hint}",
+                                    self._retry_at - self._clock())
+        self._back_off(exc.retry_after)
+        log.warning("account %s: token endpoint failed: %s", account.name, exc)
+        return TokenUnavailable(502, "TPX-TOKEN-ENDPOINT-FAILED",
+                                f"The platform's token endpoint failed ({self.last_error}).",
+                                self._retry_at - self._clock())
+
+    def _back_off(self, at_least: float | None) -> None:
+        self._failures += 1
+        delay = min(self._settings.backoff_max,
+                    self._settings.backoff_base * 2 ** (self._failures - 1))
+        delay *= random.uniform(0.75, 1.0)
+        if at_least is not None:
+            delay = max(delay, at_least)
+        self._retry_at = self._clock() + delay
+
+    def _fallback_or_raise(self) -> Lease:
+        """While renewals fail, keep serving the old token as long as it is valid."""
+        tokens = self._tokens
+        if tokens is not None and not self._access_dead and tokens.access_alive(self._clock()):
+            return self._grant(tokens)
+        failure = self._failure or TokenUnavailable(503, "TPX-TOKEN-UNAVAILABLE",
+                                                    "No token is available for this account.")
+        if failure.retry_after is not None and math.isfinite(self._retry_at):
+            failure.retry_after = max(1.0, self._retry_at - self._clock())
+        raise failure
+
+    def _timeout(self) -> TokenUnavailable:
+        return TokenUnavailable(503, "TPX-TOKEN-TIMEOUT",
+                                f"Timed out after {self._settings.token_wait_timeout:g} s waiting "
+                                f"for a token for account {self.account.name!r}.", 1.0)
+
+    def _set_state(self, state: AccountState) -> None:
+        if state is not self.state:
+            log.debug("account %s: %s -> %s", self.account.name, self.state, state)
+            self.state = state
+            self.state_since = self._clock()
+
+    # -- scheduling ----------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        """Arm the timer for the next refresh-ahead, keep-alive or retry."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        tokens = self._tokens
+        if self._closed or tokens is None or not math.isfinite(self._retry_at):
+            return
+        settings = self._settings
+        if tokens.access_token and not self._access_dead:
+            margin = min(settings.refresh_ahead,
+                         max(0.05, tokens.access_lifetime * settings.refresh_ahead_share))
+            self._refresh_at = tokens.access_expires_at - margin * random.uniform(1.0, 1.2)
+        else:
+            self._refresh_at = 0.0
+        if tokens.refresh_expires_at is not None:
+            lifetime = tokens.refresh_expires_at - tokens.issued_at
+            margin = min(settings.keepalive_max, lifetime * settings.keepalive_share)
+            self._keepalive_at = tokens.refresh_expires_at - margin
+        else:
+            self._keepalive_at = math.inf
+        due = min(self._keepalive_at, max(self._refresh_at, self._retry_at))
+        if math.isfinite(due):
+            delay = max(0.0, due - self._clock())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._closed or self._renewal is not None:
+            return
+        now = self._clock()
+        if now < self._retry_at:
+            self._schedule()
+            return
+        if now >= self._keepalive_at:
+            self._start_renewal("keepalive")
+        elif self._used and now >= self._refresh_at:
+            self._start_renewal("ahead")
+        elif self._refresh_at > now:
+            self._schedule()
+        elif math.isfinite(self._keepalive_at):
+            self._timer = asyncio.get_running_loop().call_later(
+                max(0.0, self._keepalive_at - now), self._on_timer)
+
+
+class TokenPool:
+    """All accounts of one proxy process."""
+
+    def __init__(self, accounts: dict[str, AccountTokens]) -> None:
+        self.accounts = accounts
+
+    def __getitem__(self, name: str) -> AccountTokens:
+        return self.accounts[name]
+
+    def close(self) -> None:
+        for account in self.accounts.values():
+            account.close()
+
+
+def _retrieve_exception(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()

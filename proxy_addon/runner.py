@@ -1,0 +1,105 @@
+"""``tokenproxy run``: wire config, token pool, addon and mitmproxy master, and serve.
+
+When the config enables ``[emulator]`` (the demo), the bundled platform emulator is started
+first as a child process and stopped with the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+
+from .addon import TokenInjector
+from .config import Config
+from .master import build_master
+from .oauth import TokenEndpoint
+from .pool import AccountTokens, PoolSettings, TokenPool
+from .replay import Replayer
+
+log = logging.getLogger("tokenproxy")
+
+
+class StartupError(Exception):
+    """The proxy cannot start (the message says why)."""
+
+
+def run(config: Config) -> int:
+    with _emulator(config):
+        return asyncio.run(_serve(config))
+
+
+async def _serve(config: Config) -> int:
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+    async with httpx.AsyncClient(timeout=config.proxy.upstream_timeout, limits=limits,
+                                 verify=config.proxy.verify_upstream_tls,
+                                 follow_redirects=False) as http_client:
+        endpoint = TokenEndpoint(config.proxy.upstream, http_client)
+        settings = PoolSettings.from_config(config)
+        pool = TokenPool({a.name: AccountTokens(a, endpoint, settings) for a in config.accounts})
+        injector = TokenInjector(config, pool, Replayer(http_client))
+        injector.on_listening = lambda urls: _print_banner(config, urls)
+        master = build_master(config, injector)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, master.shutdown)
+        try:
+            await master.run()
+        finally:
+            pool.close()
+    return 0
+
+
+def _print_banner(config: Config, urls: list[str]) -> None:
+    if not config.emulator.enabled or not urls:
+        return
+    url = urls[0]
+    client = config.clients[0] if config.clients else None
+    print(f"\nDemo: the proxy at {url} manages tokens against the bundled emulator at "
+          f"{config.proxy.upstream}.", flush=True)
+    if client is not None:
+        # The demo config's client key is a published demo value, not a secret.
+        print("Try it:\n  curl -s -H 'Authorization: Bearer "
+              f"{client.key.reveal()}' {url}/restapi/v1.0/account/~/extension/~\n", flush=True)
+
+
+@contextlib.contextmanager
+def _emulator(config: Config) -> Iterator[None]:
+    if not config.emulator.enabled:
+        yield
+        return
+    listen = str(config.emulator.listen)
+    command = [sys.executable, "-m", "proxy_addon.emulator", "--listen", listen,
+               *config.emulator.args]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        line = _read_ready_line(proc, timeout=20.0)
+        print(line, flush=True)
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _read_ready_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("emulator listening on"):
+            return line.strip()
+        if not line and proc.poll() is not None:
+            raise StartupError(f"the bundled emulator exited with code {proc.returncode} "
+                               "(is its port already in use? see the message above)")
+    raise StartupError(f"the bundled emulator did not start within {timeout:g} s")

@@ -80,11 +80,12 @@ class TokenInjector:
         key = _bearer(request.headers.get("authorization"))
         client = self._clients.get(_digest(key)) if key else None
         if client is None:
-            reason = "is not a configured client key" if key else "is missing"
+            problem = ("The Bearer credential is not a configured client key" if key
+                       else "No client key was sent")
             flow.response = proxy_errors.error_response(
                 401, proxy_errors.CLIENT_UNKNOWN,
-                f"The client key {reason}: send 'Authorization: Bearer <key>' with a key "
-                "configured under [[clients]] in the tokenproxy config.")
+                f"{problem}: send 'Authorization: Bearer <key>' with a key configured under "
+                "[[clients]] in the tokenproxy config.")
             return
         flow.metadata[FLOW_KEY] = FlowTokenState(client, self._pool[client.account])
 

@@ -1,0 +1,130 @@
+"""Start a real tokenproxy process (``python -m proxy_addon run``) for tests.
+
+The config is written to a temporary TOML file with ``listen = 127.0.0.1:0``; the proxy prints
+``tokenproxy listening on URL`` when it serves, which gives the port. stderr goes to a log file
+the test can read (e.g. to check that no secret was logged).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEMO_CLIENT_ID = "demo-client-id"
+DEMO_CLIENT_SECRET = "demo-client-secret"
+DEMO_JWT = "demo-jwt-credential"
+APP_KEY = "test-app-key-0123456789"
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string here
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(type(value))
+
+
+def render_config(proxy: dict[str, Any], accounts: list[dict[str, Any]],
+                  clients: list[dict[str, Any]]) -> str:
+    lines = ["[proxy]"]
+    lines += [f"{k} = {toml_value(v)}" for k, v in proxy.items()]
+    for account in accounts:
+        lines += ["", "[[accounts]]"] + [f"{k} = {toml_value(v)}" for k, v in account.items()]
+    for client in clients:
+        lines += ["", "[[clients]]"] + [f"{k} = {toml_value(v)}" for k, v in client.items()]
+    return "\n".join(lines) + "\n"
+
+
+def jwt_account(name: str = "main", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "client_id": DEMO_CLIENT_ID, "client_secret": DEMO_CLIENT_SECRET,
+            "grant": "jwt", "jwt": DEMO_JWT, **extra}
+
+
+def client(name: str = "app", account: str = "main", key: str = APP_KEY) -> dict[str, Any]:
+    return {"name": name, "account": account, "key": key}
+
+
+@dataclass
+class Proxy:
+    url: str
+    proc: subprocess.Popen[str]
+    config_path: Path
+    log_path: Path
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def http(self, key: str = APP_KEY, **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_proxy(tmp_path: Path, upstream: str, *, accounts: list[dict[str, Any]] | None = None,
+                clients: list[dict[str, Any]] | None = None, timeout: float = 20.0,
+                env: dict[str, str] | None = None, **proxy_options: Any) -> Proxy:
+    config_path = tmp_path / f"proxy-{time.monotonic_ns()}.toml"
+    proxy = {"listen": "127.0.0.1:0", "upstream": upstream, **proxy_options}
+    config_path.write_text(render_config(proxy, accounts or [jwt_account()],
+                                         clients if clients is not None else [client()]))
+    return start_proxy_with_config(config_path, timeout=timeout, env=env)
+
+
+def start_proxy_with_config(config_path: Path, *, timeout: float = 20.0,
+                            env: dict[str, str] | None = None,
+                            args: tuple[str, ...] = ()) -> Proxy:
+    log_path = config_path.with_suffix(".log")
+    log_file = log_path.open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy_addon", "run", "--config", str(config_path), *args],
+        stdout=subprocess.PIPE, stderr=log_file, text=True,
+        env={**os.environ, **(env or {})})
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    url = None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("tokenproxy listening on "):
+            url = line.split()[-1]
+            break
+        if not line and proc.poll() is not None:
+            break
+    if url is None:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        raise RuntimeError(f"tokenproxy did not start (exit {proc.returncode}):\n"
+                           f"{log_path.read_text(errors='replace')}")
+    # keep draining stdout so the child never blocks on a full pipe
+    import threading
+
+    threading.Thread(target=_drain, args=(proc,), daemon=True).start()
+    return Proxy(url=url, proc=proc, config_path=config_path, log_path=log_path)
+
+
+def _drain(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdout is not None
+    for _ in proc.stdout:
+        pass

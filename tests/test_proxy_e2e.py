@@ -1,0 +1,249 @@
+"""Issue 2 acceptance: a real tokenproxy process in front of the real emulator, over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.support.emulator import recording_sha256
+from tests.support.proxy import APP_KEY
+
+EXT = "/restapi/v1.0/account/~/extension/~"
+
+
+def token_calls(emulator) -> int:
+    return emulator.counters()["token_calls"]
+
+
+def test_steady_traffic_with_2s_tokens(emulator_factory, proxy_factory) -> None:
+    """500 requests over 10 s, access TTL 2 s: no errors, token calls <= 10/2 + 2."""
+    emulator = emulator_factory("--access-ttl", "2", "--auth-rate", "0")
+    proxy = proxy_factory(emulator.url)
+    statuses: Counter[int] = Counter()
+    started = time.monotonic()
+    with proxy.http() as client:
+        for i in range(500):
+            # pace to 10 s overall; bounded by the count
+            delay = started + i * 0.02 - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            statuses[client.get(EXT).status_code] += 1
+    elapsed = time.monotonic() - started
+    counters = emulator.counters()
+    assert statuses == {200: 500}, statuses
+    assert elapsed >= 9.9
+    assert counters["token_calls"] <= 10 / 2 + 2, counters
+    assert counters["logins"] == 1  # one session, kept alive by refreshes
+
+
+def test_revocation_under_50_concurrent_requests(emulator_factory, proxy_factory) -> None:
+    """50 requests in flight when every token is revoked: all succeed, <= 2 token calls."""
+    emulator = emulator_factory("--auth-rate", "0")
+    proxy = proxy_factory(emulator.url)
+    with proxy.http() as warm:
+        assert warm.get(EXT).status_code == 200
+    emulator.reset_counters()
+    stop = threading.Event()
+    statuses: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with proxy.http() as client:
+            for _ in range(200):  # bounded
+                if stop.is_set():
+                    return
+                status = client.get(EXT).status_code
+                with lock:
+                    statuses[status] += 1
+
+    with ThreadPoolExecutor(50) as pool:
+        futures = [pool.submit(worker) for _ in range(50)]
+        time.sleep(1.0)
+        assert emulator.revoke_all() >= 1
+        time.sleep(1.5)
+        stop.set()
+        for future in futures:
+            future.result(timeout=60)
+    counters = emulator.counters()
+    assert set(statuses) == {200}, statuses
+    assert counters["api_401_by_code"].get("OAU-213", 0) >= 1  # the revocation did bite
+    assert counters["token_calls"] <= 2, counters
+
+
+@pytest.mark.parametrize("kind", ["json", "multipart"])
+def test_post_bodies_are_replayed_byte_identical(emulator_factory, proxy_factory,
+                                                 kind: str) -> None:
+    emulator = emulator_factory("--auth-rate", "0")
+    proxy = proxy_factory(emulator.url)
+    with proxy.http() as client:
+        assert client.get(EXT).status_code == 200
+        emulator.revoke_all()  # the proxy's token is dead: the next POST gets a 401 first
+        before = emulator.counters()["api_401_by_code"].get("OAU-213", 0)
+        if kind == "json":
+            body = json.dumps({"from": {"phoneNumber": "+15550100001"},
+                               "to": [{"phoneNumber": "+15550100002"}],
+                               "text": "héllo ☃ " * 50}).encode()
+            headers = {"Content-Type": "application/json", "X-Trace": "abc-123"}
+            response = client.post(EXT + "/sms", content=body, headers=headers)
+        else:
+            boundary = "tokenproxy-boundary-7d1f"
+            pdf = bytes(range(256)) * 2000
+            body = (f"--{boundary}\r\nContent-Type: application/json\r\n\r\n"
+                    '{"to":[{"phoneNumber":"+15550100002"}]}\r\n'
+                    f"--{boundary}\r\nContent-Type: application/pdf\r\n"
+                    'Content-Disposition: form-data; name="attachment"; filename="a.pdf"\r\n\r\n'
+                    ).encode() + pdf + f"\r\n--{boundary}--\r\n".encode()
+            headers = {"Content-Type": f"multipart/form-data; boundary={boundary}",
+                       "X-Trace": "abc-123"}
+            response = client.post(EXT + "/fax", content=body, headers=headers)
+        after = emulator.counters()["api_401_by_code"].get("OAU-213", 0)
+    assert response.status_code == 200, response.text
+    assert response.json()["bodySha256"] == hashlib.sha256(body).hexdigest()
+    assert after == before + 1  # exactly one refused attempt, then the replay
+    # same path, query and headers on the replay (the echo endpoint shows them)
+    echoed = _echo_after_revocation(emulator, proxy)
+    assert echoed["method"] == "PUT"
+    assert echoed["query"] == {"a": "1", "b": "two"} or "a=1" in str(echoed["query"])
+    assert echoed["headers"]["x-trace"] == "echo-1"
+    assert echoed["bodySha256"] == hashlib.sha256(b"payload").hexdigest()
+
+
+def _echo_after_revocation(emulator, proxy) -> dict:
+    emulator.revoke_all()
+    with proxy.http() as client:
+        response = client.put("/restapi/v1.0/echo?a=1&b=two", content=b"payload",
+                              headers={"X-Trace": "echo-1"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_recording_download_is_byte_identical(emulator_factory, proxy_factory) -> None:
+    emulator = emulator_factory("--auth-rate", "0")
+    proxy = proxy_factory(emulator.url)
+    size = 5 * 1024 * 1024
+    path = f"/media/restapi/v1.0/account/~/recording/rec-42/content?size={size}"
+    with proxy.http() as client:
+        digest = hashlib.sha256()
+        received = 0
+        with client.stream("GET", path) as response:
+            assert response.status_code == 200
+            for chunk in response.iter_raw():
+                digest.update(chunk)
+                received += len(chunk)
+        assert received == size
+        assert digest.hexdigest() == recording_sha256("rec-42", size)
+        # and through the replay path (token revoked just before)
+        emulator.revoke_all()
+        replayed = client.get(path)
+    assert replayed.status_code == 200
+    assert hashlib.sha256(replayed.content).hexdigest() == recording_sha256("rec-42", size)
+
+
+@pytest.mark.parametrize("envelope", ["api", "oauth"])
+def test_expired_token_is_refreshed_not_relogged(emulator_factory, proxy_factory,
+                                                 envelope: str) -> None:
+    emulator = emulator_factory("--auth-rate", "0", "--expired-envelope", envelope)
+    proxy = proxy_factory(emulator.url)
+    with proxy.http() as client:
+        assert client.get(EXT).status_code == 200
+        emulator.expire_now()
+        before = emulator.counters()
+        assert client.get(EXT).status_code == 200
+    after = emulator.counters()
+    assert after["api_401_by_code"].get("OAU-210", 0) == \
+        before["api_401_by_code"].get("OAU-210", 0) + 1
+    assert after["refreshes"] == before["refreshes"] + 1
+    assert after["logins"] == before["logins"]
+
+
+def test_unknown_client_never_reaches_upstream(emulator_factory, proxy_factory) -> None:
+    emulator = emulator_factory()
+    proxy = proxy_factory(emulator.url)
+    before = emulator.counters()["api_requests"]
+    cases = {"unknown": "wrong-key-0123456789", "empty": "", "basic": None}
+    for name, key in cases.items():
+        headers = {"Authorization": "Basic dXNlcjpwYXNz"} if key is None else (
+            {"Authorization": f"Bearer {key}"} if key else {})
+        response = httpx.get(proxy.url + EXT, headers=headers, timeout=10)
+        assert response.status_code == 401, name
+        body = response.json()
+        assert body["errorCode"] == "TPX-CLIENT-UNKNOWN"
+        assert "[[clients]]" in body["message"]
+        assert "wrong-key" not in response.text
+    after = emulator.counters()
+    assert after["api_requests"] == before
+    assert after["token_calls"] == 0  # the pool was never touched
+
+
+def test_bearer_scheme_is_case_insensitive(emulator_factory, proxy_factory) -> None:
+    emulator = emulator_factory()
+    proxy = proxy_factory(emulator.url)
+    response = httpx.get(proxy.url + "/restapi/v1.0/echo",
+                         headers={"Authorization": f"bEaReR {APP_KEY}",
+                                  "Proxy-Authorization": "Basic Zm9vOmJhcg=="}, timeout=10)
+    assert response.status_code == 200
+    headers = response.json()["headers"]
+    assert "proxy-authorization" not in headers
+    assert APP_KEY not in response.text
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_upstream_down_before_first_token(proxy_factory) -> None:
+    proxy = proxy_factory(f"http://127.0.0.1:{_free_port()}", token_wait_timeout=5)
+    with proxy.http() as client:
+        response = client.get(EXT)
+    assert response.status_code == 502
+    body = response.json()
+    assert body["errorCode"] == "TPX-UPSTREAM-UNREACHABLE"
+    assert "unreachable" in body["message"]
+
+
+def test_upstream_down_with_cached_token(emulator_factory, proxy_factory) -> None:
+    emulator = emulator_factory()
+    proxy = proxy_factory(emulator.url)
+    with proxy.http() as client:
+        assert client.get(EXT).status_code == 200
+    emulator.stop()
+    with proxy.http() as client:  # a new connection: mitmproxy must connect upstream anew
+        response = client.get(EXT)
+    assert response.status_code == 502
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["errorCode"] == "TPX-UPSTREAM-UNREACHABLE"
+
+
+def test_login_through_proxy_is_refused_for_now(emulator_factory, proxy_factory) -> None:
+    emulator = emulator_factory()
+    proxy = proxy_factory(emulator.url)
+    response = httpx.post(proxy.url + "/restapi/oauth/token",
+                          data={"grant_type": "password"}, timeout=10)
+    assert response.status_code == 403
+    assert response.json()["errorCode"] == "TPX-OAUTH-MANAGED"
+    assert emulator.counters()["token_calls"] == 0
+
+
+def test_secrets_are_not_logged(emulator_factory, proxy_factory) -> None:
+    emulator = emulator_factory("--access-ttl", "1", "--auth-rate", "0")
+    proxy = proxy_factory(emulator.url)
+    with proxy.http() as client:
+        for _ in range(3):
+            assert client.get(EXT).status_code == 200
+            time.sleep(0.6)
+        emulator.revoke_all()
+        assert client.get(EXT).status_code == 200
+    proxy.stop()
+    logs = proxy.logs()
+    for secret in ("demo-client-secret", "demo-jwt-credential", APP_KEY):
+        assert secret not in logs

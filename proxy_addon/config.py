@@ -126,6 +126,8 @@ class ProxyConfig:
     drain_timeout: float = 2.0
     stream_threshold: int = 1024 * 1024
     verify_upstream_tls: bool = True
+    auth_budget_calls: int = 5
+    auth_budget_window: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -266,7 +268,8 @@ class _Reader:
     def proxy(self, value: Any) -> ProxyConfig:
         key = "proxy"
         allowed = {"listen", "upstream", "token_wait_timeout", "upstream_timeout", "refresh_ahead",
-                   "drain_timeout", "stream_threshold", "verify_upstream_tls"}
+                   "drain_timeout", "stream_threshold", "verify_upstream_tls",
+                   "auth_budget_calls", "auth_budget_window"}
         table = self.table(value, key, allowed)
         defaults = ProxyConfig()
         listen = self.string(table, "listen", key)
@@ -295,6 +298,11 @@ class _Reader:
                                              defaults.stream_threshold, minimum=0, integer=True)),
             verify_upstream_tls=self.boolean(table, "verify_upstream_tls", key,
                                              defaults.verify_upstream_tls),
+            auth_budget_calls=int(self.number(table, "auth_budget_calls", key,
+                                              defaults.auth_budget_calls, minimum=0,
+                                              integer=True)),
+            auth_budget_window=self.number(table, "auth_budget_window", key,
+                                           defaults.auth_budget_window, minimum=1),
         )
 
     def emulator(self, value: Any) -> EmulatorConfig:

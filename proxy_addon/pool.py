@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .auth_budget import AuthBudget
 from .config import AccountConfig, Config
 from .oauth import TokenEndpoint, UpstreamUnreachable
 from .platform_errors import TokenEndpointError
@@ -60,21 +61,34 @@ class PoolSettings:
     backoff_base: float = 1.0
     backoff_max: float = 60.0
     misconfigured_backoff: float = 30.0  # wrong credentials: do not hammer the endpoint
+    auth_budget_calls: int = 5  # token-endpoint calls per app (client id) ...
+    auth_budget_window: float = 60.0  # ... per this many seconds; 0 calls = unlimited
 
     @classmethod
     def from_config(cls, config: Config) -> PoolSettings:
-        return cls(token_wait_timeout=config.proxy.token_wait_timeout,
-                   refresh_ahead=config.proxy.refresh_ahead,
-                   drain_timeout=config.proxy.drain_timeout)
+        proxy = config.proxy
+        return cls(token_wait_timeout=proxy.token_wait_timeout,
+                   refresh_ahead=proxy.refresh_ahead,
+                   drain_timeout=proxy.drain_timeout,
+                   auth_budget_calls=proxy.auth_budget_calls,
+                   auth_budget_window=proxy.auth_budget_window)
+
+    @property
+    def safe_budget_window(self) -> float:
+        """The budget window with a margin for clock and latency skew against the platform."""
+        return self.auth_budget_window * 1.02 + 0.5
 
 
 class AccountTokens:
     """Token set, generation, in-flight leases and renewal of one account."""
 
     def __init__(self, account: AccountConfig, endpoint: TokenEndpoint, settings: PoolSettings,
+                 budget: AuthBudget | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.account = account
         self._endpoint = endpoint
+        self._budget = budget or AuthBudget(settings.auth_budget_calls,
+                                            settings.safe_budget_window)
         self._settings = settings
         self._clock = clock
         self._tokens: TokenSet | None = None
@@ -130,7 +144,11 @@ class AccountTokens:
             if fast is not None:
                 return fast
             if self._renewal is None:
-                if self._clock() < self._retry_at:
+                now = self._clock()
+                if now < self._retry_at:
+                    if not self._fallback_possible() and self._retry_at < deadline:
+                        await asyncio.sleep(self._retry_at - now)  # back-off ends in time
+                        continue
                     return self._fallback_or_raise()
                 self._start_renewal(self._due_reason())
             renewal = self._renewal
@@ -244,7 +262,7 @@ class AccountTokens:
         try:
             if tokens is not None and tokens.refresh_alive(now) and not session_gone:
                 try:
-                    self.token_calls += 1
+                    self._spend_budget()
                     return await self._endpoint.refresh(account, tokens.refresh_token or "")
                 except TokenEndpointError as exc:
                     if not exc.refresh_token_dead:
@@ -253,8 +271,8 @@ class AccountTokens:
                                 account.name, exc.code or exc.error)
             if account.can_login or (account.grant == "authorization_code"
                                      and not self._code_spent):
+                self._spend_budget()
                 self._code_spent = account.grant == "authorization_code"
-                self.token_calls += 1
                 tokens = await self._endpoint.login(account)
                 log.info("account %s: new session (%s grant, reason %s)", account.name,
                          account.grant, reason)
@@ -276,6 +294,22 @@ class AccountTokens:
             raise TokenUnavailable(502, "TPX-UPSTREAM-UNREACHABLE",
                                    f"The platform is unreachable: {exc}",
                                    self._retry_at - self._clock()) from None
+
+    def _spend_budget(self) -> None:
+        """Count a token-endpoint call against the app's budget, or refuse to make it."""
+        wait = self._budget.reserve()
+        if wait > 0:
+            self._retry_at = self._clock() + wait
+            self.last_error = "auth budget exhausted"
+            self.last_hint = (f"the proxy allows itself {self._settings.auth_budget_calls} "
+                              f"token calls per {self._settings.auth_budget_window:g} s for "
+                              "this app, like the platform's auth rate limit")
+            log.warning("account %s: token-call budget exhausted; next call in %.1f s",
+                        self.account.name, wait)
+            raise TokenUnavailable(503, "TPX-AUTH-RATE-LIMITED",
+                                   "The proxy has used this app's budget of token calls; it "
+                                   "will renew the token when the budget allows.", wait)
+        self.token_calls += 1
 
     def _endpoint_failure(self, exc: TokenEndpointError) -> TokenUnavailable:
         account = self.account
@@ -315,10 +349,15 @@ class AccountTokens:
             delay = max(delay, at_least)
         self._retry_at = self._clock() + delay
 
+    def _fallback_possible(self) -> bool:
+        tokens = self._tokens
+        return (tokens is not None and not self._access_dead
+                and tokens.access_alive(self._clock()))
+
     def _fallback_or_raise(self) -> Lease:
         """While renewals fail, keep serving the old token as long as it is valid."""
         tokens = self._tokens
-        if tokens is not None and not self._access_dead and tokens.access_alive(self._clock()):
+        if tokens is not None and self._fallback_possible():
             return self._grant(tokens)
         failure = self._failure or TokenUnavailable(503, "TPX-TOKEN-UNAVAILABLE",
                                                     "No token is available for this account.")

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import httpx
 
 from .addon import TokenInjector
+from .auth_budget import AuthBudgets
 from .config import Config
 from .master import build_master
 from .oauth import TokenEndpoint
@@ -43,7 +44,10 @@ async def _serve(config: Config) -> int:
                                  follow_redirects=False) as http_client:
         endpoint = TokenEndpoint(config.proxy.upstream, http_client)
         settings = PoolSettings.from_config(config)
-        pool = TokenPool({a.name: AccountTokens(a, endpoint, settings) for a in config.accounts})
+        budgets = AuthBudgets(settings.auth_budget_calls, settings.safe_budget_window)
+        pool = TokenPool({a.name: AccountTokens(a, endpoint, settings,
+                                                budgets.for_client(a.client_id))
+                          for a in config.accounts})
         injector = TokenInjector(config, pool, Replayer(http_client))
         injector.on_listening = lambda urls: _print_banner(config, urls)
         master = build_master(config, injector)

@@ -86,7 +86,10 @@ def start_proxy(tmp_path: Path, upstream: str, *, accounts: list[dict[str, Any]]
                 clients: list[dict[str, Any]] | None = None, timeout: float = 20.0,
                 env: dict[str, str] | None = None, **proxy_options: Any) -> Proxy:
     config_path = tmp_path / f"proxy-{time.monotonic_ns()}.toml"
-    proxy = {"listen": "127.0.0.1:0", "upstream": upstream, **proxy_options}
+    # Tests use tokens of 1-3 s, far beyond the platform's 5 token calls a minute: the
+    # per-app budget is off unless a test sets auth_budget_calls itself.
+    proxy = {"listen": "127.0.0.1:0", "upstream": upstream, "auth_budget_calls": 0,
+             **proxy_options}
     config_path.write_text(render_config(proxy, accounts or [jwt_account()],
                                          clients if clients is not None else [client()]))
     return start_proxy_with_config(config_path, timeout=timeout, env=env)

@@ -255,3 +255,47 @@ def test_secrets_are_not_logged(emulator_factory, proxy_factory) -> None:
     logs = proxy.logs()
     for secret in ("demo-client-secret", "demo-jwt-credential", APP_KEY):
         assert secret not in logs
+
+
+def test_dead_refresh_token_logs_in_again(emulator_factory, proxy_factory) -> None:
+    """Access and refresh token both expired (the two-weeks-idle case): one new login."""
+    emulator = emulator_factory("--auth-rate", "0")
+    proxy = proxy_factory(emulator.url)
+    with proxy.http() as client:
+        assert client.get(EXT).status_code == 200
+        emulator.expire_now(refresh=True)
+        before = emulator.counters()
+        assert client.get(EXT).status_code == 200
+    after = emulator.counters()
+    assert after["logins"] == before["logins"] + 1
+    assert after["token_calls"] - before["token_calls"] <= 2  # failed refresh + login
+
+
+def test_password_grant_account(emulator_factory, proxy_factory) -> None:
+    emulator = emulator_factory("--auth-rate", "0")
+    account = {"name": "pw", "client_id": "demo-client-id",
+               "client_secret": "demo-client-secret", "grant": "password",
+               "username": "+15550100001", "extension": "101", "password": "demo-password"}
+    proxy = proxy_factory(emulator.url, accounts=[account],
+                          clients=[{"name": "app", "account": "pw", "key": APP_KEY}])
+    with proxy.http() as client:
+        response = client.get(EXT)
+    assert response.status_code == 200
+    assert emulator.counters()["token_calls_by_grant"]["password"] == 1
+
+
+def test_wrong_secret_gets_clear_503_without_retry_storm(emulator_factory, proxy_factory) -> None:
+    emulator = emulator_factory("--auth-rate", "0")
+    account = {"name": "main", "client_id": "demo-client-id", "client_secret": "wrong-secret",
+               "grant": "jwt", "jwt": "demo-jwt-credential"}
+    proxy = proxy_factory(emulator.url, accounts=[account])
+    with proxy.http() as client:
+        answers = [client.get(EXT) for _ in range(20)]
+    assert {a.status_code for a in answers} == {503}
+    body = answers[0].json()
+    assert body["errorCode"] == "TPX-ACCOUNT-MISCONFIGURED"
+    assert "OAU-153" in body["message"]
+    assert "Retry-After" in answers[0].headers
+    assert emulator.counters()["token_calls"] == 1  # backing off, not retrying per request
+    proxy.stop()
+    assert "OAU-153" in proxy.logs() and "wrong-secret" not in proxy.logs()

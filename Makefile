@@ -40,8 +40,13 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+DEMO_KEY := var/demo-store.key
+
 run: venv
-	$(BIN)/tokenproxy run --config $(CONFIG)
+	@mkdir -p var
+	@[ -s $(DEMO_KEY) ] || (umask 077 && $(BIN)/tokenproxy keygen > $(DEMO_KEY))
+	TOKENPROXY_STORE_KEY="$${TOKENPROXY_STORE_KEY:-$$(cat $(DEMO_KEY))}" \
+	  $(BIN)/tokenproxy run --config $(CONFIG)
 
 lint: venv
 	$(BIN)/ruff check proxy_addon tests

@@ -34,6 +34,30 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Validate the config (file, keys, env vars).")
     check.add_argument("--config", "-c", required=True, help="path of the TOML config file")
 
+    auth = commands.add_parser(
+        "authorize", help="re-authorize an account by logging in (authorization code + PKCE)",
+        description="Run the authorization-code flow for ACCOUNT: prints a URL to open, "
+                    "receives the code on a local callback, stores the new session where "
+                    "running proxies pick it up.")
+    auth.add_argument("account", help="account name from the config")
+    auth.add_argument("--config", "-c", required=True, help="path of the TOML config file")
+    auth.add_argument("--redirect-uri", help="loopback callback URL registered for the app "
+                                             "(default: the account's redirect_uri)")
+    auth.add_argument("--timeout", type=float, default=300.0,
+                      help="seconds to wait for the login (default 300)")
+    auth.add_argument("--login-hint", help="user to pre-fill on the login page")
+
+    status = commands.add_parser(
+        "status", help="show every account's token health",
+        description="Read a running proxy's /status and print a table per account. Exit "
+                    "code 1 when any account is not healthy, 2 when the proxy is unreachable.")
+    status.add_argument("--url", default="http://127.0.0.1:9464",
+                        help="the proxy's metrics_listen URL (default http://127.0.0.1:9464)")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    commands.add_parser("keygen", help="print a new store encryption key",
+                        description="Print a new Fernet key for TOKENPROXY_STORE_KEY.")
+
     commands.add_parser("emulator", help="run the bundled RingCentral platform emulator",
                         add_help=False,
                         description="Run the platform emulator (see 'tokenproxy emulator -h').")
@@ -47,6 +71,15 @@ def main(argv: list[str] | None = None) -> int:
 
         return emulator_main(argv[1:])
     args = _parser().parse_args(argv)
+    if args.command == "keygen":
+        from .crypto import generate_key
+
+        print(generate_key())
+        return 0
+    if args.command == "status":
+        from .status import main as status_main
+
+        return status_main(args.url, args.json)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -56,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: OK ({len(config.accounts)} account(s), "
               f"{len(config.clients)} client(s), upstream {config.proxy.upstream})")
         return 0
+    if args.command == "authorize":
+        _setup_logging("warning")
+        from .authorize import main as authorize_main
+
+        return authorize_main(config, args.account, args.redirect_uri, args.timeout,
+                              args.login_hint)
     _setup_logging(args.log_level)
     from .runner import StartupError, run
 
@@ -63,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(config)
     except StartupError as exc:
         print(f"tokenproxy: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:
         return 0
 

@@ -116,9 +116,21 @@ class EmulatorConfig:
     args: tuple[str, ...] = ()
 
 
+STORE_BACKENDS = ("sqlite", "memory")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    backend: str = "sqlite"
+    path: str = "var/tokens.db"  # relative to the working directory
+    key_env: str = "TOKENPROXY_STORE_KEY"
+    allow_plaintext: bool = False
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     listen: HostPort = HostPort("127.0.0.1", 8080)
+    metrics_listen: HostPort | None = HostPort("127.0.0.1", 9464)
     upstream: str = "https://platform.ringcentral.com"
     token_wait_timeout: float = 10.0
     upstream_timeout: float = 60.0
@@ -137,6 +149,7 @@ class Config:
     accounts: tuple[AccountConfig, ...]
     clients: tuple[ClientConfig, ...]
     emulator: EmulatorConfig = field(default_factory=EmulatorConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
     def account(self, name: str) -> AccountConfig:
         for account in self.accounts:
@@ -256,23 +269,45 @@ class _Reader:
     # -- sections ------------------------------------------------------------------------
 
     def config(self, doc: dict[str, Any]) -> Config:
-        self.table(doc, "", {"proxy", "accounts", "clients", "emulator"})
+        self.table(doc, "", {"proxy", "accounts", "clients", "emulator", "store"})
         proxy = self.proxy(doc.get("proxy", {}))
         emulator = self.emulator(doc.get("emulator", {}))
         if emulator.enabled and "upstream" not in doc.get("proxy", {}):
             proxy = _replace(proxy, upstream=f"http://{emulator.listen}")
         accounts = self.accounts(doc.get("accounts"))
         clients = self.clients(doc.get("clients", []), {a.name for a in accounts})
-        return Config(self.source, proxy, accounts, clients, emulator)
+        store = self.store(doc.get("store", {}))
+        return Config(self.source, proxy, accounts, clients, emulator, store)
+
+    def store(self, value: Any) -> StoreConfig:
+        key = "store"
+        table = self.table(value, key, {"backend", "path", "key_env", "allow_plaintext"})
+        defaults = StoreConfig()
+        backend = self.string(table, "backend", key, default=defaults.backend) or ""
+        if backend not in STORE_BACKENDS:
+            raise self.fail("store.backend", f"unknown backend {backend!r} (expected one of "
+                                             f"{', '.join(STORE_BACKENDS)})")
+        key_env = self.string(table, "key_env", key, default=defaults.key_env) or ""
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key_env):
+            raise self.fail("store.key_env", "must be the name of an environment variable")
+        return StoreConfig(
+            backend=backend,
+            path=self.string(table, "path", key, default=defaults.path) or defaults.path,
+            key_env=key_env,
+            allow_plaintext=self.boolean(table, "allow_plaintext", key,
+                                         defaults.allow_plaintext),
+        )
 
     def proxy(self, value: Any) -> ProxyConfig:
         key = "proxy"
-        allowed = {"listen", "upstream", "token_wait_timeout", "upstream_timeout", "refresh_ahead",
+        allowed = {"listen", "metrics_listen", "upstream", "token_wait_timeout",
+                   "upstream_timeout", "refresh_ahead",
                    "drain_timeout", "stream_threshold", "verify_upstream_tls",
                    "auth_budget_calls", "auth_budget_window"}
         table = self.table(value, key, allowed)
         defaults = ProxyConfig()
         listen = self.string(table, "listen", key)
+        metrics = self.string(table, "metrics_listen", key)
         upstream = self.string(table, "upstream", key, default=defaults.upstream) or ""
         parts = urlsplit(upstream)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -285,6 +320,9 @@ class _Reader:
             raise self.fail("proxy.upstream", f"invalid port in {upstream!r}") from None
         return ProxyConfig(
             listen=self.host_port(listen, "proxy.listen") if listen else defaults.listen,
+            metrics_listen=(defaults.metrics_listen if metrics is None else
+                            None if metrics == "" else
+                            self.host_port(metrics, "proxy.metrics_listen")),
             upstream=upstream.rstrip("/"),
             token_wait_timeout=self.number(table, "token_wait_timeout", key,
                                            defaults.token_wait_timeout, minimum=0.1),

@@ -21,10 +21,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .auth_budget import AuthBudget
+from .auth_budget import AuthBudget, AuthBudgets
 from .config import AccountConfig, Config
+from .crypto import TokenCipher
 from .oauth import TokenEndpoint, UpstreamUnreachable
 from .platform_errors import TokenEndpointError
+from .store import CorruptRecord, StoreError, TokenStore
+from .store.base import RecordCodec
+from .store.memory import MemoryStore
 from .tokens import TokenSet
 
 log = logging.getLogger("tokenproxy.pool")
@@ -63,6 +67,7 @@ class PoolSettings:
     misconfigured_backoff: float = 30.0  # wrong credentials: do not hammer the endpoint
     auth_budget_calls: int = 5  # token-endpoint calls per app (client id) ...
     auth_budget_window: float = 60.0  # ... per this many seconds; 0 calls = unlimited
+    reauth_poll: float = 1.0  # how often a reauth_required account looks for a new session
 
     @classmethod
     def from_config(cls, config: Config) -> PoolSettings:
@@ -83,10 +88,11 @@ class AccountTokens:
     """Token set, generation, in-flight leases and renewal of one account."""
 
     def __init__(self, account: AccountConfig, endpoint: TokenEndpoint, settings: PoolSettings,
-                 budget: AuthBudget | None = None,
+                 store: TokenStore, budget: AuthBudget | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.account = account
         self._endpoint = endpoint
+        self._store = store
         self._budget = budget or AuthBudget(settings.auth_budget_calls,
                                             settings.safe_budget_window)
         self._settings = settings
@@ -114,6 +120,46 @@ class AccountTokens:
         self.last_hint: str = ""
         self.last_refresh: float | None = None
         self.token_calls = 0
+
+    async def start(self) -> None:
+        """Adopt the stored session, if any: a restarted proxy logs in again only when the
+        store has nothing usable."""
+        name = self.account.name
+        try:
+            record = await self._store.load(name)
+        except CorruptRecord as exc:
+            self.last_error, self.last_hint = "stored tokens unreadable", str(exc)
+            log.error("account %s: %s; the account will authenticate anew", name, exc)
+            self.generation = await self._store_generation()
+            return
+        except StoreError as exc:
+            self.last_error, self.last_hint = "store unavailable", str(exc)
+            log.error("account %s: cannot read the store: %s", name, exc)
+            return
+        if record is None:
+            return
+        self._adopt(record.generation, record.tokens)
+        log.info("account %s: reusing the stored session (generation %d)", name,
+                 record.generation)
+
+    async def _store_generation(self) -> int:
+        try:
+            return await self._store.generation(self.account.name)
+        except StoreError:
+            return self.generation
+
+    def _adopt(self, generation: int, tokens: TokenSet) -> None:
+        self._tokens = tokens
+        self.generation = generation
+        self._code_spent = True  # a stored session supersedes the config's one-time code
+        self._access_dead = False
+        self._used = False
+        self._failures = 0
+        self._retry_at = 0.0
+        self._failure = None
+        self._set_state(AccountState.HEALTHY if tokens.refresh_alive(self._clock())
+                        or tokens.access_alive(self._clock()) else AccountState.IDLE)
+        self._schedule()
 
     # -- hot path ------------------------------------------------------------------------
 
@@ -179,6 +225,34 @@ class AccountTokens:
                 self._draining[1].set()  # no point waiting: the token is dead already
         return await self.lease()
 
+    def snapshot(self) -> dict[str, object]:
+        """The account's state for status displays (no token values)."""
+        now = self._clock()
+        tokens = self._tokens
+        access_left = refresh_left = None
+        if tokens is not None:
+            if tokens.access_token and not self._access_dead:
+                access_left = max(0.0, tokens.access_expires_at - now)
+            if tokens.refresh_token:
+                refresh_left = (None if tokens.refresh_expires_at is None
+                                else max(0.0, tokens.refresh_expires_at - now))
+        return {
+            "account": self.account.name,
+            "grant": self.account.grant,
+            "state": self.state.value,
+            "state_since": self.state_since,
+            "generation": self.generation,
+            "access_expires_in": access_left,
+            "refresh_expires_in": refresh_left,
+            "live_sessions": 1 if tokens is not None and (access_left or refresh_left) else 0,
+            "max_live_tokens": self.account.max_live_tokens,
+            "last_refresh": self.last_refresh,
+            "last_error": self.last_error or None,
+            "hint": self.last_hint or None,
+            "token_calls": self.token_calls,
+            "in_flight": sum(self._inflight.values()),
+        }
+
     def close(self) -> None:
         self._closed = True
         if self._timer is not None:
@@ -224,8 +298,8 @@ class AccountTokens:
             self._set_state(previous_state)
             raise
         else:
+            self.generation = await self._persist(tokens)
             self._tokens = tokens
-            self.generation += 1
             self._access_dead = False
             self._used = False
             self._failures = 0
@@ -237,6 +311,24 @@ class AccountTokens:
             self._draining = None
             self._renewal = None
             self._schedule()
+
+    async def _persist(self, tokens: TokenSet) -> int:
+        """Write the new pair to the store before anyone uses it; returns its generation."""
+        name = self.account.name
+        expected = self.generation
+        for _ in range(3):
+            try:
+                if await self._store.compare_and_set(name, expected, tokens):
+                    return expected + 1
+                expected = await self._store.generation(name)
+            except StoreError as exc:
+                # The platform has already rotated: the new pair is the only one that works.
+                # Serve it from memory and say loudly that it is not durable.
+                log.error("account %s: could not persist the new tokens: %s", name, exc)
+                return self.generation + 1
+        log.error("account %s: store generation keeps moving; using the new tokens unsaved",
+                  name)
+        return expected + 1
 
     async def _drain(self, generation: int) -> None:
         """Let requests using ``generation`` finish before the refresh kills their token."""
@@ -259,6 +351,8 @@ class AccountTokens:
         tokens = self._tokens
         now = self._clock()
         session_gone = reason == "rejected:OAU-213" and account.can_login
+        # A new login happens only once the held session is known dead (refresh refused, or
+        # OAU-213), so re-authentication never adds a session beyond the account's budget.
         try:
             if tokens is not None and tokens.refresh_alive(now) and not session_gone:
                 try:
@@ -383,8 +477,14 @@ class AccountTokens:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        if self.state is AccountState.REAUTH_REQUIRED:
+            self._timer = loop.call_later(self._settings.reauth_poll, self._poll_reauthorized)
+            return
         tokens = self._tokens
-        if self._closed or tokens is None or not math.isfinite(self._retry_at):
+        if tokens is None or not math.isfinite(self._retry_at):
             return
         settings = self._settings
         if tokens.access_token and not self._access_dead:
@@ -402,7 +502,28 @@ class AccountTokens:
         due = min(self._keepalive_at, max(self._refresh_at, self._retry_at))
         if math.isfinite(due):
             delay = max(0.0, due - self._clock())
-            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+            self._timer = loop.call_later(delay, self._on_timer)
+
+    def _poll_reauthorized(self) -> None:
+        self._timer = None
+        if self._renewal is None and not self._closed:
+            task = asyncio.get_running_loop().create_task(self._check_reauthorized())
+            task.add_done_callback(_retrieve_exception)
+
+    async def _check_reauthorized(self) -> None:
+        """While reauth_required: has `tokenproxy authorize` stored a new session?"""
+        try:
+            if await self._store.generation(self.account.name) > self.generation:
+                record = await self._store.load(self.account.name)
+                if record is not None and record.generation > self.generation:
+                    log.info("account %s: new session authorized; serving again",
+                             self.account.name)
+                    self._adopt(record.generation, record.tokens)
+                    return
+        except (StoreError, CorruptRecord) as exc:
+            log.warning("account %s: reading the store: %s", self.account.name, exc)
+        if self.state is AccountState.REAUTH_REQUIRED:
+            self._schedule()
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -429,8 +550,22 @@ class TokenPool:
     def __init__(self, accounts: dict[str, AccountTokens]) -> None:
         self.accounts = accounts
 
+    @classmethod
+    def build(cls, config: Config, endpoint: TokenEndpoint, store: TokenStore | None = None,
+              settings: PoolSettings | None = None) -> TokenPool:
+        settings = settings or PoolSettings.from_config(config)
+        store = store or MemoryStore(RecordCodec(TokenCipher(None)))
+        budgets = AuthBudgets(settings.auth_budget_calls, settings.safe_budget_window)
+        return cls({a.name: AccountTokens(a, endpoint, settings, store,
+                                          budgets.for_client(a.client_id))
+                    for a in config.accounts})
+
     def __getitem__(self, name: str) -> AccountTokens:
         return self.accounts[name]
+
+    async def start(self) -> None:
+        for account in self.accounts.values():
+            await account.start()
 
     def close(self) -> None:
         for account in self.accounts.values():

@@ -18,12 +18,14 @@ from collections.abc import Iterator
 import httpx
 
 from .addon import TokenInjector
-from .auth_budget import AuthBudgets
+from .admin import AdminServer
 from .config import Config
 from .master import build_master
 from .oauth import TokenEndpoint
-from .pool import AccountTokens, PoolSettings, TokenPool
+from .pool import TokenPool
 from .replay import Replayer
+from .store import StoreError, StoreKeyMismatch, open_store
+from .store.factory import StoreConfigError, make_cipher
 
 log = logging.getLogger("tokenproxy")
 
@@ -31,8 +33,29 @@ log = logging.getLogger("tokenproxy")
 class StartupError(Exception):
     """The proxy cannot start (the message says why)."""
 
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _raise_file_limit() -> None:
+    """A proxy holds two sockets per client connection: use the whole allowed fd budget."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
 
 def run(config: Config) -> int:
+    _raise_file_limit()
+    try:
+        make_cipher(config.store)  # fail fast on key problems, before starting anything
+    except StoreConfigError as exc:
+        raise StartupError(f"store: {exc}", exit_code=2) from None
     with _emulator(config):
         return asyncio.run(_serve(config))
 
@@ -43,21 +66,27 @@ async def _serve(config: Config) -> int:
                                  verify=config.proxy.verify_upstream_tls,
                                  follow_redirects=False) as http_client:
         endpoint = TokenEndpoint(config.proxy.upstream, http_client)
-        settings = PoolSettings.from_config(config)
-        budgets = AuthBudgets(settings.auth_budget_calls, settings.safe_budget_window)
-        pool = TokenPool({a.name: AccountTokens(a, endpoint, settings,
-                                                budgets.for_client(a.client_id))
-                          for a in config.accounts})
+        store = open_store(config.store)
+        try:
+            await store.open()
+        except (StoreKeyMismatch, StoreError) as exc:
+            raise StartupError(f"store {config.store.backend}: {exc}", exit_code=2) from None
+        pool = TokenPool.build(config, endpoint, store)
+        await pool.start()
         injector = TokenInjector(config, pool, Replayer(http_client))
         injector.on_listening = lambda urls: _print_banner(config, urls)
         master = build_master(config, injector)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, master.shutdown)
+        admin = AdminServer(config, pool, store)
         try:
+            await admin.start()
             await master.run()
         finally:
             pool.close()
+            await admin.stop()
+            await store.close()
     return 0
 
 

@@ -43,6 +43,40 @@ class TokenSet:
                 f"access_expires_at={self.access_expires_at:.3f}, "
                 f"refresh_expires_at={self.refresh_expires_at})")
 
+    def to_json(self) -> bytes:
+        """Serialised for the store (which encrypts it)."""
+        return json.dumps({
+            "access_token": self.access_token, "access_expires_at": self.access_expires_at,
+            "refresh_token": self.refresh_token, "refresh_expires_at": self.refresh_expires_at,
+            "issued_at": self.issued_at, "owner_id": self.owner_id,
+            "session_id": self.session_id, "scope": self.scope,
+        }, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> TokenSet:
+        """Inverse of :meth:`to_json`; raises ValueError on anything else."""
+        body = json.loads(raw)
+        if not isinstance(body, dict):
+            raise ValueError("stored token set is not an object")
+        try:
+            tokens = cls(
+                access_token=str(body["access_token"]),
+                access_expires_at=float(body["access_expires_at"]),
+                refresh_token=None if body["refresh_token"] is None else str(
+                    body["refresh_token"]),
+                refresh_expires_at=None if body["refresh_expires_at"] is None else float(
+                    body["refresh_expires_at"]),
+                issued_at=float(body.get("issued_at", 0.0)),
+                owner_id=str(body.get("owner_id", "")),
+                session_id=str(body.get("session_id", "")),
+                scope=str(body.get("scope", "")),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"stored token set is incomplete: {exc}") from None
+        if not tokens.access_token and not tokens.refresh_token:
+            raise ValueError("stored token set holds no token")
+        return tokens
+
     @classmethod
     def from_response(cls, raw: bytes, requested_at: float) -> TokenSet:
         """Parse a token-endpoint success body. Expiry counts from when the call was *sent*,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.fernet import Fernet
 
 DEMO_CLIENT_ID = "demo-client-id"
 DEMO_CLIENT_SECRET = "demo-client-secret"
@@ -38,9 +39,11 @@ def toml_value(value: Any) -> str:
 
 
 def render_config(proxy: dict[str, Any], accounts: list[dict[str, Any]],
-                  clients: list[dict[str, Any]]) -> str:
+                  clients: list[dict[str, Any]], store: dict[str, Any] | None = None) -> str:
     lines = ["[proxy]"]
     lines += [f"{k} = {toml_value(v)}" for k, v in proxy.items()]
+    if store:
+        lines += ["", "[store]"] + [f"{k} = {toml_value(v)}" for k, v in store.items()]
     for account in accounts:
         lines += ["", "[[accounts]]"] + [f"{k} = {toml_value(v)}" for k, v in account.items()]
     for client in clients:
@@ -63,7 +66,15 @@ class Proxy:
     proc: subprocess.Popen[str]
     config_path: Path
     log_path: Path
-    keys: dict[str, str] = field(default_factory=dict)
+    admin_url: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def status(self) -> dict[str, Any]:
+        assert self.admin_url, "the proxy runs without metrics_listen"
+        return httpx.get(self.admin_url + "/status", timeout=10).json()
+
+    def account_status(self, name: str = "main") -> dict[str, Any]:
+        return next(a for a in self.status()["accounts"] if a["account"] == name)
 
     def http(self, key: str = APP_KEY, **kwargs: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -82,17 +93,26 @@ class Proxy:
                 self.proc.wait(5)
 
 
+STORE_KEY = Fernet.generate_key().decode()  # per test process; never a real secret
+
+
 def start_proxy(tmp_path: Path, upstream: str, *, accounts: list[dict[str, Any]] | None = None,
                 clients: list[dict[str, Any]] | None = None, timeout: float = 20.0,
-                env: dict[str, str] | None = None, **proxy_options: Any) -> Proxy:
+                env: dict[str, str] | None = None, store: dict[str, Any] | None = None,
+                **proxy_options: Any) -> Proxy:
+    """Start a proxy; by default with its own encrypted SQLite store in ``tmp_path``."""
     config_path = tmp_path / f"proxy-{time.monotonic_ns()}.toml"
     # Tests use tokens of 1-3 s, far beyond the platform's 5 token calls a minute: the
     # per-app budget is off unless a test sets auth_budget_calls itself.
-    proxy = {"listen": "127.0.0.1:0", "upstream": upstream, "auth_budget_calls": 0,
-             **proxy_options}
+    proxy = {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0", "upstream": upstream,
+             "auth_budget_calls": 0, **proxy_options}
+    if store is None:
+        store = {"backend": "sqlite", "path": str(config_path.with_suffix(".db"))}
     config_path.write_text(render_config(proxy, accounts or [jwt_account()],
-                                         clients if clients is not None else [client()]))
-    return start_proxy_with_config(config_path, timeout=timeout, env=env)
+                                         clients if clients is not None else [client()],
+                                         store))
+    return start_proxy_with_config(config_path, timeout=timeout,
+                                   env={"TOKENPROXY_STORE_KEY": STORE_KEY, **(env or {})})
 
 
 def start_proxy_with_config(config_path: Path, *, timeout: float = 20.0,
@@ -106,9 +126,11 @@ def start_proxy_with_config(config_path: Path, *, timeout: float = 20.0,
         env={**os.environ, **(env or {})})
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
-    url = None
+    url = admin_url = None
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
+        if line.startswith("tokenproxy metrics on "):
+            admin_url = line.split()[-1]
         if line.startswith("tokenproxy listening on "):
             url = line.split()[-1]
             break
@@ -124,7 +146,8 @@ def start_proxy_with_config(config_path: Path, *, timeout: float = 20.0,
     import threading
 
     threading.Thread(target=_drain, args=(proc,), daemon=True).start()
-    return Proxy(url=url, proc=proc, config_path=config_path, log_path=log_path)
+    return Proxy(url=url, proc=proc, config_path=config_path, log_path=log_path,
+                 admin_url=admin_url, env=env or {})
 
 
 def _drain(proc: subprocess.Popen[str]) -> None:

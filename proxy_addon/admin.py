@@ -1,0 +1,75 @@
+"""The operator's listener (``[proxy] metrics_listen``): ``/healthz``, ``/readyz`` and
+``/status`` (every account's state as JSON, read by ``tokenproxy status``).
+
+Runs on the proxy's own event loop, beside mitmproxy; never serves token values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import web
+
+from .config import Config
+from .pool import AccountState, TokenPool
+from .store import StoreError, TokenStore
+
+log = logging.getLogger("tokenproxy.admin")
+
+HEALTHY_STATES = {AccountState.HEALTHY, AccountState.IDLE, AccountState.REFRESHING}
+
+
+class AdminServer:
+    def __init__(self, config: Config, pool: TokenPool, store: TokenStore) -> None:
+        self._config = config
+        self._pool = pool
+        self._store = store
+        self._runner: web.AppRunner | None = None
+        self.url: str | None = None
+
+    async def start(self) -> None:
+        listen = self._config.proxy.metrics_listen
+        if listen is None:
+            return
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/status", self._status)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, listen.host, listen.port)
+        await site.start()
+        server = site._server  # aiohttp exposes the bound sockets only here
+        port = server.sockets[0].getsockname()[1] if server and server.sockets else listen.port
+        self.url = f"http://{listen.host}:{port}"
+        print(f"tokenproxy metrics on {self.url}", flush=True)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        store_ok, problem = await self.store_reachable()
+        body = {"ready": store_ok, "store": {"backend": self._store.backend, "ok": store_ok}}
+        if problem:
+            body["store"]["error"] = problem
+        return web.json_response(body, status=200 if store_ok else 503)
+
+    async def store_reachable(self) -> tuple[bool, str | None]:
+        first = next(iter(self._pool.accounts), "")
+        try:
+            await asyncio.wait_for(self._store.generation(first), 2.0)
+        except (StoreError, TimeoutError) as exc:
+            return False, str(exc) or "store timed out"
+        return True, None
+
+    async def _status(self, _: web.Request) -> web.Response:
+        accounts = [a.snapshot() for a in self._pool.accounts.values()]
+        healthy = all(AccountState(a["state"]) in HEALTHY_STATES for a in accounts)
+        return web.json_response({"time": time.time(), "healthy": healthy,
+                                  "accounts": accounts})

@@ -1,0 +1,55 @@
+"""``tokenproxy status``: every account's token health, read from a running proxy."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import httpx
+
+EXIT_UNHEALTHY = 1
+EXIT_UNREACHABLE = 2
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds >= 86400:
+        return f"{seconds // 86400}d{seconds % 86400 // 3600}h"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60}s"
+    return f"{seconds}s"
+
+
+def render(status: dict) -> str:
+    rows = [("ACCOUNT", "STATE", "ACCESS", "REFRESH", "SESSIONS", "LAST REFRESH", "LAST ERROR")]
+    now = status.get("time", time.time())
+    for a in status["accounts"]:
+        last = a.get("last_refresh")
+        rows.append((a["account"], a["state"], _duration(a.get("access_expires_in")),
+                     _duration(a.get("refresh_expires_in")),
+                     f"{a.get('live_sessions', 0)}/{a.get('max_live_tokens', 1)}",
+                     "-" if last is None else _duration(now - last) + " ago",
+                     a.get("last_error") or "-"))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in rows]
+    for a in status["accounts"]:
+        if a.get("hint") and a["state"] != "healthy":
+            lines.append(f"{a['account']}: {a['hint']}")
+    return "\n".join(lines)
+
+
+def main(url: str, as_json: bool) -> int:
+    try:
+        response = httpx.get(url.rstrip("/") + "/status", timeout=10)
+        status = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        print(f"tokenproxy status: cannot read {url}/status: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    print(json.dumps(status, indent=2) if as_json else render(status))
+    return 0 if status.get("healthy") else EXIT_UNHEALTHY

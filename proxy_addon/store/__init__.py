@@ -1,0 +1,13 @@
+"""Durable token store: where every proxy process keeps, and finds, each account's tokens.
+
+The pool writes a new token set here *before* using it (refresh tokens are single-use: a lost
+pair locks the account out) and reads it at start-up, so a restarted proxy reuses its session.
+Backends: ``memory`` (tests, single process) and ``sqlite`` (the embedded default, shared by
+processes on one host). Values are encrypted by :mod:`proxy_addon.crypto`.
+"""
+
+from .base import CorruptRecord, StoredTokens, StoreError, StoreKeyMismatch, TokenStore
+from .factory import open_store
+
+__all__ = ["CorruptRecord", "StoreError", "StoreKeyMismatch", "StoredTokens", "TokenStore",
+           "open_store"]

@@ -1,0 +1,100 @@
+"""The store interface and the record codec shared by every backend."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+from ..crypto import TokenCipher, UnreadableRecord
+from ..tokens import TokenSet
+
+KEY_CHECK_PLAINTEXT = b"tokenproxy-key-check-v1"
+
+
+class StoreError(Exception):
+    """The store cannot be used right now (I/O error, server down)."""
+
+
+class StoreKeyMismatch(Exception):
+    """The store was written with another encryption key (or none): refuse to start."""
+
+
+class CorruptRecord(Exception):
+    """One account's stored value is unreadable; the message says why (never the value)."""
+
+    def __init__(self, account: str, reason: str) -> None:
+        super().__init__(f"stored tokens of account {account!r} are unreadable: {reason}")
+        self.account = account
+
+
+@dataclass(frozen=True)
+class StoredTokens:
+    generation: int
+    tokens: TokenSet
+
+
+class RecordCodec:
+    """Token set <-> stored bytes (sealed by the cipher)."""
+
+    def __init__(self, cipher: TokenCipher) -> None:
+        self.cipher = cipher
+
+    def encode(self, tokens: TokenSet) -> bytes:
+        return self.cipher.seal(tokens.to_json())
+
+    def decode(self, account: str, blob: bytes) -> TokenSet:
+        try:
+            return TokenSet.from_json(self.cipher.open(blob))
+        except UnreadableRecord as exc:
+            raise CorruptRecord(account, str(exc)) from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptRecord(account, f"not a token set ({type(exc).__name__})") from None
+
+    def check_key(self, stored_check: bytes | None) -> bytes | None:
+        """Verify the key against the store's key-check value; returns a value to write when
+        the store has none yet (or only a plaintext one while a key is now configured)."""
+        if stored_check is None:
+            return self.cipher.seal(KEY_CHECK_PLAINTEXT)
+        try:
+            opened = self.cipher.open(stored_check)
+        except UnreadableRecord as exc:
+            if not self.cipher.encrypts:
+                raise StoreKeyMismatch(
+                    "the store is encrypted but no store key is configured (set the "
+                    "environment variable named by [store] key_env)") from None
+            raise StoreKeyMismatch(f"the store key does not match the store: {exc}") from None
+        if opened != KEY_CHECK_PLAINTEXT:
+            raise StoreKeyMismatch("the store's key check value is foreign data")
+        if self.cipher.encrypts and not stored_check.startswith(b"fernet:"):
+            return self.cipher.seal(KEY_CHECK_PLAINTEXT)  # upgrade a plaintext store
+        return None
+
+
+class TokenStore(abc.ABC):
+    """Async interface of every backend. Generations only grow: ``compare_and_set`` writes
+    generation ``expected + 1`` only while the stored generation is still ``expected``."""
+
+    backend: str = "?"
+
+    def __init__(self, codec: RecordCodec) -> None:
+        self.codec = codec
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Create what is missing and check the encryption key (StoreKeyMismatch)."""
+
+    @abc.abstractmethod
+    async def load(self, account: str) -> StoredTokens | None:
+        """The account's record, None if absent; CorruptRecord if unreadable."""
+
+    @abc.abstractmethod
+    async def generation(self, account: str) -> int:
+        """The stored generation (0 when absent), even if the value is unreadable."""
+
+    @abc.abstractmethod
+    async def compare_and_set(self, account: str, expected: int, tokens: TokenSet) -> bool:
+        """Write ``tokens`` as generation ``expected + 1`` iff the stored generation is
+        ``expected`` (0 = absent). Durable when it returns True."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...

@@ -1,0 +1,45 @@
+"""Build the configured store backend with its cipher."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ..config import StoreConfig
+from ..crypto import TokenCipher
+from .base import RecordCodec, TokenStore
+from .memory import MemoryStore
+from .sqlite import SQLiteStore
+
+log = logging.getLogger("tokenproxy.store")
+
+
+class StoreConfigError(Exception):
+    """The store cannot be configured as asked (missing key, bad key)."""
+
+
+def make_cipher(config: StoreConfig, environ: dict[str, str] | None = None) -> TokenCipher:
+    env = os.environ if environ is None else environ
+    material = env.get(config.key_env, "")
+    if not material:
+        if not config.allow_plaintext:
+            raise StoreConfigError(
+                f"no store encryption key: set the environment variable {config.key_env} "
+                "(make one with `tokenproxy keygen`), or set [store] allow_plaintext = true "
+                "to keep tokens unencrypted at rest")
+        log.warning("store: tokens are kept UNENCRYPTED at rest ([store] allow_plaintext)")
+        return TokenCipher(None)
+    try:
+        return TokenCipher.from_key_material(material)
+    except ValueError as exc:
+        raise StoreConfigError(f"{config.key_env}: {exc}") from None
+
+
+def open_store(config: StoreConfig, environ: dict[str, str] | None = None) -> TokenStore:
+    """The backend object (not yet opened: call ``await store.open()``)."""
+    codec = RecordCodec(make_cipher(config, environ))
+    if config.backend == "memory":
+        return MemoryStore(codec)
+    if config.backend == "sqlite":
+        return SQLiteStore(codec, config.path)
+    raise StoreConfigError(f"unknown store backend {config.backend!r}")

@@ -1,0 +1,36 @@
+"""In-process store: for tests and single-process use (lost on restart)."""
+
+from __future__ import annotations
+
+from ..tokens import TokenSet
+from .base import RecordCodec, StoredTokens, TokenStore
+
+
+class MemoryStore(TokenStore):
+    backend = "memory"
+
+    def __init__(self, codec: RecordCodec) -> None:
+        super().__init__(codec)
+        self._records: dict[str, tuple[int, bytes]] = {}
+
+    async def open(self) -> None:
+        return None
+
+    async def load(self, account: str) -> StoredTokens | None:
+        record = self._records.get(account)
+        if record is None:
+            return None
+        return StoredTokens(record[0], self.codec.decode(account, record[1]))
+
+    async def generation(self, account: str) -> int:
+        record = self._records.get(account)
+        return record[0] if record else 0
+
+    async def compare_and_set(self, account: str, expected: int, tokens: TokenSet) -> bool:
+        if await self.generation(account) != expected:
+            return False
+        self._records[account] = (expected + 1, self.codec.encode(tokens))
+        return True
+
+    async def close(self) -> None:
+        return None

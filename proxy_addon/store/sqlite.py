@@ -1,0 +1,121 @@
+"""SQLite store: the embedded default. WAL mode, one file (mode 0600) that several proxy
+processes on one host share; compare-and-set runs in an IMMEDIATE transaction, so the
+database's own lock serialises writers across processes.
+
+sqlite3 is blocking: every call runs on one dedicated thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ..tokens import TokenSet
+from .base import RecordCodec, StoredTokens, StoreError, TokenStore
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    account TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    value BLOB NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+"""
+
+
+class SQLiteStore(TokenStore):
+    backend = "sqlite"
+
+    def __init__(self, codec: RecordCodec, path: str | os.PathLike[str]) -> None:
+        super().__init__(codec)
+        self.path = Path(path)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="tokenproxy-sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite store {self.path}: {exc}") from None
+
+    # -- blocking part, on the store thread -----------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)  # never world-readable
+            os.close(fd)
+            os.chmod(self.path, 0o600)
+            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
+                                 check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # a committed rotation survives power loss
+            db.execute("PRAGMA busy_timeout=10000")
+            db.executescript(SCHEMA)
+            self._db = db
+        return self._db
+
+    def _open(self) -> None:
+        db = self._connect()
+        row = db.execute("SELECT value FROM meta WHERE name = 'key_check'").fetchone()
+        replacement = self.codec.check_key(row[0] if row else None)
+        if replacement is not None:
+            db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('key_check', ?)",
+                       (replacement,))
+
+    def _load(self, account: str) -> tuple[int, bytes] | None:
+        row = self._connect().execute(
+            "SELECT generation, value FROM tokens WHERE account = ?", (account,)).fetchone()
+        return (int(row[0]), bytes(row[1])) if row else None
+
+    def _cas(self, account: str, expected: int, value: bytes) -> bool:
+        db = self._connect()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT generation FROM tokens WHERE account = ?",
+                             (account,)).fetchone()
+            current = int(row[0]) if row else 0
+            if current != expected:
+                db.execute("ROLLBACK")
+                return False
+            db.execute("INSERT OR REPLACE INTO tokens (account, generation, value, updated_at) "
+                       "VALUES (?, ?, ?, ?)", (account, expected + 1, value, time.time()))
+            db.execute("COMMIT")
+            return True
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- async interface ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    async def load(self, account: str) -> StoredTokens | None:
+        row = await self._run(self._load, account)
+        if row is None:
+            return None
+        return StoredTokens(row[0], self.codec.decode(account, row[1]))
+
+    async def generation(self, account: str) -> int:
+        row = await self._run(self._load, account)
+        return row[0] if row else 0
+
+    async def compare_and_set(self, account: str, expected: int, tokens: TokenSet) -> bool:
+        return bool(await self._run(self._cas, account, expected, self.codec.encode(tokens)))
+
+    async def close(self) -> None:
+        await self._run(self._close)
+        self._executor.shutdown(wait=False)

@@ -139,6 +139,11 @@ class TokenInjector:
         state.leased = True
         flow.request.headers["authorization"] = f"Bearer {token}"
 
+    @staticmethod
+    def _deadline(flow: http.HTTPFlow, state: FlowTokenState) -> float:
+        """Token waits are bounded per request, from its arrival, across the replay too."""
+        return state.account.deadline(flow.request.timestamp_start)
+
     def _release(self, state: FlowTokenState) -> None:
         if state.leased:
             state.leased = False
@@ -146,7 +151,7 @@ class TokenInjector:
 
     async def _inject_after_wait(self, flow: http.HTTPFlow, state: FlowTokenState) -> None:
         try:
-            lease = await state.account.lease()
+            lease = await state.account.lease(self._deadline(flow, state))
         except TokenUnavailable as exc:
             flow.response = proxy_errors.error_response(exc.status, exc.code, exc.message,
                                                         exc.retry_after)
@@ -160,7 +165,8 @@ class TokenInjector:
         state.replayed = True
         account = state.account
         try:
-            token, generation = await account.rejected(state.generation, code)
+            token, generation = await account.rejected(state.generation, code,
+                                                       self._deadline(flow, state))
         except TokenUnavailable as exc:
             flow.response = proxy_errors.error_response(exc.status, exc.code, exc.message,
                                                         exc.retry_after)

@@ -182,9 +182,15 @@ class AccountTokens:
 
     # -- slow path -----------------------------------------------------------------------
 
-    async def lease(self) -> Lease:
-        """A usable token, waiting (bounded) for a renewal when one is due or under way."""
-        deadline = self._clock() + self._settings.token_wait_timeout
+    def deadline(self, arrived: float) -> float:
+        """When a request that arrived at ``arrived`` must stop waiting for a token."""
+        return arrived + self._settings.token_wait_timeout
+
+    async def lease(self, deadline: float | None = None) -> Lease:
+        """A usable token, waiting for a renewal when one is due or under way — until
+        ``deadline`` (default: ``token_wait_timeout`` from now)."""
+        if deadline is None:
+            deadline = self.deadline(self._clock())
         while True:
             fast = self.try_lease()
             if fast is not None:
@@ -212,7 +218,7 @@ class AccountTokens:
             if tokens is not None and not self._access_dead and tokens.access_alive(self._clock()):
                 return self._grant(tokens)
 
-    async def rejected(self, generation: int, code: str) -> Lease:
+    async def rejected(self, generation: int, code: str, deadline: float | None = None) -> Lease:
         """The platform answered a token 401 (``code``) to a request made with ``generation``:
         renew once if that generation is still current, then hand out the newer token."""
         if generation == self.generation:
@@ -223,7 +229,7 @@ class AccountTokens:
                     self._start_renewal(f"rejected:{code}")
             elif self._draining is not None and self._draining[0] == generation:
                 self._draining[1].set()  # no point waiting: the token is dead already
-        return await self.lease()
+        return await self.lease(deadline)
 
     def snapshot(self) -> dict[str, object]:
         """The account's state for status displays (no token values)."""

@@ -24,6 +24,7 @@ help:
 	@echo "make run    start the bundled platform emulator and the proxy ($(CONFIG))"
 	@echo "make test   lint and run the whole test suite"
 	@echo "make lint   ruff"
+	@echo "make bench  benchmarks -> docs/benchmarks.md (SCENARIOS='fleet' to run some)"
 	@echo "make clean  remove the venv and runtime state"
 
 $(VENV)/.installed: pyproject.toml
@@ -49,10 +50,13 @@ run: venv
 	  $(BIN)/tokenproxy run --config $(CONFIG)
 
 lint: venv
-	$(BIN)/ruff check proxy_addon tests
+	$(BIN)/ruff check proxy_addon tests bench
 
 test: venv lint
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider tests
+
+bench: venv
+	$(BIN)/python -m bench $(SCENARIOS)
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

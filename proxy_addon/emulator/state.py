@@ -266,21 +266,15 @@ class Platform:
         return app
 
     def _jwt_user(self, form: Mapping[str, str]) -> User:
-        assertion = form.get("assertion", "")
-        if not assertion:
-            raise errors.missing_param("assertion")
+        assertion = _required(form, "assertion")
         user = self._users_by_jwt.get(assertion)
         if user is None:
             raise errors.bad_credentials()
         return user
 
     def _password_user(self, form: Mapping[str, str]) -> User:
-        username = form.get("username", "")
-        if not username:
-            raise errors.missing_param("username")
-        password = form.get("password", "")
-        if not password:
-            raise errors.missing_param("password")
+        username = _required(form, "username")
+        password = _required(form, "password")
         extension = form.get("extension", "")
         wanted = username.lstrip("+")
         for user in self.users:
@@ -294,12 +288,8 @@ class Platform:
         raise errors.bad_credentials()
 
     def _code_user(self, app: App, form: Mapping[str, str]) -> User:
-        code_value = form.get("code", "")
-        if not code_value:
-            raise errors.missing_param("code")
-        redirect_uri = form.get("redirect_uri", "")
-        if not redirect_uri:
-            raise errors.missing_param("redirect_uri")
+        code_value = _required(form, "code")
+        redirect_uri = _required(form, "redirect_uri")
         code = self._codes.get(code_value) if token_kind(code_value) == "C" else None
         if code is None:
             raise errors.grant_not_found()
@@ -342,9 +332,7 @@ class Platform:
         return min(max(value, min(lo, default)), max(hi, default))
 
     def _refresh_grant(self, app: App, form: Mapping[str, str]) -> dict[str, Any]:
-        token = form.get("refresh_token", "")
-        if not token:
-            raise errors.missing_param("refresh_token")
+        token = _required(form, "refresh_token")
         self._sweep()
         session = self._refresh.get(token) if token_kind(token) == "R" else None
         if session is None or session.client_id != app.client_id:
@@ -511,12 +499,8 @@ class Platform:
     # ------------------------------------------------------------- authorize
     def authorize(self, params: Mapping[str, str]) -> str:
         """Auto-approve an authorization request; returns the redirect URL with the code."""
-        response_type = params.get("response_type", "")
-        if not response_type:
-            raise errors.missing_param("response_type")
-        client_id = params.get("client_id", "")
-        if not client_id:
-            raise errors.missing_param("client_id")
+        response_type = _required(params, "response_type")
+        client_id = _required(params, "client_id")
         app = self.apps.get(client_id)
         if app is None:
             raise errors.invalid_client("unknown client id")
@@ -524,9 +508,7 @@ class Platform:
             raise errors.unsupported_response_type()
         if "authorization_code" not in app.grants:
             raise errors.unauthorized_client()
-        redirect_uri = params.get("redirect_uri", "")
-        if not redirect_uri:
-            raise errors.missing_param("redirect_uri")
+        redirect_uri = _required(params, "redirect_uri")
         parts = urlsplit(redirect_uri)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
             raise errors.invalid_param("redirect_uri")
@@ -681,3 +663,11 @@ def _parse_basic(authorization: str | None) -> tuple[str, str] | None:
     if not sep or not client_id:
         return None
     return client_id, secret
+
+
+def _required(form: Mapping[str, str], name: str) -> str:
+    """A non-empty form or query parameter, or the platform's missing-parameter error."""
+    value = form.get(name, "")
+    if not value:
+        raise errors.missing_param(name)
+    return value

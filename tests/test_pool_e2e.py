@@ -47,6 +47,7 @@ def test_1000_concurrent_requests_after_expiry_make_one_token_call(emulator_fact
     emulator.reset_counters()
     statuses = asyncio.run(_burst(proxy.url, 1000))
     counters = emulator.counters()
+    print(f"figures burst: {Counter(statuses)} token_calls={counters['token_calls']}")
     assert Counter(statuses) == {200: 1000}
     assert counters["token_calls"] == 1, counters
     assert sum(counters["api_401_by_code"].values()) == 0  # nobody used the expired token
@@ -74,6 +75,8 @@ def test_steady_traffic_never_sees_a_token_401(emulator_factory, proxy_factory) 
         for future in [pool.submit(worker) for _ in range(4)]:
             future.result(timeout=120)
     counters = emulator.counters()
+    print(f"figures steady: {statuses} token_calls={counters['token_calls']} "
+          f"api_401={counters['api_401_by_code']}")
     assert set(statuses) == {200}, statuses
     assert sum(statuses.values()) > 1500
     assert counters["api_401_by_code"] == {} or sum(counters["api_401_by_code"].values()) == 0
@@ -90,6 +93,7 @@ def test_keepalive_saves_an_idle_account(emulator_factory, proxy_factory) -> Non
         time.sleep(20)
         assert client.get(EXT).status_code == 200
     counters = emulator.counters()
+    print(f"figures keepalive: logins={counters['logins']} refreshes={counters['refreshes']}")
     assert counters["logins"] == 1, counters
     assert counters["refreshes"] >= 4  # kept alive by refreshes, not by new logins
 
@@ -116,6 +120,8 @@ def test_outside_eviction_and_session_budget(emulator_factory, proxy_factory) ->
             time.sleep(0.02)
     counters = emulator.counters()
     assert set(statuses) == {200}, statuses
+    print(f"figures eviction: {statuses} evictions={counters['evictions']} "
+          f"max_proxy={counters['max_live_sessions_proxy']}")
     assert counters["evictions"] >= 10
     assert max(counters["max_live_sessions_proxy"].values()) <= 1  # max_live_tokens = 1
 
@@ -159,12 +165,21 @@ def test_auth_rate_limit_is_never_tripped(emulator_factory, proxy_factory) -> No
     asyncio.run(run())
     counters = emulator.counters()
     statuses = Counter(status for status, _, _ in results)
+    slowest_503 = max((e for status, e, _ in results if status == 503), default=0.0)
+    slowest = max(e for _, e, _ in results)
+    print(f"figures ratelimit: {statuses} token_calls={counters['token_calls']} "
+          f"rate_limited={counters['rate_limited']} slowest 503 {slowest_503:.2f}s, "
+          f"slowest {slowest:.2f}s")
     assert counters["rate_limited"] == 0, counters
     assert counters["token_calls"] <= 5, counters
     assert set(statuses) <= {200, 503}, statuses
     assert statuses[200] > 0 and statuses[503] > 0  # the budget ran out within 40 s
     assert all(retry for status, _, retry in results if status == 503)
-    assert max(elapsed for _, elapsed, _ in results) < 3 + 2.0  # never past the wait timeout
+    # waiting for a token ends by the wait timeout (3 s): a refusal never comes later ...
+    assert slowest_503 < 3 + 1.5
+    # ... and nothing hangs: at most the wait plus ordinary proxying on 2 loaded cores (the
+    # per-request deadline itself is checked precisely in test_pool_deadline.py)
+    assert slowest < 3 + 4
 
 
 def _refresh_token_for_user2(emulator) -> str:
@@ -255,6 +270,7 @@ def test_wrong_secret_is_explained_and_not_retried_in_a_loop(emulator_factory,
     assert state["last_error"] == "OAU-153"
     assert "sandbox" in state["hint"]
     calls = emulator.counters()["token_calls"]
+    print(f"figures wrongsecret: token_calls={calls} in 35 s")
     assert 1 <= calls <= 2, calls  # ~30 s back-off: at most 3 a minute
     proxy.stop()
     explained = [line for line in proxy.logs().splitlines() if "OAU-153" in line]

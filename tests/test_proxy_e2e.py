@@ -73,6 +73,8 @@ def test_revocation_under_50_concurrent_requests(emulator_factory, proxy_factory
         for future in futures:
             future.result(timeout=60)
     counters = emulator.counters()
+    print(f"figures revocation: {statuses} token_calls={counters['token_calls']} "
+          f"api_401={counters['api_401_by_code']}")
     assert set(statuses) == {200}, statuses
     assert counters["api_401_by_code"].get("OAU-213", 0) >= 1  # the revocation did bite
     assert counters["token_calls"] <= 2, counters

@@ -1,0 +1,74 @@
+"""The pool in-process against the real emulator over HTTP: per-request wait bounds (with the
+token endpoint slowed by a fault option) and the token-call budget shared per client id."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from proxy_addon.config import parse_config
+from proxy_addon.oauth import TokenEndpoint
+from proxy_addon.pool import PoolSettings, TokenPool, TokenUnavailable
+
+
+def _account(name: str, jwt: str) -> dict[str, str]:
+    return {"name": name, "client_id": "demo-client-id", "client_secret": "demo-client-secret",
+            "grant": "jwt", "jwt": jwt}
+
+
+def _pool(url: str, http: httpx.AsyncClient, wait: float, budget: int = 0) -> TokenPool:
+    config = parse_config({
+        "proxy": {"upstream": url},
+        "accounts": [_account("main", "demo-jwt-credential"),
+                     _account("other", "demo-jwt-credential-2")],
+    }, "test", {})
+    settings = PoolSettings(token_wait_timeout=wait, auth_budget_calls=budget)
+    return TokenPool.build(config, TokenEndpoint(url, http), settings=settings)
+
+
+def test_wait_is_bounded_from_arrival_across_the_replay(emulator_factory) -> None:
+    emulator = emulator_factory("--auth-rate", "0")
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(timeout=30) as http:
+            account = _pool(emulator.url, http, wait=1.0)["main"]
+            _, generation = await account.lease()  # fast token endpoint: fine
+            emulator.set_policy(token_delay=3.0)  # now every renewal takes 3 s
+            arrived = time.time()
+            await asyncio.sleep(0.6)  # the request spent 0.6 s upstream, then got a 401
+            with pytest.raises(TokenUnavailable) as info:
+                await account.rejected(generation, "OAU-213", account.deadline(arrived))
+            waited = time.time() - arrived
+            assert info.value.code == "TPX-TOKEN-TIMEOUT"
+            assert 0.9 <= waited < 1.3, waited  # the 1 s budget counts from arrival
+            # a second request waits on the same renewal, for its own 1 s only
+            started = time.time()
+            with pytest.raises(TokenUnavailable):
+                await account.lease()
+            assert time.time() - started < 1.3
+            account.close()
+
+    asyncio.run(scenario())
+    assert emulator.counters()["token_calls"] == 2  # first login + one (slow) renewal
+
+
+def test_budget_is_shared_by_accounts_of_one_client_id(emulator_factory) -> None:
+    emulator = emulator_factory("--auth-rate", "0")
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(timeout=30) as http:
+            pool = _pool(emulator.url, http, wait=1.0, budget=2)
+            _, generation = await pool["main"].lease()  # call 1
+            await pool["other"].lease()  # call 2: same client id, same budget
+            emulator.revoke_all()
+            with pytest.raises(TokenUnavailable) as info:
+                await pool["main"].rejected(generation, "OAU-213")
+            assert info.value.code == "TPX-AUTH-RATE-LIMITED"
+            assert info.value.retry_after and info.value.retry_after > 50
+            pool.close()
+
+    asyncio.run(scenario())
+    assert emulator.counters()["token_calls"] == 2

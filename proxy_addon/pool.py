@@ -16,8 +16,11 @@ import contextlib
 import enum
 import logging
 import math
+import os
 import random
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,7 +29,7 @@ from .config import AccountConfig, Config
 from .crypto import TokenCipher
 from .oauth import TokenEndpoint, UpstreamUnreachable
 from .platform_errors import TokenEndpointError
-from .store import CorruptRecord, StoreError, TokenStore
+from .store import CorruptRecord, StoredTokens, StoreError, TokenStore
 from .store.base import RecordCodec
 from .store.memory import MemoryStore
 from .tokens import TokenSet
@@ -68,6 +71,7 @@ class PoolSettings:
     auth_budget_calls: int = 5  # token-endpoint calls per app (client id) ...
     auth_budget_window: float = 60.0  # ... per this many seconds; 0 calls = unlimited
     reauth_poll: float = 1.0  # how often a reauth_required account looks for a new session
+    lock_lease: float = 15.0  # how long a process may hold an account's renewal lock
 
     @classmethod
     def from_config(cls, config: Config) -> PoolSettings:
@@ -89,10 +93,11 @@ class AccountTokens:
 
     def __init__(self, account: AccountConfig, endpoint: TokenEndpoint, settings: PoolSettings,
                  store: TokenStore, budget: AuthBudget | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, owner: str = "") -> None:
         self.account = account
         self._endpoint = endpoint
         self._store = store
+        self._owner = owner or _process_owner()
         self._budget = budget or AuthBudget(settings.auth_budget_calls,
                                             settings.safe_budget_window)
         self._settings = settings
@@ -291,10 +296,19 @@ class AccountTokens:
     async def _renew(self, reason: str) -> None:
         previous_state = self.state
         self._set_state(AccountState.REFRESHING)
+        locked = False
         try:
             if reason == "ahead":
                 await self._drain(self.generation)
-            tokens = await self._obtain(reason)
+            newer = await self._lock_or_newer()
+            if newer is not None:  # another process renewed: use its pair, no token call
+                generation, tokens = newer.generation, newer.tokens
+                log.info("account %s: adopted generation %d from the store",
+                         self.account.name, generation)
+            else:
+                locked = True
+                tokens = await self._obtain(reason)
+                generation = await self._persist(tokens)  # durable before anyone uses it
         except TokenUnavailable as exc:
             self._failure = exc
             if self.state is AccountState.REFRESHING:
@@ -304,7 +318,7 @@ class AccountTokens:
             self._set_state(previous_state)
             raise
         else:
-            self.generation = await self._persist(tokens)
+            self.generation = generation
             self._tokens = tokens
             self._access_dead = False
             self._used = False
@@ -314,9 +328,54 @@ class AccountTokens:
             self.last_refresh = self._clock()
             self._set_state(AccountState.HEALTHY)
         finally:
+            if locked:
+                await self._release_lock()
             self._draining = None
             self._renewal = None
             self._schedule()
+
+    async def _newer_in_store(self) -> StoredTokens | None:
+        """A generation newer than ours that another process stored, if readable."""
+        try:
+            if await self._store.generation(self.account.name) <= self.generation:
+                return None
+            record = await self._store.load(self.account.name)
+        except (StoreError, CorruptRecord) as exc:
+            log.warning("account %s: reading the store: %s", self.account.name, exc)
+            return None
+        return record if record is not None and record.generation > self.generation else None
+
+    async def _lock_or_newer(self) -> StoredTokens | None:
+        """Hold the account's renewal lock (None), or return the newer tokens another process
+        stored meanwhile. Processes sharing a store thus renew one at a time, once."""
+        name, settings = self.account.name, self._settings
+        give_up = self._clock() + settings.lock_lease + 1.0  # a dead holder's lease runs out
+        while True:
+            newer = await self._newer_in_store()
+            if newer is not None:
+                return newer
+            try:
+                locked = await self._store.acquire_lock(name, self._owner, settings.lock_lease)
+            except StoreError as exc:
+                log.warning("account %s: store lock unavailable (%s); renewing unlocked",
+                            name, exc)
+                return None
+            if locked:
+                newer = await self._newer_in_store()
+                if newer is not None:
+                    await self._release_lock()
+                return newer
+            if self._clock() >= give_up:
+                raise TokenUnavailable(503, "TPX-TOKEN-TIMEOUT",
+                                       "Another proxy process holds this account's renewal "
+                                       "lock and has not finished.", 1.0)
+            await asyncio.sleep(0.05)
+
+    async def _release_lock(self) -> None:
+        try:
+            await self._store.release_lock(self.account.name, self._owner)
+        except StoreError as exc:
+            log.warning("account %s: releasing the store lock: %s", self.account.name, exc)
 
     async def _persist(self, tokens: TokenSet) -> int:
         """Write the new pair to the store before anyone uses it; returns its generation."""
@@ -562,8 +621,9 @@ class TokenPool:
         settings = settings or PoolSettings.from_config(config)
         store = store or MemoryStore(RecordCodec(TokenCipher(None)))
         budgets = AuthBudgets(settings.auth_budget_calls, settings.safe_budget_window)
+        owner = _process_owner()
         return cls({a.name: AccountTokens(a, endpoint, settings, store,
-                                          budgets.for_client(a.client_id))
+                                          budgets.for_client(a.client_id), owner=owner)
                     for a in config.accounts})
 
     def __getitem__(self, name: str) -> AccountTokens:
@@ -576,6 +636,10 @@ class TokenPool:
     def close(self) -> None:
         for account in self.accounts.values():
             account.close()
+
+
+def _process_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def _retrieve_exception(task: asyncio.Task[None]) -> None:

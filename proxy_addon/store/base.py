@@ -97,4 +97,13 @@ class TokenStore(abc.ABC):
         ``expected`` (0 = absent). Durable when it returns True."""
 
     @abc.abstractmethod
+    async def acquire_lock(self, account: str, owner: str, lease: float) -> bool:
+        """Take the account's renewal lock for ``lease`` seconds (True), unless another owner
+        holds an unexpired one (False). Re-acquiring one's own lock extends it."""
+
+    @abc.abstractmethod
+    async def release_lock(self, account: str, owner: str) -> None:
+        """Release the lock if (and only if) ``owner`` holds it."""
+
+    @abc.abstractmethod
     async def close(self) -> None: ...

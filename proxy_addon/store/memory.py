@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from ..tokens import TokenSet
 from .base import RecordCodec, StoredTokens, TokenStore
 
@@ -12,6 +14,7 @@ class MemoryStore(TokenStore):
     def __init__(self, codec: RecordCodec) -> None:
         super().__init__(codec)
         self._records: dict[str, tuple[int, bytes]] = {}
+        self._locks: dict[str, tuple[str, float]] = {}
 
     async def open(self) -> None:
         return None
@@ -31,6 +34,19 @@ class MemoryStore(TokenStore):
             return False
         self._records[account] = (expected + 1, self.codec.encode(tokens))
         return True
+
+    async def acquire_lock(self, account: str, owner: str, lease: float) -> bool:
+        holder = self._locks.get(account)
+        now = time.monotonic()
+        if holder is not None and holder[0] != owner and holder[1] > now:
+            return False
+        self._locks[account] = (owner, now + lease)
+        return True
+
+    async def release_lock(self, account: str, owner: str) -> None:
+        holder = self._locks.get(account)
+        if holder is not None and holder[0] == owner:
+            del self._locks[account]
 
     async def close(self) -> None:
         return None

@@ -26,6 +26,11 @@ CREATE TABLE IF NOT EXISTS tokens (
     updated_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS locks (
+    account TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
 """
 
 
@@ -93,6 +98,28 @@ class SQLiteStore(TokenStore):
             db.execute("ROLLBACK")
             raise
 
+    def _acquire(self, account: str, owner: str, lease: float) -> bool:
+        db = self._connect()
+        now = time.time()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT owner, expires_at FROM locks WHERE account = ?",
+                             (account,)).fetchone()
+            if row is not None and row[0] != owner and row[1] > now:
+                db.execute("ROLLBACK")
+                return False
+            db.execute("INSERT OR REPLACE INTO locks (account, owner, expires_at) "
+                       "VALUES (?, ?, ?)", (account, owner, now + lease))
+            db.execute("COMMIT")
+            return True
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _release(self, account: str, owner: str) -> None:
+        self._connect().execute("DELETE FROM locks WHERE account = ? AND owner = ?",
+                                (account, owner))
+
     def _close(self) -> None:
         if self._db is not None:
             self._db.close()
@@ -115,6 +142,12 @@ class SQLiteStore(TokenStore):
 
     async def compare_and_set(self, account: str, expected: int, tokens: TokenSet) -> bool:
         return bool(await self._run(self._cas, account, expected, self.codec.encode(tokens)))
+
+    async def acquire_lock(self, account: str, owner: str, lease: float) -> bool:
+        return bool(await self._run(self._acquire, account, owner, lease))
+
+    async def release_lock(self, account: str, owner: str) -> None:
+        await self._run(self._release, account, owner)
 
     async def close(self) -> None:
         await self._run(self._close)

@@ -80,15 +80,22 @@ def test_revocation_under_50_concurrent_requests(emulator_factory, proxy_factory
     assert counters["token_calls"] <= 2, counters
 
 
-@pytest.mark.parametrize("kind", ["json", "multipart"])
-def test_post_bodies_are_replayed_byte_identical(emulator_factory, proxy_factory,
-                                                 kind: str) -> None:
+def _proxy_with_revoked_token(emulator_factory, proxy_factory):
+    """A proxy holding a token the platform has just revoked: the next request is refused
+    with OAU-213 first and must be replayed. Returns the OAU-213 count before it."""
     emulator = emulator_factory("--auth-rate", "0")
     proxy = proxy_factory(emulator.url)
     with proxy.http() as client:
         assert client.get(EXT).status_code == 200
-        emulator.revoke_all()  # the proxy's token is dead: the next POST gets a 401 first
-        before = emulator.counters()["api_401_by_code"].get("OAU-213", 0)
+    emulator.revoke_all()
+    return emulator, proxy, emulator.counters()["api_401_by_code"].get("OAU-213", 0)
+
+
+@pytest.mark.parametrize("kind", ["json", "multipart"])
+def test_post_bodies_are_replayed_byte_identical(emulator_factory, proxy_factory,
+                                                 kind: str) -> None:
+    emulator, proxy, before = _proxy_with_revoked_token(emulator_factory, proxy_factory)
+    with proxy.http() as client:
         if kind == "json":
             body = json.dumps({"from": {"phoneNumber": "+15550100001"},
                                "to": [{"phoneNumber": "+15550100002"}],
@@ -115,12 +122,8 @@ def test_post_bodies_are_replayed_byte_identical(emulator_factory, proxy_factory
 @pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE", "GET"])
 def test_replay_keeps_method_path_query_headers(emulator_factory, proxy_factory,
                                                 method: str) -> None:
-    emulator = emulator_factory("--auth-rate", "0")
-    proxy = proxy_factory(emulator.url)
+    emulator, proxy, before = _proxy_with_revoked_token(emulator_factory, proxy_factory)
     with proxy.http() as client:
-        assert client.get(EXT).status_code == 200
-        emulator.revoke_all()
-        before = emulator.counters()["api_401_by_code"].get("OAU-213", 0)
         body = b"" if method == "GET" else b"payload \x00\xff"
         response = client.request(method, "/restapi/v1.0/echo?a=1&b=two&b=3", content=body,
                                   headers={"X-Trace": "echo-1", "Content-Type": "text/x-odd"})

@@ -182,21 +182,8 @@ async def sms(request: web.Request) -> web.Response:
         payload = None
     if not isinstance(payload, dict):
         raise errors.api_error(400, "CMN-101", "Request body is not a valid JSON object")
-    msg_id = str(next(_message_ids))
-    return json_response(
-        {
-            "id": msg_id,
-            "uri": f"{_base(request)}/message-store/{msg_id}",
-            "type": "SMS",
-            "direction": "Outbound",
-            "messageStatus": "Queued",
-            "from": payload.get("from"),
-            "to": payload.get("to"),
-            "subject": payload.get("text"),
-            "bodySha256": hashlib.sha256(raw).hexdigest(),
-            "bodyLength": len(raw),
-        }
-    )
+    return _queued_message(request, "SMS", raw, **{
+        "from": payload.get("from"), "to": payload.get("to"), "subject": payload.get("text")})
 
 
 async def fax(request: web.Request) -> web.Response:
@@ -224,20 +211,24 @@ async def fax(request: web.Request) -> web.Response:
                 "size": len(payload) if isinstance(payload, bytes) else 0,
             }
         )
+    return _queued_message(request, "Fax", raw, parts=len(details), partDetails=details)
+
+
+def _queued_message(request: web.Request, kind: str, raw: bytes, **fields: object
+                    ) -> web.Response:
+    """The answer to a sent message: its id and URI, and the hash of the raw request body
+    (tests compare it to check that a replayed body arrived byte-identical)."""
     msg_id = str(next(_message_ids))
-    return json_response(
-        {
-            "id": msg_id,
-            "uri": f"{_base(request)}/message-store/{msg_id}",
-            "type": "Fax",
-            "direction": "Outbound",
-            "messageStatus": "Queued",
-            "bodySha256": hashlib.sha256(raw).hexdigest(),
-            "bodyLength": len(raw),
-            "parts": len(details),
-            "partDetails": details,
-        }
-    )
+    return json_response({
+        "id": msg_id,
+        "uri": f"{_base(request)}/message-store/{msg_id}",
+        "type": kind,
+        "direction": "Outbound",
+        "messageStatus": "Queued",
+        **fields,
+        "bodySha256": hashlib.sha256(raw).hexdigest(),
+        "bodyLength": len(raw),
+    })
 
 
 def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:

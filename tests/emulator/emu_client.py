@@ -12,6 +12,18 @@ JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 BASIC = ("demo-client-id", "demo-client-secret")
 NOJWT = ("demo-nojwt-client", "demo-nojwt-secret")
 EXT = "/restapi/v1.0/account/~/extension/~"
+# the token endpoint's success body, fields in platform.md's order
+TOKEN_FIELDS = [
+    "access_token",
+    "token_type",
+    "expires_in",
+    "refresh_token",
+    "refresh_token_expires_in",
+    "scope",
+    "owner_id",
+    "endpoint_id",
+    "session_id",
+]
 RATE_HEADERS = (
     "X-Rate-Limit-Group",
     "X-Rate-Limit-Limit",

@@ -18,6 +18,7 @@ from tests.emulator.emu_client import (
     JWT_GRANT,
     NOJWT,
     RATE_HEADERS,
+    TOKEN_FIELDS,
     bearer,
     client,
     jwt_login,
@@ -46,17 +47,7 @@ def test_jwt_grant(c: httpx.Client) -> None:
     assert response.headers["content-type"].startswith("application/json")
     assert response.headers["cache-control"] == "no-store"
     body = response.json()
-    assert list(body) == [
-        "access_token",
-        "token_type",
-        "expires_in",
-        "refresh_token",
-        "refresh_token_expires_in",
-        "scope",
-        "owner_id",
-        "endpoint_id",
-        "session_id",
-    ]
+    assert list(body) == TOKEN_FIELDS
     assert (body["token_type"], body["expires_in"], body["refresh_token_expires_in"]) == (
         "bearer",
         3600,

@@ -16,6 +16,7 @@ from proxy_addon.emulator.policy import Policy, PolicyError
 from proxy_addon.emulator.seed import JWT_GRANT_URN
 from proxy_addon.emulator.state import DEAD_RETENTION, Platform, pkce_s256
 from proxy_addon.emulator.tokens import new_token, token_kind
+from tests.emulator.emu_client import TOKEN_FIELDS
 from tests.support.emulator import recording_sha256
 
 
@@ -74,17 +75,7 @@ def test_tokens_are_parsable_and_distinct_from_garbage() -> None:
 def test_jwt_login_success_body() -> None:
     p, _ = make()
     body = jwt_login(p)
-    assert set(body) == {
-        "access_token",
-        "token_type",
-        "expires_in",
-        "refresh_token",
-        "refresh_token_expires_in",
-        "scope",
-        "owner_id",
-        "endpoint_id",
-        "session_id",
-    }
+    assert set(body) == set(TOKEN_FIELDS)
     assert body["token_type"] == "bearer"
     assert body["expires_in"] == 3600
     assert body["refresh_token_expires_in"] == 604800

@@ -116,7 +116,8 @@ class EmulatorConfig:
     args: tuple[str, ...] = ()
 
 
-STORE_BACKENDS = ("sqlite", "memory")
+STORE_BACKENDS = ("sqlite", "redis", "memory")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,10 @@ class StoreConfig:
     path: str = "var/tokens.db"  # relative to the working directory
     key_env: str = "TOKENPROXY_STORE_KEY"
     allow_plaintext: bool = False
+    url: Secret | None = None  # redis://[:password@]host:port/db or rediss:// (TLS)
+    prefix: str = "tokenproxy"  # Redis key prefix: one per deployment sharing a server
+    tls_ca_file: str | None = None  # CA bundle that signed a rediss:// server's certificate
+    lock_lease: float = 6.0  # seconds a crashed replica can hold an account's renewal lock
 
 
 @dataclass(frozen=True)
@@ -281,7 +286,8 @@ class _Reader:
 
     def store(self, value: Any) -> StoreConfig:
         key = "store"
-        table = self.table(value, key, {"backend", "path", "key_env", "allow_plaintext"})
+        table = self.table(value, key, {"backend", "path", "key_env", "allow_plaintext", "url",
+                                        "prefix", "lock_lease", "tls_ca_file"})
         defaults = StoreConfig()
         backend = self.string(table, "backend", key, default=defaults.backend) or ""
         if backend not in STORE_BACKENDS:
@@ -290,12 +296,23 @@ class _Reader:
         key_env = self.string(table, "key_env", key, default=defaults.key_env) or ""
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key_env):
             raise self.fail("store.key_env", "must be the name of an environment variable")
+        url = self.secret(table, "url", key, required=backend == "redis")
+        if url is not None and not url.reveal().startswith(REDIS_SCHEMES):
+            raise self.fail("store.url", "expected a redis://, rediss:// (TLS) or unix:// URL")
+        prefix = self.string(table, "prefix", key, default=defaults.prefix) or ""
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", prefix):
+            raise self.fail("store.prefix", "expected 1-64 letters, digits or _.:-")
         return StoreConfig(
             backend=backend,
             path=self.string(table, "path", key, default=defaults.path) or defaults.path,
             key_env=key_env,
             allow_plaintext=self.boolean(table, "allow_plaintext", key,
                                          defaults.allow_plaintext),
+            url=url,
+            prefix=prefix,
+            tls_ca_file=self.string(table, "tls_ca_file", key),
+            lock_lease=self.number(table, "lock_lease", key, defaults.lock_lease, minimum=1.0,
+                                   maximum=300.0),
         )
 
     def proxy(self, value: Any) -> ProxyConfig:

@@ -71,7 +71,8 @@ class PoolSettings:
     auth_budget_calls: int = 5  # token-endpoint calls per app (client id) ...
     auth_budget_window: float = 60.0  # ... per this many seconds; 0 calls = unlimited
     reauth_poll: float = 1.0  # how often a reauth_required account looks for a new session
-    lock_lease: float = 15.0  # how long a process may hold an account's renewal lock
+    lock_lease: float = 6.0  # how long a crashed process can block an account's renewal
+    store_retry: float = 1.0  # how soon renewals try an unreachable store again
 
     @classmethod
     def from_config(cls, config: Config) -> PoolSettings:
@@ -80,7 +81,8 @@ class PoolSettings:
                    refresh_ahead=proxy.refresh_ahead,
                    drain_timeout=proxy.drain_timeout,
                    auth_budget_calls=proxy.auth_budget_calls,
-                   auth_budget_window=proxy.auth_budget_window)
+                   auth_budget_window=proxy.auth_budget_window,
+                   lock_lease=config.store.lock_lease)
 
     @property
     def safe_budget_window(self) -> float:
@@ -113,6 +115,8 @@ class AccountTokens:
         self._used = False  # a request leased the current generation
         self._inflight: dict[int, int] = {}
         self._renewal: asyncio.Task[None] | None = None
+        self._pending: TokenSet | None = None  # obtained, not yet saved
+        self._checking = False  # a notification's store read is under way
         self._draining: tuple[int, asyncio.Event] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._failures = 0
@@ -296,19 +300,20 @@ class AccountTokens:
     async def _renew(self, reason: str) -> None:
         previous_state = self.state
         self._set_state(AccountState.REFRESHING)
-        locked = False
+        heartbeat: asyncio.Task[None] | None = None
         try:
             if reason == "ahead":
                 await self._drain(self.generation)
-            newer = await self._lock_or_newer()
-            if newer is not None:  # another process renewed: use its pair, no token call
-                generation, tokens = newer.generation, newer.tokens
-                log.info("account %s: adopted generation %d from the store",
-                         self.account.name, generation)
-            else:
-                locked = True
-                tokens = await self._obtain(reason)
-                generation = await self._persist(tokens)  # durable before anyone uses it
+            record = await self._lock_or_newer()
+            if record is None:
+                heartbeat = self._keep_lock()
+                try:
+                    record = await self._persist(await self._obtain(reason))
+                except _Superseded as exc:
+                    record = exc.record
+            if record.tokens is not self._pending:
+                log.info("account %s: adopted generation %d that another process stored",
+                         self.account.name, record.generation)
         except TokenUnavailable as exc:
             self._failure = exc
             if self.state is AccountState.REFRESHING:
@@ -318,58 +323,109 @@ class AccountTokens:
             self._set_state(previous_state)
             raise
         else:
-            self.generation = generation
-            self._tokens = tokens
+            self.generation = record.generation
+            self._tokens = record.tokens
             self._access_dead = False
             self._used = False
             self._failures = 0
             self._retry_at = 0.0
             self._failure = None
             self.last_refresh = self._clock()
+            self.last_error = self.last_hint = ""
             self._set_state(AccountState.HEALTHY)
         finally:
-            if locked:
+            self._pending = None
+            if heartbeat is not None:
+                heartbeat.cancel()
                 await self._release_lock()
             self._draining = None
             self._renewal = None
             self._schedule()
 
     async def _newer_in_store(self) -> StoredTokens | None:
-        """A generation newer than ours that another process stored, if readable."""
+        """The pair another process stored since we last read or wrote, if it is readable,
+        alive and not older than ours (a lower generation means the store was reset).
+        StoreError propagates: the caller decides what an unreachable store means."""
+        name = self.account.name
+        if await self._store.generation(name) == self.generation:
+            return None
         try:
-            if await self._store.generation(self.account.name) <= self.generation:
-                return None
-            record = await self._store.load(self.account.name)
-        except (StoreError, CorruptRecord) as exc:
+            record = await self._store.load(name)
+        except CorruptRecord as exc:
+            self.last_error, self.last_hint = "stored tokens unreadable", str(exc)
+            log.error("account %s: %s; it will be overwritten by the next renewal", name, exc)
+            return None
+        if record is None or record.generation == self.generation:
+            return None
+        now, ours = self._clock(), self._tokens
+        theirs = record.tokens
+        if not (theirs.access_alive(now) or theirs.refresh_alive(now)):
+            return None
+        if ours is not None and theirs.issued_at < ours.issued_at:
+            return None  # the store lost our latest write; the next persist restores it
+        return record
+
+    async def _newer_in_store_or_none(self) -> StoredTokens | None:
+        try:
+            return await self._newer_in_store()
+        except StoreError as exc:
             log.warning("account %s: reading the store: %s", self.account.name, exc)
             return None
-        return record if record is not None and record.generation > self.generation else None
 
     async def _lock_or_newer(self) -> StoredTokens | None:
         """Hold the account's renewal lock (None), or return the newer tokens another process
-        stored meanwhile. Processes sharing a store thus renew one at a time, once."""
-        name, settings = self.account.name, self._settings
-        give_up = self._clock() + settings.lock_lease + 1.0  # a dead holder's lease runs out
-        while True:
-            newer = await self._newer_in_store()
-            if newer is not None:
-                return newer
-            try:
-                locked = await self._store.acquire_lock(name, self._owner, settings.lock_lease)
-            except StoreError as exc:
-                log.warning("account %s: store lock unavailable (%s); renewing unlocked",
-                            name, exc)
-                return None
-            if locked:
+        stored meanwhile. Processes sharing a store thus renew one at a time, once. Without a
+        reachable store there is no renewal: a pair that cannot be saved could be lost."""
+        name, lease = self.account.name, self._settings.lock_lease
+        give_up = self._clock() + lease + 1.0  # a dead holder's lease runs out
+        try:
+            while True:
                 newer = await self._newer_in_store()
                 if newer is not None:
-                    await self._release_lock()
-                return newer
-            if self._clock() >= give_up:
-                raise TokenUnavailable(503, "TPX-TOKEN-TIMEOUT",
-                                       "Another proxy process holds this account's renewal "
-                                       "lock and has not finished.", 1.0)
-            await asyncio.sleep(0.05)
+                    return newer
+                if await self._store.acquire_lock(name, self._owner, lease):
+                    newer = await self._newer_in_store()
+                    if newer is not None:
+                        await self._release_lock()
+                    return newer
+                if self._clock() >= give_up:
+                    raise TokenUnavailable(503, "TPX-TOKEN-TIMEOUT",
+                                           "Another proxy process holds this account's renewal "
+                                           "lock and has not finished.", 1.0)
+                await asyncio.sleep(0.05)
+        except StoreError as exc:
+            raise self._store_down(exc) from None
+
+    def _store_down(self, exc: StoreError) -> TokenUnavailable:
+        if self.last_error != "store unavailable":
+            log.error("account %s: the store is unreachable, renewals wait for it: %s",
+                      self.account.name, exc)
+        self.last_error, self.last_hint = "store unavailable", str(exc)
+        self._retry_at = self._clock() + self._settings.store_retry
+        return TokenUnavailable(503, "TPX-STORE-UNAVAILABLE",
+                                "The token store is unreachable and the current token is no "
+                                "longer valid; the proxy renews tokens only where it can save "
+                                "them.", self._settings.store_retry)
+
+    def _keep_lock(self) -> asyncio.Task[None]:
+        """Extend the renewal lock while we hold it (a slow token endpoint must not let the
+        lease run out under us); cancelled when the renewal ends."""
+        name, lease = self.account.name, self._settings.lock_lease
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(lease / 3)
+                try:
+                    if not await self._store.acquire_lock(name, self._owner, lease):
+                        log.warning("account %s: lost the renewal lock to another process",
+                                    name)
+                        return
+                except StoreError as exc:
+                    log.warning("account %s: extending the renewal lock: %s", name, exc)
+
+        task = asyncio.get_running_loop().create_task(beat(), name=f"lock:{name}")
+        task.add_done_callback(_retrieve_exception)
+        return task
 
     async def _release_lock(self) -> None:
         try:
@@ -377,23 +433,80 @@ class AccountTokens:
         except StoreError as exc:
             log.warning("account %s: releasing the store lock: %s", self.account.name, exc)
 
-    async def _persist(self, tokens: TokenSet) -> int:
-        """Write the new pair to the store before anyone uses it; returns its generation."""
+    async def _persist(self, tokens: TokenSet) -> StoredTokens:
+        """Write the new pair to the store before anyone uses it. Returns what to use: our
+        pair with its generation or, if another process stored a pair meanwhile (our lock ran
+        out), theirs — ours is then revoked, so it holds no session slot."""
+        self._pending = tokens
         name = self.account.name
-        expected = self.generation
-        for _ in range(3):
-            try:
+        based_on = expected = self.generation
+        try:
+            for _ in range(3):
                 if await self._store.compare_and_set(name, expected, tokens):
-                    return expected + 1
-                expected = await self._store.generation(name)
-            except StoreError as exc:
-                # The platform has already rotated: the new pair is the only one that works.
-                # Serve it from memory and say loudly that it is not durable.
-                log.error("account %s: could not persist the new tokens: %s", name, exc)
-                return self.generation + 1
+                    return StoredTokens(expected + 1, tokens)
+                try:
+                    stored = await self._store.load(name)
+                except CorruptRecord:
+                    stored = None
+                now = self._clock()
+                if stored is not None and stored.tokens.refresh_alive(now) \
+                        and stored.tokens.issued_at >= tokens.issued_at - 60.0:
+                    self._discard(tokens, stored.tokens)
+                    return stored
+                expected = await self._store.generation(name)  # dead, unreadable or reset
+        except StoreError as exc:
+            # The platform has already rotated: the new pair is the only one that works.
+            # Serve it from memory and keep trying to save it.
+            log.error("account %s: could not save the new tokens (%s); serving them from "
+                      "memory and retrying the store", name, exc)
+            self._save_later(tokens)
+            return StoredTokens(based_on + 1, tokens)
         log.error("account %s: store generation keeps moving; using the new tokens unsaved",
                   name)
-        return expected + 1
+        return StoredTokens(expected + 1, tokens)
+
+    def _discard(self, ours: TokenSet, kept: TokenSet) -> None:
+        """Revoke a pair we obtained but will not use (another process's pair won)."""
+        if ours.session_id and ours.session_id == kept.session_id:
+            return  # same session (grace replay): revoking would kill the kept pair too
+        token = ours.refresh_token or ours.access_token
+        log.warning("account %s: another process stored a pair meanwhile; revoking ours",
+                    self.account.name)
+
+        async def revoke() -> None:
+            with contextlib.suppress(Exception):
+                await self._endpoint.revoke(self.account, token)
+
+        asyncio.get_running_loop().create_task(revoke()).add_done_callback(_retrieve_exception)
+
+    def _save_later(self, tokens: TokenSet) -> None:
+        """Retry saving a pair the store refused while it was down, until it is saved or
+        superseded."""
+        name = self.account.name
+
+        async def retry() -> None:
+            delay = self._settings.store_retry
+            while not self._closed and (self._tokens is tokens or self._pending is tokens):
+                await asyncio.sleep(delay)
+                try:
+                    newer = await self._newer_in_store()
+                    if newer is None:
+                        stored = await self._store.generation(name)
+                        if await self._store.compare_and_set(name, stored, tokens):
+                            if self._tokens is tokens:
+                                self.generation = stored + 1
+                            log.info("account %s: the new tokens are saved now", name)
+                            return
+                        continue
+                except StoreError:
+                    delay = min(delay * 2, 10.0)
+                    continue
+                if self._renewal is None:
+                    self._discard(tokens, newer.tokens)
+                    self._adopt(newer.generation, newer.tokens)
+                return
+
+        asyncio.get_running_loop().create_task(retry()).add_done_callback(_retrieve_exception)
 
     async def _drain(self, generation: int) -> None:
         """Let requests using ``generation`` finish before the refresh kills their token."""
@@ -426,6 +539,9 @@ class AccountTokens:
                 except TokenEndpointError as exc:
                     if not exc.refresh_token_dead:
                         raise
+                    newer = await self._newer_in_store_or_none()
+                    if newer is not None:  # another process rotated it: not dead, just old
+                        raise _Superseded(newer) from None
                     log.warning("account %s: refresh token is dead (%s); logging in again",
                                 account.name, exc.code or exc.error)
             if account.can_login or (account.grant == "authorization_code"
@@ -577,18 +693,33 @@ class AccountTokens:
 
     async def _check_reauthorized(self) -> None:
         """While reauth_required: has `tokenproxy authorize` stored a new session?"""
-        try:
-            if await self._store.generation(self.account.name) > self.generation:
-                record = await self._store.load(self.account.name)
-                if record is not None and record.generation > self.generation:
-                    log.info("account %s: new session authorized; serving again",
-                             self.account.name)
-                    self._adopt(record.generation, record.tokens)
-                    return
-        except (StoreError, CorruptRecord) as exc:
-            log.warning("account %s: reading the store: %s", self.account.name, exc)
+        newer = await self._newer_in_store_or_none()
+        if newer is not None and self.state is AccountState.REAUTH_REQUIRED:
+            log.info("account %s: new session authorized; serving again", self.account.name)
+            self._adopt(newer.generation, newer.tokens)
+            return
         if self.state is AccountState.REAUTH_REQUIRED:
             self._schedule()
+
+    def notice(self, generation: int) -> None:
+        """Another process wrote ``generation`` of this account (0: maybe, re-read): adopt
+        it now rather than on the next 401."""
+        if self._closed or self._checking or self._renewal is not None \
+                or generation == self.generation:
+            return
+        self._checking = True
+
+        async def check() -> None:
+            try:
+                newer = await self._newer_in_store_or_none()
+                if newer is not None and self._renewal is None and not self._closed:
+                    log.info("account %s: adopted generation %d that another process stored",
+                             self.account.name, newer.generation)
+                    self._adopt(newer.generation, newer.tokens)
+            finally:
+                self._checking = False
+
+        asyncio.get_running_loop().create_task(check()).add_done_callback(_retrieve_exception)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -612,8 +743,10 @@ class AccountTokens:
 class TokenPool:
     """All accounts of one proxy process."""
 
-    def __init__(self, accounts: dict[str, AccountTokens]) -> None:
+    def __init__(self, accounts: dict[str, AccountTokens],
+                 store: TokenStore | None = None) -> None:
         self.accounts = accounts
+        self._store = store
 
     @classmethod
     def build(cls, config: Config, endpoint: TokenEndpoint, store: TokenStore | None = None,
@@ -624,7 +757,7 @@ class TokenPool:
         owner = _process_owner()
         return cls({a.name: AccountTokens(a, endpoint, settings, store,
                                           budgets.for_client(a.client_id), owner=owner)
-                    for a in config.accounts})
+                    for a in config.accounts}, store)
 
     def __getitem__(self, name: str) -> AccountTokens:
         return self.accounts[name]
@@ -632,10 +765,28 @@ class TokenPool:
     async def start(self) -> None:
         for account in self.accounts.values():
             await account.start()
+        if self._store is not None:
+            await self._store.watch(self._stored)
+
+    def _stored(self, account: str, generation: int) -> None:
+        """A store notification: ``account`` has a new ``generation`` ("" = all, maybe)."""
+        if not account:
+            for tokens in self.accounts.values():
+                tokens.notice(0)
+        elif account in self.accounts:
+            self.accounts[account].notice(generation)
 
     def close(self) -> None:
         for account in self.accounts.values():
             account.close()
+
+
+class _Superseded(Exception):
+    """Another process stored a newer pair while we renewed: use theirs."""
+
+    def __init__(self, record: StoredTokens) -> None:
+        super().__init__(record.generation)
+        self.record = record
 
 
 def _process_owner() -> str:

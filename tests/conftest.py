@@ -1,4 +1,4 @@
-"""Fixtures that start real processes (emulator, proxy) and always stop them."""
+"""Fixtures that start real processes (emulator, proxy, redis-server) and always stop them."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.emulator import Emulator, start_emulator
 from tests.support.proxy import Proxy, start_proxy
+from tests.support.redis_server import RedisServer, start_redis
 
 
 @pytest.fixture
@@ -38,3 +39,26 @@ def proxy_factory(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
     yield start
     for proxy in started:
         proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server per test process; tests keep apart by key prefix."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """A redis-server of the test's own (to stop, pause or give a password and TLS)."""
+    started: list[RedisServer] = []
+
+    def start(**kwargs: Any) -> RedisServer:
+        server = start_redis(tmp_path / f"redis-{len(started)}", **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

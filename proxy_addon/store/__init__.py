@@ -2,8 +2,9 @@
 
 The pool writes a new token set here *before* using it (refresh tokens are single-use: a lost
 pair locks the account out) and reads it at start-up, so a restarted proxy reuses its session.
-Backends: ``memory`` (tests, single process) and ``sqlite`` (the embedded default, shared by
-processes on one host). Values are encrypted by :mod:`proxy_addon.crypto`.
+Backends: ``memory`` (tests, single process), ``sqlite`` (the embedded default, shared by
+processes on one host) and ``redis`` (replicas on several hosts). Values are encrypted by
+:mod:`proxy_addon.crypto`.
 """
 
 from .base import CorruptRecord, StoredTokens, StoreError, StoreKeyMismatch, TokenStore

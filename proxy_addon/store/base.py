@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..crypto import TokenCipher, UnreadableRecord
@@ -104,6 +105,12 @@ class TokenStore(abc.ABC):
     @abc.abstractmethod
     async def release_lock(self, account: str, owner: str) -> None:
         """Release the lock if (and only if) ``owner`` holds it."""
+
+    async def watch(self, listener: Callable[[str, int], None]) -> None:
+        """Call ``listener(account, generation)`` when another process writes (backends that
+        can notify); ``listener("", 0)`` means "re-read everything". Default: no notifications,
+        other processes' writes are found on the next renewal or 401."""
+        return None
 
     @abc.abstractmethod
     async def close(self) -> None: ...

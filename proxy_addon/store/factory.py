@@ -42,4 +42,11 @@ def open_store(config: StoreConfig, environ: dict[str, str] | None = None) -> To
         return MemoryStore(codec)
     if config.backend == "sqlite":
         return SQLiteStore(codec, config.path)
+    if config.backend == "redis":
+        from .redis import RedisStore  # redis-py is only imported when used
+
+        if config.url is None:
+            raise StoreConfigError("[store] backend = \"redis\" needs [store] url")
+        return RedisStore(codec, config.url.reveal(), config.prefix,
+                          tls_ca_file=config.tls_ca_file)
     raise StoreConfigError(f"unknown store backend {config.backend!r}")

@@ -1,0 +1,217 @@
+"""Redis store: the scale-out backend that several proxy replicas share.
+
+Layout under ``[store] prefix`` (default ``tokenproxy``):
+
+- ``{prefix}:tokens:{account}`` hash ``generation``, ``value`` (sealed token set), ``updated_at``;
+- ``{prefix}:lock:{account}`` the renewal lock: the owner's token, with a lease (PX);
+- ``{prefix}:meta:key_check`` proves every replica uses the same encryption key;
+- channel ``{prefix}:rotations`` carries ``{"account", "generation"}`` after every write, so
+  other replicas adopt a new pair at once instead of meeting a 401 with the old one.
+
+Compare-and-set, lock take/extend and release are Lua scripts: atomic on the server, fenced by
+generation and owner. Durability is the server's: run Redis with ``appendonly yes`` (and
+``appendfsync always`` where a crash of Redis itself must not lose the newest pair).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+
+from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError, ResponseError
+
+from ..tokens import TokenSet
+from .base import RecordCodec, StoredTokens, StoreError, TokenStore
+
+log = logging.getLogger("tokenproxy.store")
+
+CAS_SCRIPT = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'generation') or '0')
+if current ~= tonumber(ARGV[1]) then return 0 end
+local generation = current + 1
+redis.call('HSET', KEYS[1], 'generation', generation, 'value', ARGV[2], 'updated_at', ARGV[3])
+redis.call('PUBLISH', ARGV[4], cjson.encode({account = ARGV[5], generation = generation}))
+return 1
+"""
+
+ACQUIRE_SCRIPT = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+Listener = Callable[[str, int], None]
+
+
+class RedisStore(TokenStore):
+    backend = "redis"
+
+    def __init__(self, codec: RecordCodec, url: str, prefix: str = "tokenproxy",
+                 timeout: float = 1.0, tls_ca_file: str | None = None) -> None:
+        super().__init__(codec)
+        self.prefix = prefix
+        tls: dict[str, str] = {}
+        if tls_ca_file and url.startswith("rediss://"):
+            tls["ssl_ca_certs"] = tls_ca_file
+        # Short timeouts: while Redis is away, renewals must learn it fast (the hot path
+        # never waits for the store).
+        self._client = aioredis.Redis.from_url(
+            url, socket_connect_timeout=timeout, socket_timeout=timeout,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+            health_check_interval=5, decode_responses=False, **tls)
+        self._cas = self._client.register_script(CAS_SCRIPT)
+        self._acquire = self._client.register_script(ACQUIRE_SCRIPT)
+        self._release = self._client.register_script(RELEASE_SCRIPT)
+        self._watcher: asyncio.Task[None] | None = None
+        self.where = _redacted(url)
+
+    def _key(self, kind: str, name: str) -> str:
+        return f"{self.prefix}:{kind}:{name}"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.prefix}:rotations"
+
+    def _error(self, exc: Exception) -> StoreError:
+        reason = str(exc) or type(exc).__name__
+        return StoreError(f"redis store {self.where}: {reason}")
+
+    async def open(self) -> None:
+        try:
+            key = self._key("meta", "key_check")
+            replacement = self.codec.check_key(await self._client.get(key))
+            if replacement is not None:
+                await self._client.set(key, replacement)
+            await self._warn_without_persistence()
+        except RedisError as exc:
+            raise self._error(exc) from None
+
+    async def _warn_without_persistence(self) -> None:
+        try:
+            config = await self._client.config_get("appendonly")
+        except ResponseError:  # CONFIG is often disabled on managed Redis: nothing to say
+            return
+        if config.get(b"appendonly", config.get("appendonly")) not in (b"yes", "yes"):
+            log.warning("store: redis %s runs without appendonly; a Redis crash can lose the "
+                        "newest token pair (set appendonly yes)", self.where)
+
+    async def load(self, account: str) -> StoredTokens | None:
+        try:
+            generation, value = await self._client.hmget(self._key("tokens", account),
+                                                         ["generation", "value"])
+        except RedisError as exc:
+            raise self._error(exc) from None
+        if generation is None or value is None:
+            return None
+        return StoredTokens(_generation(account, generation), self.codec.decode(account, value))
+
+    async def generation(self, account: str) -> int:
+        try:
+            raw = await self._client.hget(self._key("tokens", account), "generation")
+        except RedisError as exc:
+            raise self._error(exc) from None
+        return 0 if raw is None else _generation(account, raw)
+
+    async def compare_and_set(self, account: str, expected: int, tokens: TokenSet) -> bool:
+        try:
+            done = await self._cas(keys=[self._key("tokens", account)],
+                                   args=[expected, self.codec.encode(tokens), time.time(),
+                                         self.channel, account])
+        except RedisError as exc:
+            raise self._error(exc) from None
+        return bool(done)
+
+    async def acquire_lock(self, account: str, owner: str, lease: float) -> bool:
+        try:
+            return bool(await self._acquire(keys=[self._key("lock", account)],
+                                            args=[owner, max(1, int(lease * 1000))]))
+        except RedisError as exc:
+            raise self._error(exc) from None
+
+    async def release_lock(self, account: str, owner: str) -> None:
+        try:
+            await self._release(keys=[self._key("lock", account)], args=[owner])
+        except RedisError as exc:
+            raise self._error(exc) from None
+
+    async def watch(self, listener: Listener) -> None:
+        """Call ``listener(account, generation)`` for every write any replica makes; after a
+        lost connection, ``listener("", 0)`` asks for a re-read of everything."""
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(
+                self._listen(listener), name="tokenproxy-redis-watch")
+
+    async def _listen(self, listener: Listener) -> None:
+        delay = 0.2
+        while True:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                listener("", 0)  # (re)subscribed: what was missed meanwhile is in the store
+                delay = 0.2
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is None:
+                        await pubsub.ping()  # notices a dead connection within the timeout
+                        continue
+                    account, generation = _notification(message.get("data"))
+                    if account:
+                        listener(account, generation)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("store: redis notifications interrupted (%s); retrying in %.1f s",
+                            str(exc) or type(exc).__name__, delay)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watcher
+        with contextlib.suppress(RedisError, OSError):
+            await self._client.aclose()
+
+
+def _generation(account: str, raw: bytes | str) -> int:
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        raise StoreError(f"stored generation of account {account!r} is not a number") from None
+
+
+def _notification(data: object) -> tuple[str, int]:
+    """A rotation message, or ("", 0) for anything foreign on the channel."""
+    try:
+        body = json.loads(data)  # type: ignore[arg-type]
+        account, generation = body["account"], int(body["generation"])
+    except (TypeError, ValueError, KeyError):
+        return "", 0
+    return (account, generation) if isinstance(account, str) else ("", 0)
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user + ':' if user else ''}***@{host}"

@@ -1,0 +1,252 @@
+"""Every store backend keeps the same contract: generations fenced by compare-and-set, a lock
+per account with a lease and an owner, key checks, clear errors on unreadable values, no token
+in clear at rest. Redis runs as a real redis-server (with a password and TLS in one variant)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from proxy_addon.crypto import TokenCipher
+from proxy_addon.store import CorruptRecord, StoreError, StoreKeyMismatch, TokenStore
+from proxy_addon.store.base import RecordCodec
+from proxy_addon.store.memory import MemoryStore
+from proxy_addon.store.redis import RedisStore
+from proxy_addon.store.sqlite import SQLiteStore
+from proxy_addon.tokens import TokenSet
+from tests.support.proxy import STORE_KEY
+from tests.support.redis_server import RedisServer
+
+BACKENDS = ["memory", "sqlite", "redis", "redis-tls-password"]
+
+
+def tokens(n: int = 1) -> TokenSet:
+    return TokenSet(f"access-{n}-secretvalue", 2e9, f"refresh-{n}-secretvalue", 2e9, 1.0,
+                    "100001", f"s{n}")
+
+
+def codec(key: str | None = STORE_KEY) -> RecordCodec:
+    return RecordCodec(TokenCipher([key.encode()] if key else None))
+
+
+class Backend:
+    """Makes stores of one backend that share state, and writes raw values into it."""
+
+    def __init__(self, kind: str, tmp_path: Path, redis: RedisServer | None) -> None:
+        self.kind, self.tmp_path, self.redis = kind, tmp_path, redis
+        self.prefix = f"t{uuid.uuid4().hex[:10]}"
+        self.memory: MemoryStore | None = None
+
+    def make(self, key: str | None = STORE_KEY) -> TokenStore:
+        if self.kind == "memory":
+            if self.memory is None:
+                self.memory = MemoryStore(codec(key))
+            return self.memory
+        if self.kind == "sqlite":
+            return SQLiteStore(codec(key), self.tmp_path / "t.db")
+        assert self.redis is not None
+        return RedisStore(codec(key), self.redis.url, self.prefix,
+                          tls_ca_file=str(self.redis.tls_ca) if self.redis.tls_ca else None)
+
+    def write_raw(self, account: str, value: bytes) -> None:
+        if self.kind == "memory":
+            assert self.memory is not None
+            generation = self.memory._records[account][0]
+            self.memory._records[account] = (generation, value)
+        elif self.kind == "sqlite":
+            with sqlite3.connect(self.tmp_path / "t.db") as db:
+                db.execute("UPDATE tokens SET value = ? WHERE account = ?", (value, account))
+        else:
+            assert self.redis is not None
+            self.redis.client().hset(f"{self.prefix}:tokens:{account}", "value", value)
+
+    def raw_bytes(self) -> bytes:
+        if self.kind == "sqlite":
+            return b"".join(p.read_bytes() for p in self.tmp_path.glob("t.db*"))
+        assert self.redis is not None
+        return self.redis.raw_dump()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    redis = None
+    if request.param == "redis":
+        redis = request.getfixturevalue("redis_server")
+    elif request.param == "redis-tls-password":
+        redis = request.getfixturevalue("redis_factory")(password="pw-" + uuid.uuid4().hex,
+                                                          tls=True)
+    return Backend(request.param.split("-")[0], tmp_path, redis)
+
+
+@asynccontextmanager
+async def opened(store: TokenStore) -> AsyncIterator[TokenStore]:
+    await store.open()
+    try:
+        yield store
+    finally:
+        if not isinstance(store, MemoryStore):
+            await store.close()
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(scenario())  # type: ignore[arg-type]
+
+
+def test_compare_and_set_fences_generations(backend: Backend) -> None:
+    async def scenario() -> None:
+        async with opened(backend.make()) as a, opened(backend.make()) as b:
+            assert await a.load("main") is None and await a.generation("main") == 0
+            assert await a.compare_and_set("main", 0, tokens(1))
+            assert not await b.compare_and_set("main", 0, tokens(2))  # stale writer loses
+            assert await b.compare_and_set("main", 1, tokens(2))
+            record = await a.load("main")
+            assert record is not None and (record.generation, record.tokens) == (2, tokens(2))
+            assert await a.load("other") is None  # accounts are apart
+
+    run(scenario)
+
+
+def test_concurrent_writers_one_wins(backend: Backend) -> None:
+    async def scenario() -> None:
+        stores = [backend.make() for _ in range(4)]
+        for store in stores:
+            await store.open()
+        try:
+            won = await asyncio.gather(*(s.compare_and_set("main", 0, tokens(i))
+                                         for i, s in enumerate(stores)))
+            assert sum(won) == 1
+            assert await stores[0].generation("main") == 1
+        finally:
+            for store in stores:
+                if not isinstance(store, MemoryStore):
+                    await store.close()
+
+    run(scenario)
+
+
+def test_lock_has_an_owner_and_a_lease(backend: Backend) -> None:
+    async def scenario() -> None:
+        async with opened(backend.make()) as a, opened(backend.make()) as b:
+            assert await a.acquire_lock("main", "owner-a", 0.6)
+            assert not await b.acquire_lock("main", "owner-b", 0.6)
+            assert await a.acquire_lock("main", "owner-a", 0.6)  # the owner extends it
+            await b.release_lock("main", "owner-b")  # not the owner: no effect
+            assert not await b.acquire_lock("main", "owner-b", 0.6)
+            assert await b.acquire_lock("other", "owner-b", 0.6)  # per account
+            await asyncio.sleep(0.8)  # the lease runs out (a crashed holder)
+            assert await b.acquire_lock("main", "owner-b", 5)
+            await a.release_lock("main", "owner-a")  # a lost it: cannot release b's
+            assert not await a.acquire_lock("main", "owner-a", 5)
+            await b.release_lock("main", "owner-b")
+            assert await a.acquire_lock("main", "owner-a", 5)
+
+    run(scenario)
+
+
+def test_wrong_or_missing_key_is_refused(backend: Backend) -> None:
+    if backend.kind == "memory":
+        pytest.skip("a memory store lives and dies with its key")
+
+    async def scenario() -> None:
+        async with opened(backend.make()) as store:
+            await store.compare_and_set("main", 0, tokens())
+        with pytest.raises(StoreKeyMismatch, match="does not match"):
+            await backend.make(Fernet.generate_key().decode()).open()
+        with pytest.raises(StoreKeyMismatch, match="no store key"):
+            await backend.make(None).open()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("garbage", [b"", b"fernet:truncated", b"plain:{not json",
+                                     b"plain:[1,2]", b"\x00\xff" * 10])
+def test_unreadable_value_is_a_clear_error(backend: Backend, garbage: bytes) -> None:
+    async def scenario() -> None:
+        async with opened(backend.make()) as store:
+            await store.compare_and_set("main", 0, tokens())
+            backend.write_raw("main", garbage)
+            with pytest.raises(CorruptRecord, match="account 'main'") as info:
+                await store.load("main")
+            assert "secretvalue" not in str(info.value)
+            assert await store.generation("main") == 1  # still fenced: the next CAS repairs
+            assert await store.compare_and_set("main", 1, tokens(2))
+            assert (await store.load("main")).tokens == tokens(2)
+
+    run(scenario)
+
+
+def test_no_token_in_clear_at_rest(backend: Backend) -> None:
+    if backend.kind == "memory":
+        pytest.skip("nothing at rest")
+
+    async def scenario() -> None:
+        async with opened(backend.make()) as store:
+            for n in range(1, 4):
+                await store.compare_and_set("main", n - 1, tokens(n))
+
+    run(scenario)
+    raw = backend.raw_bytes()
+    assert b"fernet:" in raw  # the records are there, sealed
+    assert b"secretvalue" not in raw
+
+
+def test_redis_notifies_other_replicas(redis_server: RedisServer) -> None:
+    backend = Backend("redis", Path("."), redis_server)
+
+    async def scenario() -> None:
+        async with opened(backend.make()) as writer, opened(backend.make()) as reader:
+            seen: list[tuple[str, int]] = []
+            await reader.watch(lambda account, generation: seen.append((account, generation)))
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.02)
+            assert seen == [("", 0)]  # subscribed: "re-read everything"
+            # foreign messages on the channel are ignored
+            redis_server.client().publish(f"{backend.prefix}:rotations", b"not json")
+            await writer.compare_and_set("main", 0, tokens(1))
+            await writer.compare_and_set("main", 1, tokens(2))
+            for _ in range(100):
+                if len(seen) >= 3:
+                    break
+                await asyncio.sleep(0.02)
+            assert seen == [("", 0), ("main", 1), ("main", 2)]
+
+    run(scenario)
+
+
+def test_redis_unreachable_is_a_store_error_quickly(tmp_path: Path) -> None:
+    from tests.support.redis_server import free_port
+
+    async def scenario() -> None:
+        store = RedisStore(codec(), f"redis://:hunter2-password@127.0.0.1:{free_port()}/0")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(StoreError) as info:
+            await store.generation("main")
+        assert loop.time() - started < 5
+        assert "hunter2" not in str(info.value) and "***" in str(info.value)
+        await store.close()
+
+    run(scenario)
+
+
+def test_redis_wrong_password_is_a_clear_error(redis_factory) -> None:
+    server = redis_factory(password="right-password")
+
+    async def scenario() -> None:
+        url = server.url.replace("right-password", "wrong-password")
+        store = RedisStore(codec(), url)
+        with pytest.raises(StoreError, match="redis store") as info:
+            await store.open()
+        assert "wrong-password" not in str(info.value)
+        await store.close()
+
+    run(scenario)

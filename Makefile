@@ -18,7 +18,11 @@ PYTHON ?= $(shell for c in python3.13 python3.12 \
 	  $$p -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null && { echo $$p; break; }; \
 	done)
 
-.PHONY: help venv run test lint bench soak clean
+# Debian packages the tests run for real (redis-server for the shared store).
+TEST_DEBS ?= redis-server
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help venv debs run test lint bench soak clean
 
 help:
 	@echo "make run    start the bundled platform emulator and the proxy ($(CONFIG))"
@@ -41,6 +45,19 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# Installs only what is missing (a package counts as present when its main command is on PATH).
+debs:
+	@missing=""; for p in $(TEST_DEBS); do \
+	  command -v $$p >/dev/null 2>&1 || dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null \
+	    || { $(SUDO) apt-get update -q >/dev/null && \
+	         $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; } \
+	    || { echo "error: could not install$$missing (apt-get)"; exit 1; }; \
+	fi
+
 DEMO_KEY := var/demo-store.key
 
 run: venv
@@ -52,7 +69,7 @@ run: venv
 lint: venv
 	$(BIN)/ruff check proxy_addon tests bench
 
-test: venv lint
+test: venv debs lint
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider tests
 
 bench: venv

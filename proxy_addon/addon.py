@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -144,6 +145,15 @@ class TokenInjector:
         """Token waits are bounded per request, from its arrival, across the replay too."""
         return state.account.deadline(flow.request.timestamp_start)
 
+    @staticmethod
+    def _refuse(flow: http.HTTPFlow, exc: TokenUnavailable) -> None:
+        """Answer for the platform when no token can be had; ``Server-Timing`` says how long
+        the request waited for one since it arrived."""
+        flow.response = proxy_errors.error_response(exc.status, exc.code, exc.message,
+                                                    exc.retry_after)
+        waited_ms = max(0.0, time.time() - flow.request.timestamp_start) * 1000
+        flow.response.headers["Server-Timing"] = f"token-wait;dur={waited_ms:.0f}"
+
     def _release(self, state: FlowTokenState) -> None:
         if state.leased:
             state.leased = False
@@ -153,8 +163,7 @@ class TokenInjector:
         try:
             lease = await state.account.lease(self._deadline(flow, state))
         except TokenUnavailable as exc:
-            flow.response = proxy_errors.error_response(exc.status, exc.code, exc.message,
-                                                        exc.retry_after)
+            self._refuse(flow, exc)
             return
         if not flow.live:  # the client went away while we waited
             state.account.release(lease[1])
@@ -168,8 +177,7 @@ class TokenInjector:
             token, generation = await account.rejected(state.generation, code,
                                                        self._deadline(flow, state))
         except TokenUnavailable as exc:
-            flow.response = proxy_errors.error_response(exc.status, exc.code, exc.message,
-                                                        exc.retry_after)
+            self._refuse(flow, exc)
             return
         try:
             flow.response = await self._replayer.send(flow.request, token)

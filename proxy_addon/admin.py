@@ -54,18 +54,27 @@ class AdminServer:
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, _: web.Request) -> web.Response:
+        """Ready while requests can be served. A store outage alone does not make a replica
+        unready (it serves the tokens it holds, and taking every replica out of a load
+        balancer at once would turn a store outage into a full one); the body says
+        ``degraded`` and which part is down."""
         store_ok, problem = await self.store_reachable()
-        body = {"ready": store_ok, "store": {"backend": self._store.backend, "ok": store_ok}}
+        serving = all(a.can_serve() for a in self._pool.accounts.values())
+        ready = store_ok or serving
+        store: dict[str, object] = {"backend": self._store.backend, "ok": store_ok}
         if problem:
-            body["store"]["error"] = problem
-        return web.json_response(body, status=200 if store_ok else 503)
+            store["error"] = problem
+        body = {"ready": ready, "degraded": not store_ok, "store": store}
+        return web.json_response(body, status=200 if ready else 503)
 
     async def store_reachable(self) -> tuple[bool, str | None]:
         first = next(iter(self._pool.accounts), "")
         try:
             await asyncio.wait_for(self._store.generation(first), 2.0)
-        except (StoreError, TimeoutError) as exc:
-            return False, str(exc) or "store timed out"
+        except StoreError as exc:
+            return False, str(exc)
+        except TimeoutError:
+            return False, f"{self._store.backend} store: no answer within 2 s"
         return True, None
 
     async def _status(self, _: web.Request) -> web.Response:

@@ -117,6 +117,7 @@ class AccountTokens:
         self._renewal: asyncio.Task[None] | None = None
         self._pending: TokenSet | None = None  # obtained, not yet saved
         self._checking = False  # a notification's store read is under way
+        self._awaiting_store = False  # a renewal waits for the store (lock, newer pair)
         self._draining: tuple[int, asyncio.Event] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._failures = 0
@@ -239,6 +240,10 @@ class AccountTokens:
             elif self._draining is not None and self._draining[0] == generation:
                 self._draining[1].set()  # no point waiting: the token is dead already
         return await self.lease(deadline)
+
+    def can_serve(self) -> bool:
+        """A request arriving now would get a token without waiting for the platform."""
+        return self._fallback_possible()
 
     def snapshot(self) -> dict[str, object]:
         """The account's state for status displays (no token values)."""
@@ -378,6 +383,7 @@ class AccountTokens:
         reachable store there is no renewal: a pair that cannot be saved could be lost."""
         name, lease = self.account.name, self._settings.lock_lease
         give_up = self._clock() + lease + 1.0  # a dead holder's lease runs out
+        self._awaiting_store = True
         try:
             while True:
                 newer = await self._newer_in_store()
@@ -395,6 +401,8 @@ class AccountTokens:
                 await asyncio.sleep(0.05)
         except StoreError as exc:
             raise self._store_down(exc) from None
+        finally:
+            self._awaiting_store = False
 
     def _store_down(self, exc: StoreError) -> TokenUnavailable:
         if self.last_error != "store unavailable":
@@ -641,6 +649,11 @@ class AccountTokens:
         raise failure
 
     def _timeout(self) -> TokenUnavailable:
+        if self._awaiting_store:  # the renewal is stuck on the store: say so
+            return TokenUnavailable(503, "TPX-STORE-UNAVAILABLE",
+                                    "The token store is not answering and the current token "
+                                    "is no longer valid; the proxy renews tokens only where "
+                                    "it can save them.", self._settings.store_retry)
         return TokenUnavailable(503, "TPX-TOKEN-TIMEOUT",
                                 f"Timed out after {self._settings.token_wait_timeout:g} s waiting "
                                 f"for a token for account {self.account.name!r}.", 1.0)

@@ -1,5 +1,6 @@
 """The pool in-process against the real emulator over HTTP: per-request wait bounds (with the
-token endpoint slowed by a fault option) and the token-call budget shared per client id."""
+token endpoint slowed by a fault option), the token-call budget shared per client id, and the
+store re-read after a refused refresh."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import httpx
 import pytest
 
 from proxy_addon.config import parse_config
+from proxy_addon.crypto import TokenCipher
 from proxy_addon.oauth import TokenEndpoint
-from proxy_addon.pool import PoolSettings, TokenPool, TokenUnavailable
+from proxy_addon.pool import AccountTokens, PoolSettings, TokenPool, TokenUnavailable, _Superseded
+from proxy_addon.store.base import RecordCodec
+from proxy_addon.store.memory import MemoryStore
 
 
 def _account(name: str, jwt: str) -> dict[str, str]:
@@ -72,3 +76,35 @@ def test_budget_is_shared_by_accounts_of_one_client_id(emulator_factory) -> None
 
     asyncio.run(scenario())
     assert emulator.counters()["token_calls"] == 2
+
+
+def test_refused_refresh_rereads_the_store_before_logging_in(emulator_factory) -> None:
+    """A refresh refused with invalid_grant may only mean another process rotated the token
+    (its lock ran out while it was paused): the pool re-reads the store and adopts that pair
+    instead of concluding the session is dead and logging in anew."""
+    emulator = emulator_factory("--auth-rate", "0")
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(timeout=30) as http:
+            config = parse_config({"proxy": {"upstream": emulator.url},
+                                   "accounts": [_account("main", "demo-jwt-credential")]},
+                                  "test", {})
+            store = MemoryStore(RecordCodec(TokenCipher(None)))
+            endpoint = TokenEndpoint(emulator.url, http)
+            a, b = (AccountTokens(config.accounts[0], endpoint, PoolSettings(), store,
+                                  owner=owner) for owner in ("a", "b"))
+            _, generation = await a.lease()  # a logs in: generation 1 in the store
+            a.release(generation)
+            _, generation_b = await b.lease()  # b adopts it: no token call
+            b.release(generation_b)
+            assert (generation, generation_b) == (1, 1)
+            await a.rejected(1, "OAU-210")  # a refreshes: generation 2; b's pair is rotated
+            with pytest.raises(_Superseded) as info:  # b's refresh is refused ...
+                await b._obtain("expired")
+            assert info.value.record.generation == 2  # ... and b takes a's pair from the store
+            a.close()
+            b.close()
+
+    asyncio.run(scenario())
+    counters = emulator.counters()
+    assert counters["logins"] == 1 and counters["token_calls"] == 3, counters

@@ -165,8 +165,13 @@ def test_wrong_or_missing_key_is_refused(backend: Backend) -> None:
     run(scenario)
 
 
-@pytest.mark.parametrize("garbage", [b"", b"fernet:truncated", b"plain:{not json",
-                                     b"plain:[1,2]", b"\x00\xff" * 10])
+FOREIGN = b"fernet:" + Fernet(Fernet.generate_key()).encrypt(tokens().to_json())
+
+
+@pytest.mark.parametrize("garbage", [b"", b"fernet:truncated", FOREIGN[:-7], FOREIGN,
+                                     b"plain:{not json", b"plain:[1,2]", b"\x00\xff" * 10],
+                         ids=["empty", "not-base64", "truncated", "other-key", "garbage-json",
+                              "foreign-json", "binary"])
 def test_unreadable_value_is_a_clear_error(backend: Backend, garbage: bytes) -> None:
     async def scenario() -> None:
         async with opened(backend.make()) as store:

@@ -67,6 +67,15 @@ class Emulator:
         body = {"client_id": client_id, "owner_id": owner_id, "count": count}
         return self._request("POST", "/_emulator/outside-login", json=body).json()["tokens"]
 
+    def user2_refresh_token(self) -> str:
+        """A refresh token of demo user 100002 (password grant), e.g. to seed an account of
+        grant ``refresh_token``."""
+        response = self._request(
+            "POST", "/restapi/oauth/token", auth=("demo-client-id", "demo-client-secret"),
+            data={"grant_type": "password", "username": "+15550100002", "extension": "102",
+                  "password": "demo-password-2"})
+        return response.json()["refresh_token"]
+
     def set_policy(self, **policy: Any) -> dict:
         return self._request("POST", "/_emulator/policy", json=policy).json()
 

@@ -119,7 +119,7 @@ def start_proxy_with_config(config_path: Path, *, timeout: float = 20.0,
                             env: dict[str, str] | None = None,
                             args: tuple[str, ...] = ()) -> Proxy:
     log_path = config_path.with_suffix(".log")
-    log_file = log_path.open("w")
+    log_file = log_path.open("a")  # a restarted proxy adds to its predecessor's log
     proc = subprocess.Popen(
         [sys.executable, "-m", "proxy_addon", "run", "--config", str(config_path), *args],
         stdout=subprocess.PIPE, stderr=log_file, text=True,

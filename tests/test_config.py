@@ -54,10 +54,12 @@ def test_good_config_interpolates_env(tmp_path: Path) -> None:
 
 
 def test_secrets_never_in_repr(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, GOOD), ENV)
+    store = '[store]\nbackend = "redis"\nurl = "rediss://:${REDIS_PW}@127.0.0.1:6380/0"\n'
+    config = load_config(write(tmp_path, GOOD + store), {**ENV, "REDIS_PW": "redis-pw-value"})
     text = repr(config) + str(config)
-    for secret in ("shh-secret", "jwt-value", "legacy-key-0123456789"):
+    for secret in ("shh-secret", "jwt-value", "legacy-key-0123456789", "redis-pw-value"):
         assert secret not in text
+    assert config.store.url is not None and "redis-pw-value" in config.store.url.reveal()
 
 
 @pytest.mark.parametrize(("text", "key", "reason"), [
@@ -75,6 +77,12 @@ def test_secrets_never_in_repr(tmp_path: Path) -> None:
      "accounts[0].max_live_tokens", "at most 5"),
     (GOOD.replace('jwt = "${RC_JWT}"', ""), "accounts[0].jwt", "required for grant"),
     (GOOD.replace('key = "${LEGACY_APP_KEY}"', 'key = "short"'), "clients[0].key", "too short"),
+    (GOOD + '[store]\nbackend = "redis"\n', "store.url", "required key is missing"),
+    (GOOD + '[store]\nbackend = "redis"\nurl = "http://127.0.0.1:6379"\n', "store.url",
+     "redis://"),
+    (GOOD + '[store]\nbackend = "etcd"\n', "store.backend", "sqlite, redis, memory"),
+    (GOOD + '[store]\nprefix = "a b"\n', "store.prefix", "letters"),
+    (GOOD + '[store]\nlock_lease = 0.1\n', "store.lock_lease", "between"),
 ])
 def test_bad_values_name_key_and_reason(tmp_path: Path, text: str, key: str,
                                         reason: str) -> None:

@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 from cryptography.fernet import Fernet
 
 from proxy_addon.crypto import TokenCipher
@@ -105,3 +106,36 @@ def test_foreign_value_written_while_running(tmp_path: Path, emulator_factory,
         proxy.stop()
     assert "unreadable" in proxy.logs() and "not-ours" not in proxy.logs()
     assert emulator.counters()["logins"] == 1  # repaired by a refresh, no new session
+
+
+def test_password_and_tls_url(tmp_path: Path, emulator_factory, redis_factory) -> None:
+    """rediss:// with a password, the server's CA from [store] tls_ca_file; the password is in
+    the environment, never in a log."""
+    password = f"pw-{uuid.uuid4().hex}"
+    redis = redis_factory(password=password, tls=True)
+    emulator = emulator_factory("--auth-rate", "0")
+    config = tmp_path / "tls.toml"
+    config.write_text(render_config(
+        {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0", "upstream": emulator.url,
+         "auth_budget_calls": 0},
+        [jwt_account()], [{"name": "app", "account": "main", "key": KEY}],
+        {"backend": "redis", "url": f"rediss://:${{REDIS_PASSWORD}}@127.0.0.1:{redis.port}/0",
+         "tls_ca_file": str(redis.tls_ca)}))
+    env = {"TOKENPROXY_STORE_KEY": STORE_KEY, "REDIS_PASSWORD": password}
+    proxy = start_proxy_with_config(config, env=env)
+    try:
+        with proxy.http(KEY) as client:
+            assert client.get(EXT).status_code == 200
+        assert httpx.get(proxy.admin_url + "/readyz", timeout=10).json()["store"]["ok"]
+    finally:
+        proxy.stop()
+    keys = [k.decode() for k in redis.client().scan_iter()]
+    assert "tokenproxy:tokens:main" in keys
+    # a wrong password: refuses to start, naming the store but not the password
+    env["REDIS_PASSWORD"] = "wrong-password"
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy_addon", "run", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+    assert result.returncode == 2, result.stderr
+    assert "redis store rediss://***@127.0.0.1" in result.stderr
+    assert "wrong-password" not in result.stderr and password not in proxy.logs()

@@ -18,8 +18,9 @@ PYTHON ?= $(shell for c in python3.13 python3.12 \
 	  $$p -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null && { echo $$p; break; }; \
 	done)
 
-# Debian packages the tests run for real (redis-server for the shared store).
-TEST_DEBS ?= redis-server
+# Debian packages the tests run for real: redis-server (the shared store), prometheus (brings
+# promtool; alert rules are checked and a real Prometheus scrapes the proxy).
+TEST_DEBS ?= redis-server prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help venv debs run test lint bench soak clean

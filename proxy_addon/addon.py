@@ -26,6 +26,7 @@ from mitmproxy import ctx, http
 
 from . import proxy_errors
 from .config import ClientConfig, Config
+from .metrics import NO_ACCOUNT, TOKEN_ERROR_CODES, UNKNOWN_CLIENT, Metrics, bounded, status_class
 from .oauth import UpstreamUnreachable
 from .platform_errors import token_error_code
 from .pool import AccountTokens, TokenPool, TokenUnavailable
@@ -51,8 +52,10 @@ class FlowTokenState:
 class TokenInjector:
     """Client identification, token injection and transparent replay."""
 
-    def __init__(self, config: Config, pool: TokenPool, replayer: Replayer) -> None:
+    def __init__(self, config: Config, pool: TokenPool, replayer: Replayer,
+                 metrics: Metrics | None = None) -> None:
         self._pool = pool
+        self._metrics = metrics or Metrics()
         self._replayer = replayer
         self._stream_threshold = config.proxy.stream_threshold
         self._clients = {_digest(c.key.reveal()): c for c in config.clients}
@@ -106,9 +109,12 @@ class TokenInjector:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state: FlowTokenState | None = flow.metadata.get(FLOW_KEY)
+        response = flow.response
         if state is not None:
             self._release(state)
-        response = flow.response
+            if response is not None and response.timestamp_start and state.generation >= 0:
+                self._metrics.upstream_seconds.labels(state.client.account).observe(
+                    max(0.0, response.timestamp_start - (flow.request.timestamp_end or 0)))
         if response is None or response.status_code == 401:
             return  # a 401 body is needed whole: it decides about the replay
         length = response.headers.get("content-length")
@@ -118,20 +124,28 @@ class TokenInjector:
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         state: FlowTokenState | None = flow.metadata.get(FLOW_KEY)
         if state is None:
+            self._count(flow, None)
             return None
         self._release(state)
         response = flow.response
         if response is None or response.status_code != 401 or state.replayed:
+            self._count(flow, state)
             return None
         code = token_error_code(401, response.raw_content or b"")
         if code is None or state.generation < 0:
+            self._count(flow, state)
             return None
+        self._metrics.token_errors.labels(state.client.account,
+                                          bounded(code, TOKEN_ERROR_CODES)).inc()
         return self._replay(flow, state, code)
 
     def error(self, flow: http.HTTPFlow) -> None:
         state: FlowTokenState | None = flow.metadata.get(FLOW_KEY)
         if state is not None:
             self._release(state)
+        if flow.response is None and flow.error is not None \
+                and "disconnect" not in flow.error.msg.lower():
+            self._count(flow, state, 502)  # answered with mitmproxy's error page
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -154,6 +168,17 @@ class TokenInjector:
         waited_ms = max(0.0, time.time() - flow.request.timestamp_start) * 1000
         flow.response.headers["Server-Timing"] = f"token-wait;dur={waited_ms:.0f}"
 
+    def _count(self, flow: http.HTTPFlow, state: FlowTokenState | None,
+               status: int | None = None) -> None:
+        """One answered request, labelled only with configured names and a status class."""
+        if status is None:
+            status = flow.response.status_code if flow.response is not None else 502
+        if state is None:
+            labels = (UNKNOWN_CLIENT, NO_ACCOUNT, status_class(status))
+        else:
+            labels = (state.client.name, state.client.account, status_class(status))
+        self._metrics.requests.labels(*labels).inc()
+
     def _release(self, state: FlowTokenState) -> None:
         if state.leased:
             state.leased = False
@@ -173,21 +198,40 @@ class TokenInjector:
     async def _replay(self, flow: http.HTTPFlow, state: FlowTokenState, code: str) -> None:
         state.replayed = True
         account = state.account
+        name = account.account.name
+        outcome = "failed"
         try:
-            token, generation = await account.rejected(state.generation, code,
-                                                       self._deadline(flow, state))
-        except TokenUnavailable as exc:
-            self._refuse(flow, exc)
-            return
-        try:
-            flow.response = await self._replayer.send(flow.request, token)
-        except UpstreamUnreachable as exc:
-            flow.response = proxy_errors.error_response(
-                502, proxy_errors.UPSTREAM_UNREACHABLE, f"The platform is unreachable: {exc}")
+            try:
+                token, generation = await account.rejected(state.generation, code,
+                                                           self._deadline(flow, state))
+            except TokenUnavailable as exc:
+                self._refuse(flow, exc)
+                log.warning("account %s: replay after %s failed: %s", name, code, exc.code,
+                            extra={"event": "replay_failed", "account": name,
+                                   "code": exc.code})
+                return
+            try:
+                flow.response = await self._replayer.send(flow.request, token)
+            except UpstreamUnreachable as exc:
+                flow.response = proxy_errors.error_response(
+                    502, proxy_errors.UPSTREAM_UNREACHABLE, f"The platform is unreachable: {exc}")
+                log.warning("account %s: replay after %s failed: upstream unreachable", name,
+                            code, extra={"event": "replay_failed", "account": name})
+                return
+            finally:
+                account.release(generation)
+            again = token_error_code(flow.response.status_code, flow.response.raw_content or b"")
+            if again is None:
+                outcome = "success"
+            else:
+                self._metrics.token_errors.labels(name, bounded(again, TOKEN_ERROR_CODES)).inc()
+                log.warning("account %s: the replay got a token error again (%s)", name, again,
+                            extra={"event": "replay_failed", "account": name, "code": again})
+            log.debug("account %s: replayed %s %s after %s", name, flow.request.method,
+                      flow.request.path.split("?", 1)[0], code)
         finally:
-            account.release(generation)
-        log.debug("account %s: replayed %s %s after %s", account.account.name,
-                  flow.request.method, flow.request.path.split("?", 1)[0], code)
+            self._metrics.replays.labels(name, outcome).inc()
+            self._count(flow, state)
 
 
 def _bearer(header: str | None) -> str | None:

@@ -1,5 +1,7 @@
-"""The operator's listener (``[proxy] metrics_listen``): ``/healthz``, ``/readyz`` and
-``/status`` (every account's state as JSON, read by ``tokenproxy status``).
+"""The operator's listener (``[proxy] metrics_listen``): ``/metrics`` (Prometheus),
+``/healthz``, ``/readyz`` and ``/status`` (every account's state as JSON, read by
+``tokenproxy status``). A background probe keeps ``tokenproxy_store_up`` current while no
+renewal touches the store.
 
 Runs on the proxy's own event loop, beside mitmproxy; never serves token values.
 """
@@ -11,8 +13,10 @@ import logging
 import time
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .config import Config
+from .metrics import Metrics
 from .pool import AccountState, TokenPool
 from .store import StoreError, TokenStore
 
@@ -22,11 +26,16 @@ HEALTHY_STATES = {AccountState.HEALTHY, AccountState.IDLE, AccountState.REFRESHI
 
 
 class AdminServer:
-    def __init__(self, config: Config, pool: TokenPool, store: TokenStore) -> None:
+    PROBE_EVERY = 5.0  # seconds between store probes
+
+    def __init__(self, config: Config, pool: TokenPool, store: TokenStore,
+                 metrics: Metrics | None = None) -> None:
         self._config = config
         self._pool = pool
         self._store = store
+        self._metrics = metrics or Metrics()
         self._runner: web.AppRunner | None = None
+        self._probe: asyncio.Task[None] | None = None
         self.url: str | None = None
 
     async def start(self) -> None:
@@ -34,6 +43,7 @@ class AdminServer:
         if listen is None:
             return
         app = web.Application()
+        app.router.add_get("/metrics", self._metrics_page)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/status", self._status)
@@ -44,11 +54,23 @@ class AdminServer:
         server = site._server  # aiohttp exposes the bound sockets only here
         port = server.sockets[0].getsockname()[1] if server and server.sockets else listen.port
         self.url = f"http://{listen.host}:{port}"
+        self._probe = asyncio.get_running_loop().create_task(self._probe_store())
         print(f"tokenproxy metrics on {self.url}", flush=True)
 
     async def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
+
+    async def _probe_store(self) -> None:
+        while True:
+            await asyncio.sleep(self.PROBE_EVERY)
+            await self.store_reachable()
+
+    async def _metrics_page(self, _: web.Request) -> web.Response:
+        body = generate_latest(self._metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -72,10 +94,14 @@ class AdminServer:
         try:
             await asyncio.wait_for(self._store.generation(first), 2.0)
         except StoreError as exc:
-            return False, str(exc)
+            problem = str(exc)
         except TimeoutError:
-            return False, f"{self._store.backend} store: no answer within 2 s"
-        return True, None
+            problem = f"{self._store.backend} store: no answer within 2 s"
+        else:
+            self._metrics.store_up.labels(self._store.backend).set(1)
+            return True, None
+        self._metrics.store_up.labels(self._store.backend).set(0)
+        return False, problem
 
     async def _status(self, _: web.Request) -> web.Response:
         accounts = [a.snapshot() for a in self._pool.accounts.values()]

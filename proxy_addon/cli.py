@@ -7,10 +7,9 @@ Entry point of the console script and of ``python -m proxy_addon``. Exit codes: 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from . import __version__
+from . import __version__, logs
 from .config import ConfigError, load_config
 
 EXIT_BAD_INPUT = 2
@@ -29,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", "-c", required=True, help="path of the TOML config file")
     run.add_argument("--log-level", default="info",
                      choices=["debug", "info", "warning", "error"])
+    run.add_argument("--log-format", choices=["text", "json"],
+                     help="log lines as text or JSON objects (default: [proxy] log_format)")
 
     check = commands.add_parser("check-config", help="validate a config file and exit",
                                 description="Validate the config (file, keys, env vars).")
@@ -89,13 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: OK ({len(config.accounts)} account(s), "
               f"{len(config.clients)} client(s), upstream {config.proxy.upstream})")
         return 0
+    logs.SECRETS.add(config.secret_values(), fixed=True)
     if args.command == "authorize":
-        _setup_logging("warning")
+        logs.setup("warning")
         from .authorize import main as authorize_main
 
         return authorize_main(config, args.account, args.redirect_uri, args.timeout,
                               args.login_hint)
-    _setup_logging(args.log_level)
+    logs.setup(args.log_level, args.log_format or config.proxy.log_format)
     from .runner import StartupError, run
 
     try:
@@ -105,13 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 0
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("mitmproxy", "httpx", "httpcore", "hpack", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -116,6 +116,7 @@ class EmulatorConfig:
     args: tuple[str, ...] = ()
 
 
+LOG_FORMATS = ("text", "json")
 STORE_BACKENDS = ("sqlite", "redis", "memory")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -145,6 +146,7 @@ class ProxyConfig:
     verify_upstream_tls: bool = True
     auth_budget_calls: int = 5
     auth_budget_window: float = 60.0
+    log_format: str = "text"  # text | json (one object per line)
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,18 @@ class Config:
     clients: tuple[ClientConfig, ...]
     emulator: EmulatorConfig = field(default_factory=EmulatorConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+
+    def secret_values(self) -> list[str]:
+        """Every credential in the config (for log redaction)."""
+        values = [c.key.reveal() for c in self.clients]
+        for account in self.accounts:
+            for item in (account.client_secret, account.jwt, account.password,
+                         account.refresh_token, account.auth_code, account.code_verifier):
+                if item:
+                    values.append(item.reveal())
+        if self.store.url:
+            values.append(self.store.url.reveal())
+        return values
 
     def account(self, name: str) -> AccountConfig:
         for account in self.accounts:
@@ -320,9 +334,13 @@ class _Reader:
         allowed = {"listen", "metrics_listen", "upstream", "token_wait_timeout",
                    "upstream_timeout", "refresh_ahead",
                    "drain_timeout", "stream_threshold", "verify_upstream_tls",
-                   "auth_budget_calls", "auth_budget_window"}
+                   "auth_budget_calls", "auth_budget_window", "log_format"}
         table = self.table(value, key, allowed)
         defaults = ProxyConfig()
+        log_format = self.string(table, "log_format", key, default=defaults.log_format)
+        if log_format not in LOG_FORMATS:
+            raise self.fail("proxy.log_format", f"expected one of {', '.join(LOG_FORMATS)}, "
+                                                f"got {log_format!r}")
         listen = self.string(table, "listen", key)
         metrics = self.string(table, "metrics_listen", key)
         upstream = self.string(table, "upstream", key, default=defaults.upstream) or ""
@@ -358,6 +376,7 @@ class _Reader:
                                               integer=True)),
             auth_budget_window=self.number(table, "auth_budget_window", key,
                                            defaults.auth_budget_window, minimum=1),
+            log_format=log_format or defaults.log_format,
         )
 
     def emulator(self, value: Any) -> EmulatorConfig:

@@ -13,12 +13,15 @@ import time
 import httpx
 
 from .config import AccountConfig
+from .metrics import Metrics
 from .platform_errors import TokenEndpointError
 from .tokens import MalformedTokenResponse, TokenSet
 
 TOKEN_PATH = "/restapi/oauth/token"
 REVOKE_PATH = "/restapi/oauth/revoke"
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+GRANT_LABELS = {JWT_GRANT: "jwt", "password": "password", "refresh_token": "refresh_token",
+                "authorization_code": "authorization_code"}
 
 
 class UpstreamUnreachable(Exception):
@@ -26,9 +29,11 @@ class UpstreamUnreachable(Exception):
 
 
 class TokenEndpoint:
-    def __init__(self, upstream: str, http: httpx.AsyncClient) -> None:
+    def __init__(self, upstream: str, http: httpx.AsyncClient,
+                 metrics: Metrics | None = None) -> None:
         self.upstream = upstream.rstrip("/")
         self._http = http
+        self._metrics = metrics or Metrics()
 
     async def login(self, account: AccountConfig) -> TokenSet:
         """Start a new session with the account's own grant (creates a platform session)."""
@@ -70,14 +75,33 @@ class TokenEndpoint:
         if account.access_token_ttl is not None:
             form["access_token_ttl"] = str(account.access_token_ttl)
         requested_at = time.time()
-        response = await self._post(account, TOKEN_PATH, form)
-        if response.status_code != 200:
-            raise TokenEndpointError.from_response(
-                response.status_code, response.content, response.headers.get("retry-after"))
+        grant = GRANT_LABELS.get(form["grant_type"], "other")
+        metrics, name = self._metrics, account.name
+        started = time.monotonic()
         try:
-            return TokenSet.from_response(response.content, requested_at)
+            response = await self._post(account, TOKEN_PATH, form)
+        except UpstreamUnreachable:
+            metrics.token_calls.labels(name, grant, "unreachable").inc()
+            raise
+        finally:
+            metrics.token_call_seconds.labels(name).observe(time.monotonic() - started)
+        status = response.status_code
+        if status != 200:
+            error = TokenEndpointError.from_response(
+                status, response.content, response.headers.get("retry-after"))
+            if error.rate_limited:
+                metrics.token_rate_limited.labels(name).inc()
+            outcome = ("rate_limited" if error.rate_limited else
+                       "server_error" if status >= 500 else "rejected")
+            metrics.token_calls.labels(name, grant, outcome).inc()
+            raise error
+        try:
+            tokens = TokenSet.from_response(response.content, requested_at)
         except MalformedTokenResponse as exc:
+            metrics.token_calls.labels(name, grant, "server_error").inc()
             raise TokenEndpointError(502, "", "", str(exc)) from None
+        metrics.token_calls.labels(name, grant, "success").inc()
+        return tokens
 
     async def _post(self, account: AccountConfig, path: str, form: dict[str, str]
                     ) -> httpx.Response:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from .auth_budget import AuthBudget, AuthBudgets
 from .config import AccountConfig, Config
 from .crypto import TokenCipher
+from .logs import remember
+from .metrics import Metrics
 from .oauth import TokenEndpoint, UpstreamUnreachable
 from .platform_errors import TokenEndpointError
 from .store import CorruptRecord, StoredTokens, StoreError, TokenStore
@@ -95,8 +97,10 @@ class AccountTokens:
 
     def __init__(self, account: AccountConfig, endpoint: TokenEndpoint, settings: PoolSettings,
                  store: TokenStore, budget: AuthBudget | None = None,
-                 clock: Callable[[], float] = time.time, owner: str = "") -> None:
+                 clock: Callable[[], float] = time.time, owner: str = "",
+                 metrics: Metrics | None = None) -> None:
         self.account = account
+        self._metrics = metrics or Metrics()
         self._endpoint = endpoint
         self._store = store
         self._owner = owner or _process_owner()
@@ -116,6 +120,7 @@ class AccountTokens:
         self._inflight: dict[int, int] = {}
         self._renewal: asyncio.Task[None] | None = None
         self._pending: TokenSet | None = None  # obtained, not yet saved
+        self._obtained_by = "refreshed"  # how the pending pair was obtained (metrics)
         self._checking = False  # a notification's store read is under way
         self._awaiting_store = False  # a renewal waits for the store (lock, newer pair)
         self._draining: tuple[int, asyncio.Event] | None = None
@@ -159,6 +164,7 @@ class AccountTokens:
             return self.generation
 
     def _adopt(self, generation: int, tokens: TokenSet) -> None:
+        remember(tokens.access_token, tokens.refresh_token)
         self._tokens = tokens
         self.generation = generation
         self._code_spent = True  # a stored session supersedes the config's one-time code
@@ -201,6 +207,14 @@ class AccountTokens:
         ``deadline`` (default: ``token_wait_timeout`` from now)."""
         if deadline is None:
             deadline = self.deadline(self._clock())
+        started = time.monotonic()
+        try:
+            return await self._lease(deadline)
+        finally:
+            self._metrics.token_wait.labels(self.account.name).observe(
+                time.monotonic() - started)
+
+    async def _lease(self, deadline: float) -> Lease:
         while True:
             fast = self.try_lease()
             if fast is not None:
@@ -232,6 +246,9 @@ class AccountTokens:
         """The platform answered a token 401 (``code``) to a request made with ``generation``:
         renew once if that generation is still current, then hand out the newer token."""
         if generation == self.generation:
+            if code == "OAU-213" and not self._access_dead:
+                self._metrics.sessions_lost.labels(self.account.name,
+                                                   "revoked_or_evicted").inc()
             self._access_dead = True
             self._refresh_at = 0.0
             if self._renewal is None:
@@ -316,10 +333,15 @@ class AccountTokens:
                     record = await self._persist(await self._obtain(reason))
                 except _Superseded as exc:
                     record = exc.record
-            if record.tokens is not self._pending:
-                log.info("account %s: adopted generation %d that another process stored",
-                         self.account.name, record.generation)
+            outcome = "adopted" if record.tokens is not self._pending else self._obtained_by
+            name = self.account.name
+            log.info("account %s: renewal %s (reason %s), generation %d", name, outcome, reason,
+                     record.generation,
+                     extra={"event": "renewal", "account": name, "reason": reason,
+                            "state": outcome, "generation": record.generation})
+            self._metrics.renewals.labels(name, outcome).inc()
         except TokenUnavailable as exc:
+            self._metrics.renewals.labels(self.account.name, "failed").inc()
             self._failure = exc
             if self.state is AccountState.REFRESHING:
                 self._set_state(AccountState.BACKING_OFF)
@@ -328,6 +350,7 @@ class AccountTokens:
             self._set_state(previous_state)
             raise
         else:
+            remember(record.tokens.access_token, record.tokens.refresh_token)
             self.generation = record.generation
             self._tokens = record.tokens
             self._access_dead = False
@@ -384,6 +407,7 @@ class AccountTokens:
         name, lease = self.account.name, self._settings.lock_lease
         give_up = self._clock() + lease + 1.0  # a dead holder's lease runs out
         self._awaiting_store = True
+        started = time.monotonic()
         try:
             while True:
                 newer = await self._newer_in_store()
@@ -403,6 +427,8 @@ class AccountTokens:
             raise self._store_down(exc) from None
         finally:
             self._awaiting_store = False
+            self._metrics.store_lock_wait.labels(self._store.backend).observe(
+                time.monotonic() - started)
 
     def _store_down(self, exc: StoreError) -> TokenUnavailable:
         if self.last_error != "store unavailable":
@@ -543,6 +569,7 @@ class AccountTokens:
             if tokens is not None and tokens.refresh_alive(now) and not session_gone:
                 try:
                     self._spend_budget()
+                    self._obtained_by = "refreshed"
                     return await self._endpoint.refresh(account, tokens.refresh_token or "")
                 except TokenEndpointError as exc:
                     if not exc.refresh_token_dead:
@@ -550,12 +577,14 @@ class AccountTokens:
                     newer = await self._newer_in_store_or_none()
                     if newer is not None:  # another process rotated it: not dead, just old
                         raise _Superseded(newer) from None
+                    self._metrics.sessions_lost.labels(account.name, "refresh_token_dead").inc()
                     log.warning("account %s: refresh token is dead (%s); logging in again",
                                 account.name, exc.code or exc.error)
             if account.can_login or (account.grant == "authorization_code"
                                      and not self._code_spent):
                 self._spend_budget()
                 self._code_spent = account.grant == "authorization_code"
+                self._obtained_by = "logged_in"
                 tokens = await self._endpoint.login(account)
                 log.info("account %s: new session (%s grant, reason %s)", account.name,
                          account.grant, reason)
@@ -566,7 +595,8 @@ class AccountTokens:
                               f"(tokenproxy authorize {account.name})")
             self._set_state(AccountState.REAUTH_REQUIRED)
             self._retry_at = math.inf
-            log.error("account %s: reauthorization required: %s", account.name, self.last_hint)
+            log.error("account %s: reauthorization required: %s", account.name, self.last_hint,
+                      extra={"event": "reauth_required", "account": account.name})
             raise TokenUnavailable(503, "TPX-REAUTH-REQUIRED", self.last_hint)
         except TokenEndpointError as exc:
             raise self._endpoint_failure(exc) from None
@@ -660,7 +690,9 @@ class AccountTokens:
 
     def _set_state(self, state: AccountState) -> None:
         if state is not self.state:
-            log.debug("account %s: %s -> %s", self.account.name, self.state, state)
+            log.info("account %s: state %s -> %s", self.account.name, self.state, state,
+                     extra={"event": "state_change", "account": self.account.name,
+                            "state": state.value, "previous_state": self.state.value})
             self.state = state
             self.state_since = self._clock()
 
@@ -708,7 +740,8 @@ class AccountTokens:
         """While reauth_required: has `tokenproxy authorize` stored a new session?"""
         newer = await self._newer_in_store_or_none()
         if newer is not None and self.state is AccountState.REAUTH_REQUIRED:
-            log.info("account %s: new session authorized; serving again", self.account.name)
+            log.info("account %s: new session authorized; serving again", self.account.name,
+                     extra={"event": "reauthorized", "account": self.account.name})
             self._adopt(newer.generation, newer.tokens)
             return
         if self.state is AccountState.REAUTH_REQUIRED:
@@ -763,13 +796,16 @@ class TokenPool:
 
     @classmethod
     def build(cls, config: Config, endpoint: TokenEndpoint, store: TokenStore | None = None,
-              settings: PoolSettings | None = None) -> TokenPool:
+              settings: PoolSettings | None = None,
+              metrics: Metrics | None = None) -> TokenPool:
         settings = settings or PoolSettings.from_config(config)
         store = store or MemoryStore(RecordCodec(TokenCipher(None)))
         budgets = AuthBudgets(settings.auth_budget_calls, settings.safe_budget_window)
         owner = _process_owner()
+        metrics = metrics or Metrics()
         return cls({a.name: AccountTokens(a, endpoint, settings, store,
-                                          budgets.for_client(a.client_id), owner=owner)
+                                          budgets.for_client(a.client_id), owner=owner,
+                                          metrics=metrics)
                     for a in config.accounts}, store)
 
     def __getitem__(self, name: str) -> AccountTokens:

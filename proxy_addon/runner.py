@@ -21,11 +21,13 @@ from .addon import TokenInjector
 from .admin import AdminServer
 from .config import Config
 from .master import build_master
+from .metrics import Metrics
 from .oauth import TokenEndpoint
 from .pool import TokenPool
 from .replay import Replayer
 from .store import StoreError, StoreKeyMismatch, open_store
 from .store.factory import StoreConfigError, make_cipher
+from .store.instrumented import InstrumentedStore
 
 log = logging.getLogger("tokenproxy")
 
@@ -65,21 +67,24 @@ async def _serve(config: Config) -> int:
     async with httpx.AsyncClient(timeout=config.proxy.upstream_timeout, limits=limits,
                                  verify=config.proxy.verify_upstream_tls,
                                  follow_redirects=False) as http_client:
-        endpoint = TokenEndpoint(config.proxy.upstream, http_client)
-        store = open_store(config.store)
+        metrics = Metrics()
+        endpoint = TokenEndpoint(config.proxy.upstream, http_client, metrics)
+        store = InstrumentedStore(open_store(config.store), metrics)
         try:
             await store.open()
         except (StoreKeyMismatch, StoreError) as exc:
             raise StartupError(f"store {config.store.backend}: {exc}", exit_code=2) from None
-        pool = TokenPool.build(config, endpoint, store)
+        metrics.prepare(config, store.backend)
+        pool = TokenPool.build(config, endpoint, store, metrics=metrics)
+        metrics.watch_pool(pool)
         await pool.start()
-        injector = TokenInjector(config, pool, Replayer(http_client))
+        injector = TokenInjector(config, pool, Replayer(http_client), metrics)
         injector.on_listening = lambda urls: _print_banner(config, urls)
         master = build_master(config, injector)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, master.shutdown)
-        admin = AdminServer(config, pool, store)
+        admin = AdminServer(config, pool, store, metrics)
         try:
             await admin.start()
             await master.run()

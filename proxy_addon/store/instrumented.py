@@ -1,0 +1,67 @@
+"""A store that counts: wraps any backend and reports each operation's outcome to the metrics
+(``tokenproxy_store_operations_total``) and the backend's reachability (``tokenproxy_store_up``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from ..metrics import Metrics
+from ..tokens import TokenSet
+from .base import StoredTokens, StoreError, TokenStore
+
+T = TypeVar("T")
+
+
+class InstrumentedStore(TokenStore):
+    def __init__(self, inner: TokenStore, metrics: Metrics) -> None:
+        super().__init__(inner.codec)
+        self.inner = inner
+        self.backend = inner.backend
+        self._metrics = metrics
+        self.last_error: str | None = None
+        self.last_checked = 0.0
+
+    async def _counted(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            result = await call()
+        except StoreError as exc:
+            self._metrics.store_ops.labels(self.backend, operation, "error").inc()
+            self._reachable(False, str(exc))
+            raise
+        self._metrics.store_ops.labels(self.backend, operation, "ok").inc()
+        self._reachable(True, None)
+        return result
+
+    def _reachable(self, up: bool, error: str | None) -> None:
+        self._metrics.store_up.labels(self.backend).set(1 if up else 0)
+        self.last_error = error
+        self.last_checked = time.time()
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def load(self, account: str) -> StoredTokens | None:
+        return await self._counted("load", lambda: self.inner.load(account))
+
+    async def generation(self, account: str) -> int:
+        return await self._counted("generation", lambda: self.inner.generation(account))
+
+    async def compare_and_set(self, account: str, expected: int, tokens: TokenSet) -> bool:
+        return await self._counted(
+            "compare_and_set", lambda: self.inner.compare_and_set(account, expected, tokens))
+
+    async def acquire_lock(self, account: str, owner: str, lease: float) -> bool:
+        return await self._counted(
+            "acquire_lock", lambda: self.inner.acquire_lock(account, owner, lease))
+
+    async def release_lock(self, account: str, owner: str) -> None:
+        await self._counted("release_lock", lambda: self.inner.release_lock(account, owner))
+
+    async def watch(self, listener: Callable[[str, int], None]) -> None:
+        await self.inner.watch(listener)
+
+    async def close(self) -> None:
+        await self.inner.close()

@@ -68,7 +68,7 @@ run: venv
 	  $(BIN)/tokenproxy run --config $(CONFIG)
 
 lint: venv
-	$(BIN)/ruff check proxy_addon tests bench
+	$(BIN)/ruff check proxy_addon tests bench dashboards
 
 test: venv debs lint
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider tests

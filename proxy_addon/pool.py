@@ -65,8 +65,8 @@ class PoolSettings:
     refresh_ahead: float = 60.0  # refresh this long before expiry (capped to a share of TTL)
     refresh_ahead_share: float = 0.04  # ... never more than this share of the token lifetime
     drain_timeout: float = 2.0  # longest wait for in-flight requests before a refresh-ahead
-    keepalive_share: float = 0.10  # refresh idle accounts this share of refresh TTL early
-    keepalive_max: float = 3600.0
+    keepalive_share: float = 0.25  # refresh idle accounts this share of refresh TTL early ...
+    keepalive_max: float = 36 * 3600.0  # ... at most this early (an alert fires below 24 h)
     backoff_base: float = 1.0
     backoff_max: float = 60.0
     misconfigured_backoff: float = 30.0  # wrong credentials: do not hammer the endpoint
@@ -321,13 +321,14 @@ class AccountTokens:
 
     async def _renew(self, reason: str) -> None:
         previous_state = self.state
-        self._set_state(AccountState.REFRESHING)
         heartbeat: asyncio.Task[None] | None = None
         try:
             if reason == "ahead":
                 await self._drain(self.generation)
             record = await self._lock_or_newer()
             if record is None:
+                # "refreshing" from here: waiting for the store or a lock is not refreshing
+                self._set_state(AccountState.REFRESHING)
                 heartbeat = self._keep_lock()
                 try:
                     record = await self._persist(await self._obtain(reason))
@@ -343,7 +344,7 @@ class AccountTokens:
         except TokenUnavailable as exc:
             self._metrics.renewals.labels(self.account.name, "failed").inc()
             self._failure = exc
-            if self.state is AccountState.REFRESHING:
+            if self.state in (AccountState.REFRESHING, AccountState.HEALTHY, AccountState.IDLE):
                 self._set_state(AccountState.BACKING_OFF)
             raise
         except asyncio.CancelledError:

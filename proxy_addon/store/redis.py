@@ -24,7 +24,8 @@ from collections.abc import Callable
 
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from ..tokens import TokenSet
@@ -70,8 +71,11 @@ class RedisStore(TokenStore):
         # never waits for the store).
         self._client = aioredis.Redis.from_url(
             url, socket_connect_timeout=timeout, socket_timeout=timeout,
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
-            health_check_interval=5, decode_responses=False, **tls)
+            # one retry on a dropped connection (Redis restarted), none on a timeout (a hung
+            # Redis): a renewal learns within `timeout` that the store is away
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            lib_name=None, lib_version=None,
+            health_check_interval=0, decode_responses=False, **tls)
         self._cas = self._client.register_script(CAS_SCRIPT)
         self._acquire = self._client.register_script(ACQUIRE_SCRIPT)
         self._release = self._client.register_script(RELEASE_SCRIPT)

@@ -1,0 +1,120 @@
+"""A real Prometheus scrapes a real proxy through a scripted bad day: normal traffic, a
+revocation, an eviction, a 429 storm, an account that needs a person, and the store going away.
+Then every query of every dashboard panel and every alert rule runs through Prometheus' HTTP
+API: none may fail, the panels and the alerts the day should raise return data, and those
+alerts are pending or firing."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.support.prometheus import start_prometheus
+from tests.support.promql import ALERTS_FILE, alert_rules, expand, panel_queries
+from tests.support.proxy import APP_KEY, DEMO_CLIENT_SECRET, jwt_account
+
+EXT = "/restapi/v1.0/account/~/extension/~"
+SEEDED_KEY = "seeded-app-key-0123456789"
+WRONG_KEY = "wrong-app-key-0123456789"
+# Alerts the scenario cannot raise: more sessions than the budget needs a leak.
+NOT_RAISED = {"TokenproxySessionsOverBudget"}
+
+
+@pytest.mark.timeout(400)
+def test_dashboards_and_alerts_on_a_bad_day(tmp_path: Path, emulator_factory, proxy_factory,
+                                            redis_factory) -> None:
+    redis = redis_factory()
+    emulator = emulator_factory("--access-ttl", "3", "--refresh-ttl", "600", "--auth-rate",
+                                "0")
+    seeded = {"name": "seeded", "client_id": "demo-client-id",
+              "client_secret": DEMO_CLIENT_SECRET, "grant": "refresh_token",
+              "refresh_token": emulator.user2_refresh_token()}
+    wrong = jwt_account("wrong", client_secret="not-the-secret")  # OAU-153: misconfigured
+    proxy = proxy_factory(
+        emulator.url, accounts=[jwt_account(), seeded, wrong],
+        clients=[{"name": "app", "account": "main", "key": APP_KEY},
+                 {"name": "seeded-app", "account": "seeded", "key": SEEDED_KEY},
+                 {"name": "wrong-app", "account": "wrong", "key": WRONG_KEY}],
+        store={"backend": "redis", "url": redis.url, "prefix": f"p{uuid.uuid4().hex[:8]}"},
+        token_wait_timeout=2)
+    assert proxy.admin_url is not None
+    prometheus = start_prometheus(tmp_path / "prometheus",
+                                  [proxy.admin_url.removeprefix("http://")], [ALERTS_FILE])
+    statuses: Counter[int] = Counter()
+    stop = threading.Event()
+
+    def traffic(key: str) -> None:
+        with proxy.http(key) as client:
+            for _ in range(5000):  # bounded
+                if stop.is_set():
+                    return
+                statuses[client.get(EXT).status_code] += 1
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=traffic, args=(k,), daemon=True)
+               for k in [APP_KEY] * 14 + [SEEDED_KEY] * 3 + [WRONG_KEY]]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(6)  # normal traffic, refreshes every ~3 s
+        for _ in range(30):  # tokens expiring under traffic: token 401s, replayed
+            emulator.expire_now()
+            time.sleep(0.3)
+        emulator.revoke_all()  # main logs in again; seeded needs a person now
+        time.sleep(6)
+        emulator.outside_login(count=5)  # someone else logs in 5 times: main is evicted
+        time.sleep(6)
+        # a 429 storm: the platform now allows 3 token calls a minute, and sessions keep dying
+        emulator.set_policy(auth_rate=3, auth_window=60, auth_penalty=20)
+        for _ in range(4):
+            emulator.revoke_all()
+            time.sleep(2)
+        time.sleep(4)
+        redis.pause()  # the store goes away
+        time.sleep(15)
+        # Prometheus has scraped every second all along; a few more evaluations
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not prometheus.targets_up():
+            time.sleep(1)
+
+        failures, empty = [], []
+        for dashboard, panel, expr in panel_queries():
+            try:
+                if not prometheus.query(expand(expr)):
+                    empty.append(f"{dashboard} / {panel}: {expr}")
+            except AssertionError as exc:
+                failures.append(f"{dashboard} / {panel}: {exc}")
+        raised, quiet = set(), set()
+        for rule in alert_rules():
+            try:
+                result = prometheus.query(rule["expr"])
+            except AssertionError as exc:
+                failures.append(f"alert {rule['alert']}: {exc}")
+                continue
+            (raised if result else quiet).add(rule["alert"])
+        active = {a["labels"]["alertname"]: a["state"] for a in prometheus.alerts()}
+    finally:
+        stop.set()
+        redis.resume()
+        for thread in threads:
+            thread.join(30)
+        prometheus.stop()
+    counters = emulator.counters()
+    print(f"figures prometheus: traffic={dict(statuses)} "
+          f"token_calls={counters['token_calls_by_grant']} "
+          f"rate_limited={counters['rate_limited']} evictions={counters['evictions']} "
+          f"{len(panel_queries())} panel queries, {len(alert_rules())} alerts; "
+          f"raised={sorted(raised)} active={active}")
+    assert not failures, failures
+    assert not empty, empty
+    all_alerts = {rule["alert"] for rule in alert_rules()}
+    assert raised == all_alerts - NOT_RAISED, (raised, quiet)
+    assert quiet == NOT_RAISED
+    assert set(active) == all_alerts - NOT_RAISED, active
+    assert set(active.values()) <= {"pending", "firing"}
+    assert counters["rate_limited"] > 0 and counters["evictions"] > 0

@@ -182,10 +182,10 @@ def test_auth_rate_limit_is_never_tripped(emulator_factory, proxy_factory) -> No
     # waiting for a token ends by the wait timeout (3 s), by the proxy's own clock: a refusal
     # never comes later ...
     assert len(proxy_waits) == statuses[503] and max(proxy_waits) < 3 + 0.5, max(proxy_waits)
-    # ... and nothing hangs: the client's view adds queueing on 2 cores shared with the
-    # suite's other load tests (the deadline itself is checked precisely in-process, in
-    # test_pool_inprocess.py)
-    assert slowest < 3 + 10
+    # ... and nothing hangs (the client's view adds queueing on 2 cores shared with the
+    # suite's other load tests, up to ~10 s seen; the deadline itself is checked precisely
+    # in-process, in test_pool_inprocess.py)
+    assert slowest < 25
 
 
 def test_reauth_required_then_authorize(emulator_factory, proxy_factory) -> None:

@@ -74,7 +74,6 @@ class RedisStore(TokenStore):
             # one retry on a dropped connection (Redis restarted), none on a timeout (a hung
             # Redis): a renewal learns within `timeout` that the store is away
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            lib_name=None, lib_version=None,
             health_check_interval=0, decode_responses=False, **tls)
         self._cas = self._client.register_script(CAS_SCRIPT)
         self._acquire = self._client.register_script(ACQUIRE_SCRIPT)

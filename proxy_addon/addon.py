@@ -25,16 +25,25 @@ from dataclasses import dataclass
 from mitmproxy import ctx, http
 
 from . import proxy_errors
-from .config import ClientConfig, Config
+from .config import ClientConfig, Config, Secret
+from .login import LoginInterceptor
 from .metrics import NO_ACCOUNT, TOKEN_ERROR_CODES, UNKNOWN_CLIENT, Metrics, bounded, status_class
 from .oauth import UpstreamUnreachable
 from .platform_errors import token_error_code
 from .pool import AccountTokens, TokenPool, TokenUnavailable
 from .replay import Replayer
+from .store import StoreError
+from .virtual_tokens import VirtualTokens, looks_virtual
 
 log = logging.getLogger("tokenproxy.addon")
 
 FLOW_KEY = "tokenproxy"
+LOGIN_KEY = "tokenproxy-login"
+VIRTUAL_KEY = "tokenproxy-virtual"
+
+
+def login_client_name(account: str) -> str:
+    return f"{account}-login"
 OAUTH_PREFIX = "/restapi/oauth/"
 
 
@@ -53,8 +62,15 @@ class TokenInjector:
     """Client identification, token injection and transparent replay."""
 
     def __init__(self, config: Config, pool: TokenPool, replayer: Replayer,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, login: LoginInterceptor | None = None,
+                 virtual: VirtualTokens | None = None) -> None:
         self._pool = pool
+        self._login = login
+        self._virtual = virtual
+        # apps that log in through the proxy count as one client per account
+        self._login_clients = {a.name: ClientConfig(login_client_name(a.name), a.name,
+                                                    Secret(""))
+                               for a in config.accounts}
         self._metrics = metrics or Metrics()
         self._replayer = replayer
         self._stream_threshold = config.proxy.stream_threshold
@@ -75,6 +91,9 @@ class TokenInjector:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         request = flow.request
+        if self._login is not None and LoginInterceptor.handles(request.path):
+            flow.metadata[LOGIN_KEY] = True  # answered in `request`, once the form is in
+            return
         if request.path.startswith(OAUTH_PREFIX):
             flow.response = proxy_errors.error_response(
                 403, proxy_errors.OAUTH_MANAGED,
@@ -82,6 +101,9 @@ class TokenInjector:
                 "proxy; send your client key as 'Authorization: Bearer <key>' on API calls.")
             return
         key = _bearer(request.headers.get("authorization"))
+        if key and self._login is not None and looks_virtual(key):
+            flow.metadata[VIRTUAL_KEY] = key  # resolved in `request` (may read the store)
+            return
         client = self._clients.get(_digest(key)) if key else None
         if client is None:
             problem = ("The Bearer credential is not a configured client key" if key
@@ -94,9 +116,37 @@ class TokenInjector:
         flow.metadata[FLOW_KEY] = FlowTokenState(client, self._pool[client.account])
 
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        state: FlowTokenState | None = flow.metadata.get(FLOW_KEY)
-        if state is None or flow.response is not None:
+        if flow.response is not None:
             return None
+        if flow.metadata.get(LOGIN_KEY) and self._login is not None:
+            return self._login.answer(flow)
+        if VIRTUAL_KEY in flow.metadata:
+            return self._resolve_virtual(flow)
+        state: FlowTokenState | None = flow.metadata.get(FLOW_KEY)
+        if state is None:
+            return None
+        return self._swap_credentials(flow, state)
+
+    async def _resolve_virtual(self, flow: http.HTTPFlow) -> None:
+        """An app that logged in through the proxy: its virtual token names the account."""
+        assert self._virtual is not None
+        try:
+            grant = await self._virtual.resolve(flow.metadata.pop(VIRTUAL_KEY), "access")
+        except StoreError:
+            flow.response = proxy_errors.error_response(
+                503, "TPX-STORE-UNAVAILABLE", "The token store is unreachable.", 1.0)
+            return
+        if grant is None or grant.account not in self._pool.accounts:
+            flow.response = proxy_errors.platform_token_error("OAU-213", "Token not found")
+            return
+        state = FlowTokenState(self._login_clients[grant.account], self._pool[grant.account])
+        flow.metadata[FLOW_KEY] = state
+        waiting = self._swap_credentials(flow, state)
+        if waiting is not None:
+            await waiting
+
+    def _swap_credentials(self, flow: http.HTTPFlow,
+                          state: FlowTokenState) -> Awaitable[None] | None:
         request = flow.request
         request.headers.pop("proxy-authorization", None)
         if "access_token=" in request.path:

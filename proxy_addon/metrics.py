@@ -37,7 +37,8 @@ REPLAY_OUTCOMES = ("success", "failed")
 SESSION_LOSS_REASONS = ("revoked_or_evicted", "refresh_token_dead")
 STATES = ("idle", "healthy", "refreshing", "backing_off", "reauth_required", "misconfigured")
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
-STORE_OPERATIONS = ("load", "generation", "compare_and_set", "acquire_lock", "release_lock")
+STORE_OPERATIONS = ("load", "generation", "compare_and_set", "acquire_lock", "release_lock",
+                    "put_virtual", "get_virtual", "delete_virtual")
 STORE_OUTCOMES = ("ok", "error")
 UNKNOWN_CLIENT = "unknown"  # requests without a configured client key
 NO_ACCOUNT = "none"
@@ -127,6 +128,9 @@ class Metrics:
         for client in config.clients:
             for klass in STATUS_CLASSES:
                 self.requests.labels(client.name, client.account, klass)
+        for account in config.accounts:  # apps that log in through the proxy
+            for klass in STATUS_CLASSES:
+                self.requests.labels(f"{account.name}-login", account.name, klass)
         for klass in ("4xx", "5xx"):
             self.requests.labels(UNKNOWN_CLIENT, NO_ACCOUNT, klass)
         for operation in STORE_OPERATIONS:

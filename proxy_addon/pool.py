@@ -258,6 +258,18 @@ class AccountTokens:
                 self._draining[1].set()  # no point waiting: the token is dead already
         return await self.lease(deadline)
 
+    async def owner_id(self) -> str:
+        """The platform user id of the account (logs in first if it never did)."""
+        tokens = self._tokens
+        if tokens is None or not tokens.owner_id:
+            _, generation = await self.lease()
+            self.release(generation)
+            tokens = self._tokens
+        return tokens.owner_id if tokens is not None else ""
+
+    def scope(self) -> str:
+        return self._tokens.scope if self._tokens is not None else ""
+
     def can_serve(self) -> bool:
         """A request arriving now would get a token without waiting for the platform."""
         return self._fallback_possible()

@@ -24,6 +24,13 @@ def error_body(code: str, message: str) -> bytes:
                        "errors": [{"errorCode": code, "message": message}]}).encode()
 
 
+def platform_token_error(code: str, message: str) -> http.Response:
+    """A 401 exactly as the platform answers a dead token (SDKs then refresh)."""
+    body = json.dumps({"errorCode": "TokenInvalid", "message": message,
+                       "errors": [{"errorCode": code, "message": message}]}).encode()
+    return http.Response.make(401, body, {"Content-Type": "application/json"})
+
+
 def error_response(status: int, code: str, message: str,
                    retry_after: float | None = None) -> http.Response:
     headers = {"Content-Type": "application/json", "X-Tokenproxy-Error": code}

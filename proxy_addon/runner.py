@@ -20,6 +20,7 @@ import httpx
 from .addon import TokenInjector
 from .admin import AdminServer
 from .config import Config
+from .login import LoginInterceptor
 from .master import build_master
 from .metrics import Metrics
 from .oauth import TokenEndpoint
@@ -28,6 +29,7 @@ from .replay import Replayer
 from .store import StoreError, StoreKeyMismatch, open_store
 from .store.factory import StoreConfigError, make_cipher
 from .store.instrumented import InstrumentedStore
+from .virtual_tokens import VirtualTokens
 
 log = logging.getLogger("tokenproxy")
 
@@ -78,7 +80,9 @@ async def _serve(config: Config) -> int:
         pool = TokenPool.build(config, endpoint, store, metrics=metrics)
         metrics.watch_pool(pool)
         await pool.start()
-        injector = TokenInjector(config, pool, Replayer(http_client), metrics)
+        virtual = VirtualTokens(store)
+        injector = TokenInjector(config, pool, Replayer(http_client), metrics,
+                                 LoginInterceptor(config, pool, virtual), virtual)
         injector.on_listening = lambda urls: _print_banner(config, urls)
         master = build_master(config, injector)
         loop = asyncio.get_running_loop()

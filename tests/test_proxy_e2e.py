@@ -237,11 +237,13 @@ def test_upstream_down_with_cached_token(emulator_factory, proxy_factory) -> Non
     assert response.json()["errorCode"] == "TPX-UPSTREAM-UNREACHABLE"
 
 
-def test_login_through_proxy_is_refused_for_now(emulator_factory, proxy_factory) -> None:
+def test_other_oauth_paths_are_refused(emulator_factory, proxy_factory) -> None:
+    """Only the token and revoke endpoints are answered by the proxy (login interception);
+    the browser authorize flow is the platform's and not proxied."""
     emulator = emulator_factory()
     proxy = proxy_factory(emulator.url)
-    response = httpx.post(proxy.url + "/restapi/oauth/token",
-                          data={"grant_type": "password"}, timeout=10)
+    response = httpx.get(proxy.url + "/restapi/oauth/authorize", timeout=10,
+                         params={"response_type": "code", "client_id": "demo-client-id"})
     assert response.status_code == 403
     assert response.json()["errorCode"] == "TPX-OAUTH-MANAGED"
     assert emulator.counters()["token_calls"] == 0

@@ -106,6 +106,22 @@ class TokenStore(abc.ABC):
     async def release_lock(self, account: str, owner: str) -> None:
         """Release the lock if (and only if) ``owner`` holds it."""
 
+    # -- virtual tokens (issued by the proxy to apps that log in through it) --------------
+    # Keyed by the token's SHA-256 (the token itself is never stored); the record is the
+    # grant's metadata (account, client id, expiry), not a secret.
+
+    @abc.abstractmethod
+    async def put_virtual(self, digest: str, record: bytes, expires_at: float) -> None:
+        """Keep ``record`` under ``digest`` until ``expires_at`` (Unix time)."""
+
+    @abc.abstractmethod
+    async def get_virtual(self, digest: str) -> bytes | None:
+        """The unexpired record, or None."""
+
+    @abc.abstractmethod
+    async def delete_virtual(self, digests: list[str]) -> None:
+        """Forget these (revocation, rotation)."""
+
     async def watch(self, listener: Callable[[str, int], None]) -> None:
         """Call ``listener(account, generation)`` when another process writes (backends that
         can notify); ``listener("", 0)`` means "re-read everything". Default: no notifications,

@@ -60,6 +60,16 @@ class InstrumentedStore(TokenStore):
     async def release_lock(self, account: str, owner: str) -> None:
         await self._counted("release_lock", lambda: self.inner.release_lock(account, owner))
 
+    async def put_virtual(self, digest: str, record: bytes, expires_at: float) -> None:
+        await self._counted("put_virtual",
+                            lambda: self.inner.put_virtual(digest, record, expires_at))
+
+    async def get_virtual(self, digest: str) -> bytes | None:
+        return await self._counted("get_virtual", lambda: self.inner.get_virtual(digest))
+
+    async def delete_virtual(self, digests: list[str]) -> None:
+        await self._counted("delete_virtual", lambda: self.inner.delete_virtual(digests))
+
     async def watch(self, listener: Callable[[str, int], None]) -> None:
         await self.inner.watch(listener)
 

@@ -15,6 +15,7 @@ class MemoryStore(TokenStore):
         super().__init__(codec)
         self._records: dict[str, tuple[int, bytes]] = {}
         self._locks: dict[str, tuple[str, float]] = {}
+        self._virtual: dict[str, tuple[bytes, float]] = {}
 
     async def open(self) -> None:
         return None
@@ -47,6 +48,20 @@ class MemoryStore(TokenStore):
         holder = self._locks.get(account)
         if holder is not None and holder[0] == owner:
             del self._locks[account]
+
+    async def put_virtual(self, digest: str, record: bytes, expires_at: float) -> None:
+        self._virtual[digest] = (record, expires_at)
+
+    async def get_virtual(self, digest: str) -> bytes | None:
+        entry = self._virtual.get(digest)
+        if entry is None or entry[1] <= time.time():
+            self._virtual.pop(digest, None)
+            return None
+        return entry[0]
+
+    async def delete_virtual(self, digests: list[str]) -> None:
+        for digest in digests:
+            self._virtual.pop(digest, None)
 
     async def close(self) -> None:
         return None

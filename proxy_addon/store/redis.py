@@ -150,6 +150,28 @@ class RedisStore(TokenStore):
         except RedisError as exc:
             raise self._error(exc) from None
 
+    async def put_virtual(self, digest: str, record: bytes, expires_at: float) -> None:
+        ttl_ms = max(1, int((expires_at - time.time()) * 1000))
+        try:
+            await self._client.set(self._key("virtual", digest), record, px=ttl_ms)
+        except RedisError as exc:
+            raise self._error(exc) from None
+
+    async def get_virtual(self, digest: str) -> bytes | None:
+        try:
+            value: bytes | None = await self._client.get(self._key("virtual", digest))
+        except RedisError as exc:
+            raise self._error(exc) from None
+        return value
+
+    async def delete_virtual(self, digests: list[str]) -> None:
+        if not digests:
+            return
+        try:
+            await self._client.delete(*(self._key("virtual", d) for d in digests))
+        except RedisError as exc:
+            raise self._error(exc) from None
+
     async def watch(self, listener: Listener) -> None:
         """Call ``listener(account, generation)`` for every write any replica makes; after a
         lost connection, ``listener("", 0)`` asks for a re-read of everything."""

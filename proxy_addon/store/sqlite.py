@@ -31,6 +31,11 @@ CREATE TABLE IF NOT EXISTS locks (
     owner TEXT NOT NULL,
     expires_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS virtual_tokens (
+    digest TEXT PRIMARY KEY,
+    record BLOB NOT NULL,
+    expires_at REAL NOT NULL
+);
 """
 
 
@@ -120,6 +125,22 @@ class SQLiteStore(TokenStore):
         self._connect().execute("DELETE FROM locks WHERE account = ? AND owner = ?",
                                 (account, owner))
 
+    def _put_virtual(self, digest: str, record: bytes, expires_at: float) -> None:
+        db = self._connect()
+        db.execute("INSERT OR REPLACE INTO virtual_tokens (digest, record, expires_at) "
+                    "VALUES (?, ?, ?)", (digest, record, expires_at))
+        db.execute("DELETE FROM virtual_tokens WHERE expires_at < ?", (time.time(),))
+
+    def _get_virtual(self, digest: str) -> bytes | None:
+        row = self._connect().execute(
+            "SELECT record FROM virtual_tokens WHERE digest = ? AND expires_at > ?",
+            (digest, time.time())).fetchone()
+        return bytes(row[0]) if row else None
+
+    def _delete_virtual(self, digests: list[str]) -> None:
+        self._connect().executemany("DELETE FROM virtual_tokens WHERE digest = ?",
+                                    [(d,) for d in digests])
+
     def _close(self) -> None:
         if self._db is not None:
             self._db.close()
@@ -148,6 +169,16 @@ class SQLiteStore(TokenStore):
 
     async def release_lock(self, account: str, owner: str) -> None:
         await self._run(self._release, account, owner)
+
+    async def put_virtual(self, digest: str, record: bytes, expires_at: float) -> None:
+        await self._run(self._put_virtual, digest, record, expires_at)
+
+    async def get_virtual(self, digest: str) -> bytes | None:
+        result: bytes | None = await self._run(self._get_virtual, digest)
+        return result
+
+    async def delete_virtual(self, digests: list[str]) -> None:
+        await self._run(self._delete_virtual, digests)
 
     async def close(self) -> None:
         await self._run(self._close)

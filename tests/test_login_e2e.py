@@ -1,0 +1,181 @@
+"""Login interception: apps log in through the proxy with their own credentials and get virtual
+tokens in the platform's shapes; the platform sees only the proxy's one session."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.proxy import (
+    DEMO_CLIENT_ID,
+    DEMO_CLIENT_SECRET,
+    DEMO_JWT,
+    STORE_KEY,
+    jwt_account,
+    render_config,
+    start_proxy_with_config,
+)
+
+EXT = "/restapi/v1.0/account/~/extension/~"
+JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+PASSWORD_ACCOUNT = {"name": "pw", "client_id": DEMO_CLIENT_ID,
+                    "client_secret": DEMO_CLIENT_SECRET, "grant": "password",
+                    "username": "+15550100002", "extension": "102",
+                    "password": "demo-password-2"}
+KEY = "login-app-key-0123456789"
+
+
+def login(url: str, **form: str) -> httpx.Response:
+    return httpx.post(url + "/restapi/oauth/token", data=form, timeout=30,
+                      auth=(form.pop("client_id", DEMO_CLIENT_ID),
+                            form.pop("client_secret", DEMO_CLIENT_SECRET)))
+
+
+def jwt_login(url: str, **extra: str) -> httpx.Response:
+    return login(url, grant_type=JWT_GRANT, assertion=DEMO_JWT, **extra)
+
+
+def api(url: str, token: str, path: str = EXT) -> httpx.Response:
+    return httpx.get(url + path, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+@pytest.fixture
+def config(tmp_path: Path, emulator_factory) -> tuple[Path, object]:
+    emulator = emulator_factory("--auth-rate", "0")
+    path = tmp_path / "login.toml"
+    path.write_text(render_config(
+        {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0", "upstream": emulator.url,
+         "auth_budget_calls": 0},
+        [jwt_account(), PASSWORD_ACCOUNT], [{"name": "app", "account": "main", "key": KEY}],
+        {"path": str(tmp_path / "login.db")}))
+    return path, emulator
+
+
+def test_logins_refresh_revoke_and_errors(config) -> None:
+    path, emulator = config
+    proxy = start_proxy_with_config(path, env={"TOKENPROXY_STORE_KEY": STORE_KEY})
+    try:
+        first = jwt_login(proxy.url)
+        assert first.status_code == 200, first.text
+        body = first.json()
+        assert set(body) >= {"access_token", "token_type", "expires_in", "refresh_token",
+                             "refresh_token_expires_in", "scope", "owner_id"}
+        assert body["token_type"] == "bearer" and body["owner_id"] == "100001"
+        assert api(proxy.url, body["access_token"]).json()["id"] == 100001
+        # password grant maps to the other account (user 100002)
+        pw = login(proxy.url, grant_type="password", username="+15550100002",
+                   extension="102", password="demo-password-2").json()
+        assert api(proxy.url, pw["access_token"]).json()["id"] == 100002
+        # a second app's login: its own virtual pair, same account
+        second = jwt_login(proxy.url).json()
+        assert second["access_token"] != body["access_token"]
+
+        # refresh rotates the virtual pair; the old access and refresh tokens die
+        refreshed = login(proxy.url, grant_type="refresh_token",
+                          refresh_token=body["refresh_token"])
+        assert refreshed.status_code == 200
+        new = refreshed.json()
+        assert api(proxy.url, new["access_token"]).status_code == 200
+        old = api(proxy.url, body["access_token"])
+        assert old.status_code == 401
+        assert old.json()["errors"][0]["errorCode"] == "OAU-213"
+        again = login(proxy.url, grant_type="refresh_token", refresh_token=body["refresh_token"])
+        assert again.status_code == 400 and again.json()["errors"][0]["errorCode"] == "OAU-211"
+
+        # revoking one app's token revokes only that app's pair
+        revoke = httpx.post(proxy.url + "/restapi/oauth/revoke",
+                            data={"token": new["access_token"]}, timeout=30,
+                            auth=(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET))
+        assert revoke.status_code == 200
+        assert api(proxy.url, new["access_token"]).status_code == 401
+        assert api(proxy.url, second["access_token"]).status_code == 200
+        with proxy.http(KEY) as client:  # static client keys keep working beside logins
+            assert client.get(EXT).status_code == 200
+
+        # wrong input gets the platform's own error bodies
+        cases = {
+            "wrong secret": (login(proxy.url, grant_type=JWT_GRANT, assertion=DEMO_JWT,
+                                   client_secret="nope"), 401, "OAU-153"),
+            "unknown client": (login(proxy.url, grant_type=JWT_GRANT, assertion=DEMO_JWT,
+                                     client_id="someone-else"), 401, "OAU-153"),
+            "wrong jwt": (login(proxy.url, grant_type=JWT_GRANT, assertion="forged"), 400,
+                          "OAU-140"),
+            "wrong password": (login(proxy.url, grant_type="password",
+                                     username="+15550100002", password="guess"), 400,
+                               "OAU-140"),
+            "no grant": (login(proxy.url), 400, "OAU-101"),
+            "unknown refresh": (login(proxy.url, grant_type="refresh_token",
+                                      refresh_token="TPXR" + "x" * 43), 400, "OAU-211"),
+            "other grant": (login(proxy.url, grant_type="client_credentials"), 400, "OAU-250"),
+        }
+        for name, (response, status, code) in cases.items():
+            assert response.status_code == status, (name, response.text)
+            assert response.json()["errors"][0]["errorCode"] == code, name
+        unknown = api(proxy.url, "TPXA" + "y" * 43)
+        assert unknown.status_code == 401 and unknown.json()["errorCode"] == "TokenInvalid"
+    finally:
+        proxy.stop()
+    counters = emulator.counters()
+    # the platform saw the proxy's own sessions only: one per account, no matter the logins
+    assert counters["logins"] == 2, counters
+    for secret in (DEMO_JWT, DEMO_CLIENT_SECRET, "demo-password-2", body["access_token"],
+                   body["refresh_token"]):
+        assert secret not in proxy.logs()
+
+
+def test_virtual_tokens_survive_restart_and_work_on_every_replica(config) -> None:
+    path, _ = config
+    env = {"TOKENPROXY_STORE_KEY": STORE_KEY}
+    a = start_proxy_with_config(path, env=env)
+    b = start_proxy_with_config(path, env=env)
+    try:
+        token = jwt_login(a.url).json()["access_token"]
+        assert api(b.url, token).status_code == 200  # issued by a, honoured by b
+        a.stop()
+        a = start_proxy_with_config(path, env=env)
+        assert api(a.url, token).status_code == 200  # and after a restart
+    finally:
+        a.stop()
+        b.stop()
+
+
+@pytest.mark.timeout(200)
+def test_twenty_apps_logging_in_every_two_seconds(config) -> None:
+    """20 app processes each logging in every 2 s for 60 s: the emulator sees at most 2
+    sessions and 5 token calls a minute from the proxy."""
+    path, emulator = config
+    proxy = start_proxy_with_config(path, env={"TOKENPROXY_STORE_KEY": STORE_KEY})
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+    end = time.monotonic() + 60
+
+    def app() -> None:
+        for _ in range(100):  # bounded
+            if time.monotonic() >= end:
+                return
+            token = jwt_login(proxy.url)
+            ok = token.status_code == 200 and api(
+                proxy.url, token.json()["access_token"]).status_code == 200
+            with lock:
+                outcomes["ok" if ok else "failed"] += 1
+            time.sleep(2)
+
+    try:
+        threads = [threading.Thread(target=app) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        proxy.stop()
+    counters = emulator.counters()
+    print(f"figures logins: {dict(outcomes)} platform token_calls={counters['token_calls']} "
+          f"sessions={counters['max_live_sessions_proxy']}")
+    assert outcomes["failed"] == 0 and outcomes["ok"] >= 20 * 25
+    assert counters["token_calls"] <= 5
+    assert max(counters["max_live_sessions_proxy"].values()) <= 2

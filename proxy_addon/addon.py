@@ -26,6 +26,7 @@ from mitmproxy import ctx, http
 
 from . import proxy_errors
 from .config import ClientConfig, Config, Secret
+from .links import LinkRewriter
 from .login import LoginInterceptor
 from .metrics import NO_ACCOUNT, TOKEN_ERROR_CODES, UNKNOWN_CLIENT, Metrics, bounded, status_class
 from .oauth import UpstreamUnreachable
@@ -74,6 +75,8 @@ class TokenInjector:
         self._metrics = metrics or Metrics()
         self._replayer = replayer
         self._stream_threshold = config.proxy.stream_threshold
+        self._links = LinkRewriter(config.proxy.upstream, config.proxy.media_upstream,
+                                   config.proxy.public_url)
         self._clients = {_digest(c.key.reveal()): c for c in config.clients}
         self.listening: list[str] = []
         self.on_listening: Callable[[list[str]], None] | None = None
@@ -148,6 +151,7 @@ class TokenInjector:
     def _swap_credentials(self, flow: http.HTTPFlow,
                           state: FlowTokenState) -> Awaitable[None] | None:
         request = flow.request
+        self._links.route(flow)
         request.headers.pop("proxy-authorization", None)
         if "access_token=" in request.path:
             request.query.pop("access_token", None)
@@ -179,6 +183,7 @@ class TokenInjector:
         self._release(state)
         response = flow.response
         if response is None or response.status_code != 401 or state.replayed:
+            self._links.rewrite(flow)
             self._count(flow, state)
             return None
         code = token_error_code(401, response.raw_content or b"")
@@ -273,6 +278,7 @@ class TokenInjector:
             again = token_error_code(flow.response.status_code, flow.response.raw_content or b"")
             if again is None:
                 outcome = "success"
+                self._links.rewrite(flow)
             else:
                 self._metrics.token_errors.labels(name, bounded(again, TOKEN_ERROR_CODES)).inc()
                 log.warning("account %s: the replay got a token error again (%s)", name, again,

@@ -147,6 +147,8 @@ class ProxyConfig:
     auth_budget_calls: int = 5
     auth_budget_window: float = 60.0
     log_format: str = "text"  # text | json (one object per line)
+    media_upstream: str | None = None  # media host of recordings, served under /_media
+    public_url: str | None = None  # the proxy's URL as apps see it (links in answers)
 
 
 @dataclass(frozen=True)
@@ -334,7 +336,8 @@ class _Reader:
         allowed = {"listen", "metrics_listen", "upstream", "token_wait_timeout",
                    "upstream_timeout", "refresh_ahead",
                    "drain_timeout", "stream_threshold", "verify_upstream_tls",
-                   "auth_budget_calls", "auth_budget_window", "log_format"}
+                   "auth_budget_calls", "auth_budget_window", "log_format",
+                   "media_upstream", "public_url"}
         table = self.table(value, key, allowed)
         defaults = ProxyConfig()
         log_format = self.string(table, "log_format", key, default=defaults.log_format)
@@ -377,7 +380,20 @@ class _Reader:
             auth_budget_window=self.number(table, "auth_budget_window", key,
                                            defaults.auth_budget_window, minimum=1),
             log_format=log_format or defaults.log_format,
+            media_upstream=self.origin_url(table, "media_upstream", key),
+            public_url=self.origin_url(table, "public_url", key),
         )
+
+    def origin_url(self, table: dict[str, Any], name: str, key: str) -> str | None:
+        value = self.string(table, name, key)
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname \
+                or parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise self.fail(f"{key}.{name}", f"expected a bare http(s) origin like "
+                                             f"https://host[:port], got {value!r}")
+        return value.rstrip("/")
 
     def emulator(self, value: Any) -> EmulatorConfig:
         key = "emulator"

@@ -23,7 +23,7 @@ PYTHON ?= $(shell for c in python3.13 python3.12 \
 TEST_DEBS ?= redis-server prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help venv debs run test lint bench soak clean
+.PHONY: help venv debs sdk-js run test lint bench soak clean
 
 help:
 	@echo "make run    start the bundled platform emulator and the proxy ($(CONFIG))"
@@ -70,11 +70,22 @@ run: venv
 lint: venv
 	$(BIN)/ruff check proxy_addon tests bench dashboards
 
-test: venv debs lint
+# The official JavaScript SDK, for the SDK end-to-end test (Node.js and npm from Debian if missing).
+SDK_JS := tests/sdk/js
+$(SDK_JS)/node_modules/.installed: $(SDK_JS)/package-lock.json
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+	  echo "installing Debian packages: nodejs npm"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null; }
+	cd $(SDK_JS) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+sdk-js: $(SDK_JS)/node_modules/.installed
+
+test: venv debs sdk-js lint
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider tests
 
 bench: venv
 	$(BIN)/python -m bench $(SCENARIOS)
 
 clean:
-	rm -rf $(VENV) var build *.egg-info
+	rm -rf $(VENV) var build *.egg-info $(SDK_JS)/node_modules

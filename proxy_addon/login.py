@@ -164,8 +164,11 @@ def _matches(account: AccountConfig, grant: str, form: Mapping[str, str]) -> boo
     if grant == "password":
         if account.password is None or account.username is None:
             return False
-        extension_ok = (not form.get("extension") or not account.extension
-                        or _same(form.get("extension"), account.extension))
-        return (_same(form.get("username"), account.username) and extension_ok
+        username, extension = form.get("username", ""), form.get("extension", "")
+        if not extension and "*" in username:  # "phone*extension", as the JS SDK sends it
+            username, _, extension = username.partition("*")
+        extension_ok = (not extension or not account.extension
+                        or _same(extension, account.extension))
+        return (_same(username, account.username) and extension_ok
                 and _same(form.get("password"), account.password.reveal()))
     return False

@@ -16,6 +16,7 @@ Hooks, in the order a request meets them:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -34,11 +35,16 @@ from .platform_errors import token_error_code
 from .pool import AccountTokens, TokenPool, TokenUnavailable
 from .replay import Replayer
 from .store import StoreError
+from .throttle import BadKeyThrottle
 from .virtual_tokens import VirtualTokens, looks_virtual
 
 log = logging.getLogger("tokenproxy.addon")
 
 FLOW_KEY = "tokenproxy"
+# Headers an app must not set: they would claim to come from a proxy in front of us.
+SPOOFABLE_HEADERS = ("x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
+                     "x-forwarded-port", "x-forwarded-prefix", "forwarded", "x-real-ip",
+                     "proxy-authorization", "proxy-connection")
 LOGIN_KEY = "tokenproxy-login"
 VIRTUAL_KEY = "tokenproxy-virtual"
 
@@ -75,6 +81,8 @@ class TokenInjector:
         self._metrics = metrics or Metrics()
         self._replayer = replayer
         self._stream_threshold = config.proxy.stream_threshold
+        self._body_limit = config.proxy.replay_body_limit
+        self._throttle = BadKeyThrottle(config.proxy.bad_key_limit)
         self._links = LinkRewriter(config.proxy.upstream, config.proxy.media_upstream,
                                    config.proxy.public_url)
         self._clients = {_digest(c.key.reveal()): c for c in config.clients}
@@ -92,31 +100,59 @@ class TokenInjector:
         if self.on_listening is not None:
             self.on_listening(self.listening)
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         request = flow.request
+        for name in SPOOFABLE_HEADERS:  # never let an app speak for the proxy
+            request.headers.pop(name, None)
+        for name in _connection_tokens(request.headers.get("connection", "")):
+            request.headers.pop(name, None)  # hop-by-hop, listed by the client
         if self._login is not None and LoginInterceptor.handles(request.path):
             flow.metadata[LOGIN_KEY] = True  # answered in `request`, once the form is in
-            return
+            return None
         if request.path.startswith(OAUTH_PREFIX):
             flow.response = proxy_errors.error_response(
                 403, proxy_errors.OAUTH_MANAGED,
                 "tokenproxy manages this account's OAuth tokens: do not log in through the "
                 "proxy; send your client key as 'Authorization: Bearer <key>' on API calls.")
-            return
+            return None
         key = _bearer(request.headers.get("authorization"))
         if key and self._login is not None and looks_virtual(key):
             flow.metadata[VIRTUAL_KEY] = key  # resolved in `request` (may read the store)
-            return
+            return self._resolve_virtual(flow) if self._limit_body(flow) else None
         client = self._clients.get(_digest(key)) if key else None
         if client is None:
             problem = ("The Bearer credential is not a configured client key" if key
                        else "No client key was sent")
-            flow.response = proxy_errors.error_response(
+            response = proxy_errors.error_response(
                 401, proxy_errors.CLIENT_UNKNOWN,
                 f"{problem}: send 'Authorization: Bearer <key>' with a key configured under "
                 "[[clients]] in the tokenproxy config.")
-            return
-        flow.metadata[FLOW_KEY] = FlowTokenState(client, self._pool[client.account])
+            delay = self._throttle.delay(flow.client_conn.peername[0]) if key else 0.0
+            if delay <= 0:
+                flow.response = response
+                return None
+            return self._refuse_later(flow, response, delay)
+        state = FlowTokenState(client, self._pool[client.account])
+        flow.metadata[FLOW_KEY] = state
+        if self._limit_body(flow):
+            # a streamed request leaves as soon as its headers are done: swap the credential now
+            return self._swap_credentials(flow, state)
+        return None
+
+    @staticmethod
+    async def _refuse_later(flow: http.HTTPFlow, response: http.Response, delay: float) -> None:
+        await asyncio.sleep(delay)  # an address guessing keys waits; nobody else does
+        flow.response = response
+
+    def _limit_body(self, flow: http.HTTPFlow) -> bool:
+        """Bodies up to ``replay_body_limit`` are buffered (replayable); larger ones stream
+        through and cannot be replayed after a token 401. True when the body streams."""
+        length = flow.request.headers.get("content-length", "")
+        chunked = "chunked" in flow.request.headers.get("transfer-encoding", "").lower()
+        if chunked or (length.isdigit() and int(length) > self._body_limit):
+            flow.request.stream = True
+            return True
+        return False
 
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response is not None:
@@ -126,7 +162,7 @@ class TokenInjector:
         if VIRTUAL_KEY in flow.metadata:
             return self._resolve_virtual(flow)
         state: FlowTokenState | None = flow.metadata.get(FLOW_KEY)
-        if state is None:
+        if state is None or state.generation >= 0:  # none, or swapped already (streamed)
             return None
         return self._swap_credentials(flow, state)
 
@@ -152,7 +188,6 @@ class TokenInjector:
                           state: FlowTokenState) -> Awaitable[None] | None:
         request = flow.request
         self._links.route(flow)
-        request.headers.pop("proxy-authorization", None)
         if "access_token=" in request.path:
             request.query.pop("access_token", None)
         lease = state.account.try_lease()
@@ -182,7 +217,12 @@ class TokenInjector:
             return None
         self._release(state)
         response = flow.response
-        if response is None or response.status_code != 401 or state.replayed:
+        if response is None or response.status_code != 401 or state.replayed \
+                or flow.request.stream:  # a streamed body is gone: it cannot be replayed
+            if response is not None and response.status_code == 401 and flow.request.stream:
+                code = token_error_code(401, response.raw_content or b"")
+                if code is not None and state.generation >= 0:
+                    state.account.note_rejected(state.generation, code)
             self._links.rewrite(flow)
             self._count(flow, state)
             return None
@@ -304,3 +344,9 @@ def _bearer(header: str | None) -> str | None:
 def _digest(key: str) -> bytes:
     # Look keys up by digest: the dict lookup then reveals nothing about the keys' bytes.
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+
+
+def _connection_tokens(value: str) -> list[str]:
+    """Header names a client lists in ``Connection`` (hop-by-hop: not forwarded)."""
+    names = [t.strip().lower() for t in value.split(",") if t.strip()]
+    return [n for n in names if n not in ("keep-alive", "close", "upgrade")]

@@ -147,6 +147,9 @@ class ProxyConfig:
     auth_budget_calls: int = 5
     auth_budget_window: float = 60.0
     log_format: str = "text"  # text | json (one object per line)
+    allow_plaintext_listen: bool = False  # listen beyond loopback without TLS (opt-in)
+    bad_key_limit: int = 20  # unknown client keys per address per minute before slowing down
+    replay_body_limit: int = 64 * 1024 * 1024  # request bodies up to this are replayable
     media_upstream: str | None = None  # media host of recordings, served under /_media
     public_url: str | None = None  # the proxy's URL as apps see it (links in answers)
 
@@ -295,6 +298,11 @@ class _Reader:
         emulator = self.emulator(doc.get("emulator", {}))
         if emulator.enabled and "upstream" not in doc.get("proxy", {}):
             proxy = _replace(proxy, upstream=f"http://{emulator.listen}")
+        if not proxy.allow_plaintext_listen and not _is_loopback(proxy.listen.host):
+            raise self.fail("proxy.listen", f"refusing to serve plain HTTP on the non-loopback "
+                            f"address {proxy.listen.host!r}: apps would send their credentials "
+                            "in clear. Listen on 127.0.0.1 behind a TLS terminator, or set "
+                            "[proxy] allow_plaintext_listen = true if the network is trusted")
         accounts = self.accounts(doc.get("accounts"))
         clients = self.clients(doc.get("clients", []), {a.name for a in accounts})
         store = self.store(doc.get("store", {}))
@@ -337,7 +345,8 @@ class _Reader:
                    "upstream_timeout", "refresh_ahead",
                    "drain_timeout", "stream_threshold", "verify_upstream_tls",
                    "auth_budget_calls", "auth_budget_window", "log_format",
-                   "media_upstream", "public_url"}
+                   "media_upstream", "public_url", "allow_plaintext_listen", "bad_key_limit",
+                   "replay_body_limit"}
         table = self.table(value, key, allowed)
         defaults = ProxyConfig()
         log_format = self.string(table, "log_format", key, default=defaults.log_format)
@@ -380,6 +389,13 @@ class _Reader:
             auth_budget_window=self.number(table, "auth_budget_window", key,
                                            defaults.auth_budget_window, minimum=1),
             log_format=log_format or defaults.log_format,
+            allow_plaintext_listen=self.boolean(table, "allow_plaintext_listen", key,
+                                                defaults.allow_plaintext_listen),
+            bad_key_limit=int(self.number(table, "bad_key_limit", key, defaults.bad_key_limit,
+                                          minimum=0, integer=True)),
+            replay_body_limit=int(self.number(table, "replay_body_limit", key,
+                                              defaults.replay_body_limit, minimum=0,
+                                              integer=True)),
             media_upstream=self.origin_url(table, "media_upstream", key),
             public_url=self.origin_url(table, "public_url", key),
         )
@@ -511,3 +527,12 @@ def _replace(obj: Any, **changes: Any) -> Any:
     from dataclasses import replace
 
     return replace(obj, **changes)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

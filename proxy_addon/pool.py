@@ -242,6 +242,15 @@ class AccountTokens:
             if tokens is not None and not self._access_dead and tokens.access_alive(self._clock()):
                 return self._grant(tokens)
 
+    def note_rejected(self, generation: int, code: str) -> None:
+        """A token 401 on a request that cannot be replayed (streamed body): renew for the
+        next requests, without waiting."""
+        if generation == self.generation and self._renewal is None:
+            self._access_dead = True
+            self._refresh_at = 0.0
+            if self._clock() >= self._retry_at:
+                self._start_renewal(f"rejected:{code}")
+
     async def rejected(self, generation: int, code: str, deadline: float | None = None) -> Lease:
         """The platform answered a token 401 (``code``) to a request made with ``generation``:
         renew once if that generation is still current, then hand out the newer token."""

@@ -82,6 +82,7 @@ class TokenInjector:
         self._replayer = replayer
         self._stream_threshold = config.proxy.stream_threshold
         self._body_limit = config.proxy.replay_body_limit
+        self._require_tls = config.proxy.tls_cert is not None
         self._throttle = BadKeyThrottle(config.proxy.bad_key_limit)
         self._links = LinkRewriter(config.proxy.upstream, config.proxy.media_upstream,
                                    config.proxy.public_url)
@@ -94,7 +95,8 @@ class TokenInjector:
     def running(self) -> None:
         server = ctx.master.addons.get("proxyserver")
         addresses = server.listen_addrs() if server is not None else []
-        self.listening = [f"http://{host}:{port}" for host, port, *_ in addresses]
+        scheme = "https" if self._require_tls else "http"
+        self.listening = [f"{scheme}://{host}:{port}" for host, port, *_ in addresses]
         for url in self.listening:
             print(f"tokenproxy listening on {url}", flush=True)
         if self.on_listening is not None:
@@ -102,6 +104,11 @@ class TokenInjector:
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         request = flow.request
+        if self._require_tls and not flow.client_conn.tls_established:
+            flow.response = proxy_errors.error_response(
+                400, "TPX-TLS-REQUIRED", "This proxy only accepts HTTPS: use https:// in the "
+                "server URL (and treat any credential just sent in clear as exposed).")
+            return None
         for name in SPOOFABLE_HEADERS:  # never let an app speak for the proxy
             request.headers.pop(name, None)
         for name in _connection_tokens(request.headers.get("connection", "")):

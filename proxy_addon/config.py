@@ -148,6 +148,8 @@ class ProxyConfig:
     auth_budget_window: float = 60.0
     log_format: str = "text"  # text | json (one object per line)
     allow_plaintext_listen: bool = False  # listen beyond loopback without TLS (opt-in)
+    tls_cert: str | None = None  # PEM certificate (chain) the proxy serves TLS with ...
+    tls_key: str | None = None  # ... and its private key; then plain HTTP is refused
     bad_key_limit: int = 20  # unknown client keys per address per minute before slowing down
     replay_body_limit: int = 64 * 1024 * 1024  # request bodies up to this are replayable
     media_upstream: str | None = None  # media host of recordings, served under /_media
@@ -298,7 +300,10 @@ class _Reader:
         emulator = self.emulator(doc.get("emulator", {}))
         if emulator.enabled and "upstream" not in doc.get("proxy", {}):
             proxy = _replace(proxy, upstream=f"http://{emulator.listen}")
-        if not proxy.allow_plaintext_listen and not _is_loopback(proxy.listen.host):
+        if (proxy.tls_cert is None) != (proxy.tls_key is None):
+            raise self.fail("proxy.tls_cert", "tls_cert and tls_key go together")
+        if not proxy.allow_plaintext_listen and proxy.tls_cert is None \
+                and not _is_loopback(proxy.listen.host):
             raise self.fail("proxy.listen", f"refusing to serve plain HTTP on the non-loopback "
                             f"address {proxy.listen.host!r}: apps would send their credentials "
                             "in clear. Listen on 127.0.0.1 behind a TLS terminator, or set "
@@ -346,7 +351,7 @@ class _Reader:
                    "drain_timeout", "stream_threshold", "verify_upstream_tls",
                    "auth_budget_calls", "auth_budget_window", "log_format",
                    "media_upstream", "public_url", "allow_plaintext_listen", "bad_key_limit",
-                   "replay_body_limit"}
+                   "replay_body_limit", "tls_cert", "tls_key"}
         table = self.table(value, key, allowed)
         defaults = ProxyConfig()
         log_format = self.string(table, "log_format", key, default=defaults.log_format)
@@ -391,6 +396,8 @@ class _Reader:
             log_format=log_format or defaults.log_format,
             allow_plaintext_listen=self.boolean(table, "allow_plaintext_listen", key,
                                                 defaults.allow_plaintext_listen),
+            tls_cert=self.readable_file(table, "tls_cert", key),
+            tls_key=self.readable_file(table, "tls_key", key),
             bad_key_limit=int(self.number(table, "bad_key_limit", key, defaults.bad_key_limit,
                                           minimum=0, integer=True)),
             replay_body_limit=int(self.number(table, "replay_body_limit", key,
@@ -399,6 +406,17 @@ class _Reader:
             media_upstream=self.origin_url(table, "media_upstream", key),
             public_url=self.origin_url(table, "public_url", key),
         )
+
+    def readable_file(self, table: dict[str, Any], name: str, key: str) -> str | None:
+        value = self.string(table, name, key)
+        if value is None:
+            return None
+        try:
+            with open(value, "rb") as handle:
+                handle.read(1)
+        except OSError as exc:
+            raise self.fail(f"{key}.{name}", f"cannot read {value!r}: {exc.strerror}") from None
+        return value
 
     def origin_url(self, table: dict[str, Any], name: str, key: str) -> str | None:
         value = self.string(table, name, key)

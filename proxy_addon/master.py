@@ -24,8 +24,10 @@ from .config import Config
 log = logging.getLogger("tokenproxy.master")
 
 
-def build_master(config: Config, *extra_addons: object) -> Master:
-    """A master serving ``config.proxy.listen`` in reverse mode to ``config.proxy.upstream``."""
+def build_master(config: Config, *extra_addons: object,
+                 tls_pem: str | None = None) -> Master:
+    """A master serving ``config.proxy.listen`` in reverse mode to ``config.proxy.upstream``;
+    with ``tls_pem`` (certificate and key in one PEM file), apps connect over TLS."""
     opts = options.Options()
     master = Master(opts)
     master.addons.add(
@@ -47,6 +49,8 @@ def build_master(config: Config, *extra_addons: object) -> Master:
         keep_host_header=False,
         http2=False,
     )
+    if tls_pem is not None:
+        opts.update(certs=[f"*={tls_pem}"])
     install_json_error_pages()
     return master
 

@@ -60,11 +60,11 @@ def run(config: Config) -> int:
         make_cipher(config.store)  # fail fast on key problems, before starting anything
     except StoreConfigError as exc:
         raise StartupError(f"store: {exc}", exit_code=2) from None
-    with _emulator(config):
-        return asyncio.run(_serve(config))
+    with _emulator(config), _combined_pem(config) as tls_pem:
+        return asyncio.run(_serve(config, tls_pem))
 
 
-async def _serve(config: Config) -> int:
+async def _serve(config: Config, tls_pem: str | None = None) -> int:
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
     async with httpx.AsyncClient(timeout=config.proxy.upstream_timeout, limits=limits,
                                  verify=config.proxy.verify_upstream_tls,
@@ -84,7 +84,7 @@ async def _serve(config: Config) -> int:
         injector = TokenInjector(config, pool, Replayer(http_client), metrics,
                                  LoginInterceptor(config, pool, virtual), virtual)
         injector.on_listening = lambda urls: _print_banner(config, urls)
-        master = build_master(config, injector)
+        master = build_master(config, injector, tls_pem=tls_pem)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, master.shutdown)
@@ -145,3 +145,25 @@ def _read_ready_line(proc: subprocess.Popen[str], timeout: float) -> str:
             raise StartupError(f"the bundled emulator exited with code {proc.returncode} "
                                "(is its port already in use? see the message above)")
     raise StartupError(f"the bundled emulator did not start within {timeout:g} s")
+
+
+@contextlib.contextmanager
+def _combined_pem(config: Config) -> Iterator[str | None]:
+    """mitmproxy wants certificate and key in one PEM file: a private (0600) temporary one,
+    removed on exit."""
+    cert, key = config.proxy.tls_cert, config.proxy.tls_key
+    if cert is None or key is None:
+        yield None
+        return
+    import os
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="tokenproxy-tls-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for source in (cert, key):
+                with open(source, "rb") as part:
+                    out.write(part.read().rstrip(b"\n") + b"\n")
+        yield path
+    finally:
+        os.unlink(path)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.certs import make_tls_files
 from tests.support.emulator import recording_sha256
 from tests.support.proxy import APP_KEY, jwt_account, render_config
 
@@ -79,6 +80,13 @@ def test_non_loopback_plain_listener_is_refused(tmp_path: Path) -> None:
     assert refused.returncode == 2
     assert "proxy.listen" in refused.stderr and "allow_plaintext_listen" in refused.stderr
     assert check("0.0.0.0:8080", allow_plaintext_listen=True).returncode == 0
+    ca = make_tls_files(tmp_path / "tls")
+    cert, key = str(ca.parent / "server.pem"), str(ca.parent / "server.key")
+    assert check("0.0.0.0:8080", tls_cert=cert, tls_key=key).returncode == 0  # TLS: allowed
+    half = check("0.0.0.0:8080", tls_cert=cert)
+    assert half.returncode == 2 and "tls_key" in half.stderr
+    missing = check("127.0.0.1:8080", tls_cert=str(tmp_path / "nope.pem"), tls_key=key)
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
     assert check("[::1]:8080").returncode == 0 and check("localhost:8080").returncode == 0
 
 

@@ -27,6 +27,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from ..tokens import TokenSet
 from .base import RecordCodec, StoredTokens, StoreError, TokenStore
@@ -61,7 +62,7 @@ class RedisStore(TokenStore):
     backend = "redis"
 
     def __init__(self, codec: RecordCodec, url: str, prefix: str = "tokenproxy",
-                 timeout: float = 1.0, tls_ca_file: str | None = None) -> None:
+                 timeout: float = 2.0, tls_ca_file: str | None = None) -> None:
         super().__init__(codec)
         self.prefix = prefix
         tls: dict[str, str] = {}
@@ -71,9 +72,9 @@ class RedisStore(TokenStore):
         # never waits for the store).
         self._client = aioredis.Redis.from_url(
             url, socket_connect_timeout=timeout, socket_timeout=timeout,
-            # one retry on a dropped connection (Redis restarted), none on a timeout (a hung
-            # Redis): a renewal learns within `timeout` that the store is away
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            # one retry (a dropped connection after a Redis restart, a slow moment): a renewal
+            # learns within 2 x `timeout` that the store is away
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError, RedisTimeout)),
             health_check_interval=0, decode_responses=False, **tls)
         self._cas = self._client.register_script(CAS_SCRIPT)
         self._acquire = self._client.register_script(ACQUIRE_SCRIPT)

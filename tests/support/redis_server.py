@@ -2,13 +2,11 @@
 
 ``make test`` installs the package when it is missing; started here with its own directory,
 append-only file (fsync always: a test may restart it and expect the data) and, optionally, a
-password and TLS with a throwaway CA made by ``cryptography``.
+password and TLS with a throwaway CA (:mod:`tests.support.certs`).
 """
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import shutil
 import signal
 import socket
@@ -18,10 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from tests.support.certs import make_tls_files
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -120,7 +116,7 @@ def start_redis(directory: Path, *, password: str | None = None,
         raise RuntimeError("redis-server is not installed: `make test` installs it "
                            "(Debian package redis-server)")
     directory.mkdir(parents=True, exist_ok=True)
-    ca = _make_tls_files(directory) if tls else None
+    ca = make_tls_files(directory) if tls else None
     for _ in range(5):  # the free port may be taken between probe and bind
         server = RedisServer(free_port(), directory, password, ca)
         try:
@@ -129,40 +125,3 @@ def start_redis(directory: Path, *, password: str | None = None,
         except RuntimeError:
             server.stop()
     raise RuntimeError("could not start redis-server on a free loopback port")
-
-
-def _make_tls_files(directory: Path) -> Path:
-    """A throwaway CA and a server certificate for 127.0.0.1; returns the CA file."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tokenproxy test CA")])
-    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-               .add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
-                                            False, False), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                              critical=False)
-               .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                ca_key.public_key()), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    (directory / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "server.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    return directory / "ca.pem"

@@ -300,6 +300,11 @@ class _Reader:
         emulator = self.emulator(doc.get("emulator", {}))
         if emulator.enabled and "upstream" not in doc.get("proxy", {}):
             proxy = _replace(proxy, upstream=f"http://{emulator.listen}")
+        upstream_host = urlsplit(proxy.upstream).hostname or ""
+        if not proxy.verify_upstream_tls and proxy.upstream.startswith("https://") \
+                and not _is_loopback(upstream_host):
+            raise self.fail("proxy.verify_upstream_tls", "may only be false for an upstream on "
+                            "this host (tests): the platform's certificate is always verified")
         if (proxy.tls_cert is None) != (proxy.tls_key is None):
             raise self.fail("proxy.tls_cert", "tls_cert and tls_key go together")
         if not proxy.allow_plaintext_listen and proxy.tls_cert is None \

@@ -3,8 +3,8 @@ tokens in the platform's shapes; the platform sees only the proxy's one session.
 
 from __future__ import annotations
 
-import threading
-import time
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -150,32 +150,24 @@ def test_twenty_apps_logging_in_every_two_seconds(config) -> None:
     sessions and 5 token calls a minute from the proxy."""
     path, emulator = config
     proxy = start_proxy_with_config(path, env={"TOKENPROXY_STORE_KEY": STORE_KEY})
-    outcomes: Counter[str] = Counter()
-    lock = threading.Lock()
-    end = time.monotonic() + 60
-
-    def app() -> None:
-        for _ in range(100):  # bounded
-            if time.monotonic() >= end:
-                return
-            token = jwt_login(proxy.url)
-            ok = token.status_code == 200 and api(
-                proxy.url, token.json()["access_token"]).status_code == 200
-            with lock:
-                outcomes["ok" if ok else "failed"] += 1
-            time.sleep(2)
-
+    app = Path(__file__).parent / "sdk" / "login_loop_app.py"
     try:
-        threads = [threading.Thread(target=app) for _ in range(20)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
+        apps = [subprocess.Popen([sys.executable, str(app), proxy.url, DEMO_CLIENT_ID,
+                                  DEMO_CLIENT_SECRET, DEMO_JWT, "60"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(20)]
+        results = [p.communicate(timeout=150) for p in apps]
     finally:
         proxy.stop()
+    outcomes = Counter()
+    for (out, err), process in zip(results, apps, strict=True):
+        assert process.returncode == 0, (out, err[-2000:])
+        fields = dict(part.split("=") for part in out.split())
+        outcomes["ok"] += int(fields["ok"])
+        outcomes["failed"] += int(fields["failed"])
     counters = emulator.counters()
-    print(f"figures logins: {dict(outcomes)} platform token_calls={counters['token_calls']} "
-          f"sessions={counters['max_live_sessions_proxy']}")
+    print(f"figures logins: 20 processes, {dict(outcomes)} platform "
+          f"token_calls={counters['token_calls']} sessions={counters['max_live_sessions_proxy']}")
     assert outcomes["failed"] == 0 and outcomes["ok"] >= 20 * 25
     assert counters["token_calls"] <= 5
     assert max(counters["max_live_sessions_proxy"].values()) <= 2

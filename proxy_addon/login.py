@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from mitmproxy import http
 
 from .config import AccountConfig, Config
-from .oauth import JWT_GRANT
+from .oauth import JWT_GRANT, TokenEndpoint, UpstreamUnreachable
+from .platform_errors import TokenEndpointError
 from .pool import TokenPool, TokenUnavailable
 from .proxy_errors import error_response
 from .store import StoreError
@@ -30,6 +31,7 @@ log = logging.getLogger("tokenproxy.login")
 
 TOKEN_PATH = "/restapi/oauth/token"
 REVOKE_PATH = "/restapi/oauth/revoke"
+AUTHORIZE_PATH = "/restapi/oauth/authorize"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -62,8 +64,11 @@ def _basic(header: str | None) -> tuple[str, str] | None:
 
 
 class LoginInterceptor:
-    def __init__(self, config: Config, pool: TokenPool, virtual: VirtualTokens) -> None:
+    def __init__(self, config: Config, pool: TokenPool, virtual: VirtualTokens,
+                 endpoint: TokenEndpoint | None = None) -> None:
         self._pool = pool
+        self._endpoint = endpoint
+        self._upstream = config.proxy.upstream
         self._virtual = virtual
         self._by_client: dict[str, list[AccountConfig]] = {}
         for account in config.accounts:
@@ -71,11 +76,16 @@ class LoginInterceptor:
 
     @staticmethod
     def handles(path: str) -> bool:
-        return path.split("?", 1)[0] in (TOKEN_PATH, REVOKE_PATH)
+        return path.split("?", 1)[0] in (TOKEN_PATH, REVOKE_PATH, AUTHORIZE_PATH)
 
     async def answer(self, flow: http.HTTPFlow) -> None:
         request = flow.request
         path = request.path.split("?", 1)[0]
+        if path == AUTHORIZE_PATH and request.method == "GET":
+            # the browser part of the authorization-code flow is the platform's own page
+            flow.response = http.Response.make(
+                302, b"", {"Location": self._upstream + request.path, **NO_STORE})
+            return
         if request.method != "POST":
             flow.response = oauth_error("OAU-102", "invalid_request",
                                         f"{request.method} is not supported here", 405)
@@ -121,6 +131,8 @@ class LoginInterceptor:
                 return oauth_error("OAU-211", "invalid_grant", "Token revoked")
             account_name, pair = rotated
             return await self._issued(account_name, pair)
+        if grant == "authorization_code":
+            return await self._code(candidates, client_id, form)
         account = next((a for a in candidates if _matches(a, grant, form)), None)
         if grant not in (JWT_GRANT, "password"):
             return oauth_error("OAU-250", "unsupported_grant_type",
@@ -133,6 +145,60 @@ class LoginInterceptor:
             return oauth_error("OAU-140", "invalid_grant", "Invalid resource owner credentials")
         pair = await self._virtual.issue(account.name, client_id)
         return await self._issued(account.name, pair)
+
+    async def _code(self, candidates: list[AccountConfig], client_id: str,
+                    form: Mapping[str, str]) -> http.Response:
+        """An app's authorization-code login: the code came from the platform's own page, so
+        only the platform can check it. The proxy exchanges it (a person really logged in),
+        maps the user to a configured account of this app and gives the app virtual tokens.
+        The platform session the exchange created becomes the account's if the account needs
+        one (it was waiting for a person); otherwise it is revoked at once, so the account
+        still holds one session."""
+        code, redirect_uri = form.get("code", ""), form.get("redirect_uri", "")
+        if not code or not redirect_uri or self._endpoint is None:
+            return oauth_error("OAU-101", "invalid_request",
+                               "Parameter [code] or [redirect_uri] is not specified")
+        try:
+            tokens = await self._endpoint.exchange_code(candidates[0], code, redirect_uri,
+                                                        form.get("code_verifier") or None)
+        except TokenEndpointError as exc:
+            return oauth_error(exc.code or "OAU-140", exc.error or "invalid_grant",
+                               exc.description or "Invalid authorization code")
+        except UpstreamUnreachable as exc:
+            return error_response(502, "TPX-UPSTREAM-UNREACHABLE",
+                                  f"The platform is unreachable: {exc}")
+        pool = self._pool
+        owners: dict[str, str] = {}
+        for candidate in candidates:  # which platform user is each account?
+            owner = pool[candidate.name].known_owner()
+            if not owner and candidate.can_login:
+                try:
+                    owner = await pool[candidate.name].owner_id()  # first use: logs in
+                except TokenUnavailable:
+                    owner = ""
+            owners[candidate.name] = owner
+        matching = [a for a in candidates if owners[a.name] == tokens.owner_id]
+        waiting = [a for a in candidates if not a.can_login  # needs a person to log in
+                   and pool[a.name].needs_session()
+                   and owners[a.name] in ("", tokens.owner_id)]
+        account = (matching or waiting or [None])[0]
+        adopted = False
+        if account is not None and account in waiting:
+            adopted = await pool[account.name].authorized(tokens)
+        if not adopted:
+            await self._revoke_upstream(candidates[0], tokens.refresh_token
+                                        or tokens.access_token)
+        if account is None:
+            return oauth_error("OAU-140", "invalid_grant", "Invalid resource owner credentials")
+        pair = await self._virtual.issue(account.name, client_id)
+        return await self._issued(account.name, pair)
+
+    async def _revoke_upstream(self, account: AccountConfig, token: str) -> None:
+        assert self._endpoint is not None
+        try:
+            await self._endpoint.revoke(account, token)
+        except (TokenEndpointError, UpstreamUnreachable) as exc:
+            log.warning("could not revoke the session an app's code login created: %s", exc)
 
     async def _issued(self, account_name: str, pair: IssuedPair) -> http.Response:
         tokens = self._pool[account_name]

@@ -242,6 +242,31 @@ class AccountTokens:
             if tokens is not None and not self._access_dead and tokens.access_alive(self._clock()):
                 return self._grant(tokens)
 
+    def needs_session(self) -> bool:
+        """No usable session: never logged in, or a person must authorize it again."""
+        tokens = self._tokens
+        return (self.state is AccountState.REAUTH_REQUIRED or tokens is None
+                or not (tokens.access_alive(self._clock()) or tokens.refresh_alive(self._clock())))
+
+    def known_owner(self) -> str:
+        return self._tokens.owner_id if self._tokens is not None else ""
+
+    async def authorized(self, tokens: TokenSet) -> bool:
+        """A person authorized this account (an app's authorization-code login through the
+        proxy): save the session and serve it. False if it could not be saved."""
+        name = self.account.name
+        try:
+            for _ in range(3):
+                current = await self._store.generation(name)
+                if await self._store.compare_and_set(name, current, tokens):
+                    self._adopt(current + 1, tokens)
+                    log.info("account %s: session authorized by an app's login; serving again",
+                             name, extra={"event": "reauthorized", "account": name})
+                    return True
+        except StoreError as exc:
+            log.error("account %s: could not save the authorized session: %s", name, exc)
+        return False
+
     def note_rejected(self, generation: int, code: str) -> None:
         """A token 401 on a request that cannot be replayed (streamed body): renew for the
         next requests, without waiting."""

@@ -82,7 +82,7 @@ async def _serve(config: Config, tls_pem: str | None = None) -> int:
         await pool.start()
         virtual = VirtualTokens(store)
         injector = TokenInjector(config, pool, Replayer(http_client), metrics,
-                                 LoginInterceptor(config, pool, virtual), virtual)
+                                 LoginInterceptor(config, pool, virtual, endpoint), virtual)
         injector.on_listening = lambda urls: _print_banner(config, urls)
         master = build_master(config, injector, tls_pem=tls_pem)
         loop = asyncio.get_running_loop()

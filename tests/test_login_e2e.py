@@ -171,3 +171,57 @@ def test_twenty_apps_logging_in_every_two_seconds(config) -> None:
     assert outcomes["failed"] == 0 and outcomes["ok"] >= 20 * 25
     assert counters["token_calls"] <= 5
     assert max(counters["max_live_sessions_proxy"].values()) <= 2
+
+
+def test_authorization_code_login_reauthorizes_an_account(tmp_path: Path,
+                                                          emulator_factory) -> None:
+    """An app's authorization-code login through the proxy: the browser goes to the platform's
+    page; the code is exchanged by the proxy. An account waiting for a person gets that
+    session; an account that has one keeps it (the new one is revoked at once)."""
+    emulator = emulator_factory("--auth-rate", "0")
+    seeded = {"name": "seeded", "client_id": DEMO_CLIENT_ID,
+              "client_secret": DEMO_CLIENT_SECRET, "grant": "refresh_token",
+              "refresh_token": emulator.user2_refresh_token()}
+    path = tmp_path / "code.toml"
+    path.write_text(render_config(
+        {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0", "upstream": emulator.url,
+         "auth_budget_calls": 0},
+        [jwt_account(), seeded], [{"name": "app", "account": "seeded", "key": KEY}],
+        {"path": str(tmp_path / "code.db")}))
+    proxy = start_proxy_with_config(path, env={"TOKENPROXY_STORE_KEY": STORE_KEY})
+    redirect = "http://127.0.0.1:9/callback"
+
+    def code_for(user: str) -> str:
+        step = httpx.get(proxy.url + "/restapi/oauth/authorize", timeout=30, params={
+            "response_type": "code", "client_id": DEMO_CLIENT_ID, "redirect_uri": redirect,
+            "login_hint": user})
+        assert step.status_code == 302 and step.headers["location"].startswith(emulator.url)
+        back = httpx.get(step.headers["location"], timeout=30)  # the platform's page
+        assert back.status_code == 302
+        return dict(httpx.URL(back.headers["location"]).params)["code"]
+
+    try:
+        with proxy.http(KEY) as client:
+            assert client.get(EXT).status_code == 200  # seeded works ...
+            emulator.revoke_all()
+            dead = client.get(EXT)  # ... until its session is revoked: needs a person
+            assert dead.json()["errorCode"] == "TPX-REAUTH-REQUIRED"
+            login_ = login(proxy.url, grant_type="authorization_code",
+                           code=code_for("+15550100002"), redirect_uri=redirect)
+            assert login_.status_code == 200, login_.text
+            assert api(proxy.url, login_.json()["access_token"]).json()["id"] == 100002
+            assert client.get(EXT).status_code == 200  # the account serves again
+            assert proxy.account_status("seeded")["state"] == "healthy"
+            # main has its session: a code login for its user gets virtual tokens, and the
+            # session the exchange created is revoked at once
+            main_login = login(proxy.url, grant_type="authorization_code",
+                               code=code_for("+15550100001"), redirect_uri=redirect)
+            assert main_login.status_code == 200, main_login.text
+            assert api(proxy.url, main_login.json()["access_token"]).json()["id"] == 100001
+            bad = login(proxy.url, grant_type="authorization_code", code="nope",
+                        redirect_uri=redirect)
+            assert bad.status_code == 400
+    finally:
+        proxy.stop()
+    by_owner = Counter(s["owner_id"] for s in emulator.sessions() if not s["outside"])
+    assert by_owner == {"100001": 1, "100002": 1}, by_owner

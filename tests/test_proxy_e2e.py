@@ -238,12 +238,15 @@ def test_upstream_down_with_cached_token(emulator_factory, proxy_factory) -> Non
 
 
 def test_other_oauth_paths_are_refused(emulator_factory, proxy_factory) -> None:
-    """Only the token and revoke endpoints are answered by the proxy (login interception);
-    the browser authorize flow is the platform's and not proxied."""
+    """The proxy answers the token and revoke endpoints itself (login interception) and sends
+    browsers to the platform's authorize page; any other OAuth path is refused."""
     emulator = emulator_factory()
     proxy = proxy_factory(emulator.url)
-    response = httpx.get(proxy.url + "/restapi/oauth/authorize", timeout=10,
-                         params={"response_type": "code", "client_id": "demo-client-id"})
+    authorize = httpx.get(proxy.url + "/restapi/oauth/authorize?response_type=code", timeout=10)
+    assert authorize.status_code == 302
+    assert authorize.headers["location"] == (emulator.url +
+                                             "/restapi/oauth/authorize?response_type=code")
+    response = httpx.post(proxy.url + "/restapi/oauth/wstoken", timeout=10)
     assert response.status_code == 403
     assert response.json()["errorCode"] == "TPX-OAUTH-MANAGED"
     assert emulator.counters()["token_calls"] == 0

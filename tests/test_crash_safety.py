@@ -107,6 +107,7 @@ def test_kill_9_during_refresh(backend: str, tmp_path: Path, emulator_factory,
     rng = random.Random(seed)
     traffic = Traffic()
     traffic.proxy = start_proxy_with_config(config, env=env)
+    processes = [traffic.proxy]  # every proxy this test starts is stopped at the end
     threads = [threading.Thread(target=traffic.worker, args=(a,), daemon=True)
                for a in KEYS for _ in range(3)]
     for thread in threads:
@@ -135,6 +136,7 @@ def test_kill_9_during_refresh(backend: str, tmp_path: Path, emulator_factory,
             killed.proc.kill()  # SIGKILL: no shutdown code runs
             killed.proc.wait(10)
             proxy = start_proxy_with_config(config, env=env)
+            processes.append(proxy)
             for account, key in KEYS.items():  # every request after the restart succeeds
                 with proxy.http(key) as client:
                     for _ in range(3):
@@ -148,10 +150,10 @@ def test_kill_9_during_refresh(backend: str, tmp_path: Path, emulator_factory,
         traffic.stop.set()
         for thread in threads:
             thread.join(30)
-        assert traffic.proxy is not None
-        traffic.proxy.stop()
+        for process in processes:
+            process.stop()
     elapsed = time.monotonic() - started
-    logs = traffic.proxy.logs()
+    logs = processes[-1].logs()
     counters = emulator.counters()
     print(f"figures crash[{backend}] seed={seed}: {sum(kills.values())} trials in "
           f"{elapsed:.0f} s, kills={dict(kills)} "

@@ -132,3 +132,27 @@ def test_500_mb_recording_streams_in_bounded_memory(emulator_factory, proxy_fact
     assert received == size
     assert digest.hexdigest() == recording_sha256(rec_id, size)
     assert grown_mb < 50
+
+
+def test_50_mb_fax_is_replayed_after_a_revocation(emulator_factory, proxy_factory) -> None:
+    """The default replay_body_limit (64 MB) covers a 50 MB fax: buffered, and replayed
+    byte-identical when the platform refuses the token it first carried."""
+    emulator = emulator_factory("--auth-rate", "0")
+    proxy = proxy_factory(emulator.url)
+    pdf = os.urandom(50 * 1024 * 1024)
+    files = {"json": ("request.json", b'{"to":[{"phoneNumber":"+15550109999"}]}',
+                      "application/json"),
+             "attachment": ("big.pdf", pdf, "application/pdf")}
+    request = httpx.Request("POST", proxy.url + EXT + "/fax", files=files,
+                            headers={"Authorization": f"Bearer {APP_KEY}"})
+    body = request.read()
+    with proxy.http() as client:
+        assert client.get(EXT).status_code == 200
+        emulator.revoke_all()  # the fax will meet a dead token first
+        response = client.post(EXT + "/fax", content=body,
+                               headers={"Content-Type": request.headers["Content-Type"]})
+    assert response.status_code == 200, response.text[:300]
+    answer = response.json()
+    assert answer["bodySha256"] == hashlib.sha256(body).hexdigest()  # byte-identical replay
+    assert answer["partDetails"][1]["size"] == len(pdf)
+    assert emulator.counters()["api_401_by_code"].get("OAU-213") == 1  # it was replayed once

@@ -30,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
                      choices=["debug", "info", "warning", "error"])
     run.add_argument("--log-format", choices=["text", "json"],
                      help="log lines as text or JSON objects (default: [proxy] log_format)")
+    run.add_argument("--workers", type=_positive, default=1,
+                     help="proxy processes serving the listen address together (SO_REUSEPORT)")
+    run.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor
+    run.add_argument("--listen-port", type=int, help=argparse.SUPPRESS)
 
     check = commands.add_parser("check-config", help="validate a config file and exit",
                                 description="Validate the config (file, keys, env vars).")
@@ -63,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
                         add_help=False,
                         description="Run the platform emulator (see 'tokenproxy emulator -h').")
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,8 +111,20 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(args.log_level, args.log_format or config.proxy.log_format)
     from .runner import StartupError, run
 
+    if args.workers > 1 and args.worker is None:
+        from .workers import supervise
+
+        extra = ["--log-level", args.log_level]
+        if args.log_format:
+            extra += ["--log-format", args.log_format]
+        return supervise(config, args.config, args.workers, extra)
+    worker = args.worker is not None
+    if worker:
+        from .workers import for_worker
+
+        config = for_worker(config, args.worker, args.listen_port)
     try:
-        return run(config)
+        return run(config, worker=worker)
     except StartupError as exc:
         print(f"tokenproxy: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -8,6 +8,7 @@ in the platform's envelope instead of HTML, so apps can parse them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from mitmproxy import addons as _unused  # noqa: F401 - import order: registers addon modules
@@ -78,3 +79,25 @@ def install_json_error_pages() -> None:
         _http1.make_error_response = _json_error_response
     else:  # pragma: no cover - depends on the mitmproxy version
         log.warning("mitmproxy has no make_error_response: error pages stay HTML")
+
+
+def enable_reuse_port() -> None:
+    """Bind the proxy's TCP listener with SO_REUSEPORT, so several worker processes serve one
+    address. mitmproxy has no option for it: its listener is rebound here (version-guarded)."""
+    from mitmproxy.proxy import mode_servers
+
+    server_class = getattr(mode_servers, "AsyncioServerInstance", None)
+    original = getattr(server_class, "listen", None)
+    if server_class is None or original is None:
+        raise RuntimeError("this mitmproxy version has no AsyncioServerInstance.listen: "
+                           "--workers is not supported with it")
+    if getattr(original, "tokenproxy_reuse_port", False):
+        return
+
+    async def listen(self, host, port):  # type: ignore[no-untyped-def]
+        if self.mode.transport_protocol == "tcp" and port:
+            return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)]
+        return await original(self, host, port)
+
+    listen.tokenproxy_reuse_port = True  # type: ignore[attr-defined]
+    server_class.listen = listen

@@ -21,7 +21,7 @@ from .addon import TokenInjector
 from .admin import AdminServer
 from .config import Config
 from .login import LoginInterceptor
-from .master import build_master
+from .master import build_master, enable_reuse_port
 from .metrics import Metrics
 from .oauth import TokenEndpoint
 from .pool import TokenPool
@@ -54,13 +54,18 @@ def _raise_file_limit() -> None:
         pass
 
 
-def run(config: Config) -> int:
+def run(config: Config, worker: bool = False) -> int:
+    """Serve until stopped; ``worker``: one of several processes sharing the listen address
+    (``--workers``): it binds with SO_REUSEPORT and leaves the emulator to the supervisor."""
     _raise_file_limit()
     try:
         make_cipher(config.store)  # fail fast on key problems, before starting anything
     except StoreConfigError as exc:
         raise StartupError(f"store: {exc}", exit_code=2) from None
-    with _emulator(config), _combined_pem(config) as tls_pem:
+    if worker:
+        enable_reuse_port()
+    emulator = _emulator(config) if not worker else contextlib.nullcontext()
+    with emulator, _combined_pem(config) as tls_pem:
         return asyncio.run(_serve(config, tls_pem))
 
 

@@ -44,16 +44,23 @@ def api(url: str, token: str, path: str = EXT) -> httpx.Response:
     return httpx.get(url + path, headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
 
+def write_config(tmp_path: Path, upstream: str, accounts: list[dict],
+                 account_of_key: str) -> Path:
+    """A proxy config with its own SQLite store and one static client key."""
+    path = tmp_path / "login.toml"
+    path.write_text(render_config(
+        {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0", "upstream": upstream,
+         "auth_budget_calls": 0},
+        accounts, [{"name": "app", "account": account_of_key, "key": KEY}],
+        {"path": str(tmp_path / "login.db")}))
+    return path
+
+
 @pytest.fixture
 def config(tmp_path: Path, emulator_factory) -> tuple[Path, object]:
     emulator = emulator_factory("--auth-rate", "0")
-    path = tmp_path / "login.toml"
-    path.write_text(render_config(
-        {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0", "upstream": emulator.url,
-         "auth_budget_calls": 0},
-        [jwt_account(), PASSWORD_ACCOUNT], [{"name": "app", "account": "main", "key": KEY}],
-        {"path": str(tmp_path / "login.db")}))
-    return path, emulator
+    return write_config(tmp_path, emulator.url, [jwt_account(), PASSWORD_ACCOUNT], "main"), \
+        emulator
 
 
 def test_logins_refresh_revoke_and_errors(config) -> None:
@@ -182,12 +189,7 @@ def test_authorization_code_login_reauthorizes_an_account(tmp_path: Path,
     seeded = {"name": "seeded", "client_id": DEMO_CLIENT_ID,
               "client_secret": DEMO_CLIENT_SECRET, "grant": "refresh_token",
               "refresh_token": emulator.user2_refresh_token()}
-    path = tmp_path / "code.toml"
-    path.write_text(render_config(
-        {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0", "upstream": emulator.url,
-         "auth_budget_calls": 0},
-        [jwt_account(), seeded], [{"name": "app", "account": "seeded", "key": KEY}],
-        {"path": str(tmp_path / "code.db")}))
+    path = write_config(tmp_path, emulator.url, [jwt_account(), seeded], "seeded")
     proxy = start_proxy_with_config(path, env={"TOKENPROXY_STORE_KEY": STORE_KEY})
     redirect = "http://127.0.0.1:9/callback"
 

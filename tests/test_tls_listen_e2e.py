@@ -3,6 +3,7 @@ listen beyond loopback); plain HTTP to it is refused before anything is forwarde
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import httpx
@@ -20,7 +21,8 @@ def test_tls_listener(tmp_path: Path, emulator_factory, proxy_factory) -> None:
                           tls_key=str(tmp_path / "tls" / "server.key"))
     assert proxy.url.startswith("https://127.0.0.1:")
     headers = {"Authorization": f"Bearer {APP_KEY}"}
-    response = httpx.get(proxy.url + EXT, headers=headers, verify=str(ca), timeout=30)
+    trust = ssl.create_default_context(cafile=str(ca))
+    response = httpx.get(proxy.url + EXT, headers=headers, verify=trust, timeout=30)
     assert response.status_code == 200 and response.json()["id"] == 100001
     before = emulator.counters()["api_requests"]
     plain = httpx.get(proxy.url.replace("https://", "http://") + EXT, headers=headers,

@@ -21,6 +21,8 @@ PYTHON ?= $(shell for c in python3.13 python3.12 \
 # Debian packages the tests run for real: redis-server (the shared store), prometheus (brings
 # promtool; alert rules are checked and a real Prometheus scrapes the proxy).
 TEST_DEBS ?= redis-server prometheus
+# What `make bench` drives: nginx (the static upstream), wrk and hey (load generators).
+BENCH_DEBS ?= nginx wrk hey
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help venv debs sdk-js run test lint bench soak clean
@@ -29,7 +31,8 @@ help:
 	@echo "make run    start the bundled platform emulator and the proxy ($(CONFIG))"
 	@echo "make test   lint and run the whole test suite"
 	@echo "make lint   ruff"
-	@echo "make bench  benchmarks -> docs/benchmarks.md (SCENARIOS='fleet' to run some)"
+	@echo "make bench  benchmarks -> docs/benchmarks.md (SCENARIOS='storm fleet' to run some)"
+	@echo "make soak   long variants: 1M requests memory run, 500 crash trials per store"
 	@echo "make clean  remove the venv and runtime state"
 
 $(VENV)/.installed: pyproject.toml
@@ -84,8 +87,17 @@ sdk-js: $(SDK_JS)/node_modules/.installed
 test: venv debs sdk-js lint
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider tests
 
+# Benchmarks (not part of `make test`): rewrite docs/benchmarks.md. SCENARIOS="throughput storm"
+# runs some; `python -m bench --list` names them.
 bench: venv
+	@$(MAKE) --no-print-directory debs TEST_DEBS="$(BENCH_DEBS)"
 	$(BIN)/python -m bench $(SCENARIOS)
+
+# The long variants: 1M requests for the memory scenario, 500 crash trials per store.
+soak: venv debs
+	@$(MAKE) --no-print-directory debs TEST_DEBS="$(BENCH_DEBS)"
+	$(BIN)/python -m bench memory --soak
+	CRASH_TRIALS=500 $(BIN)/python -m pytest -p no:cacheprovider tests/test_crash_safety.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info $(SDK_JS)/node_modules

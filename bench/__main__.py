@@ -30,6 +30,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help=f"scenarios to run (default: all): {', '.join(by_name())}")
     parser.add_argument("--quick", action="store_true",
                         help="shorter runs (a smoke check; figures are noisier)")
+    parser.add_argument("--soak", action="store_true",
+                        help="the long variants (e.g. 1M requests in 'memory'): make soak")
     parser.add_argument("--duration", type=float, metavar="S",
                         help="seconds each measured phase lasts (overrides defaults and --quick)")
     parser.add_argument("--output", type=Path, default=report.DEFAULT_OUTPUT, metavar="FILE",
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: running {scenario.name} ...", flush=True)
         with tempfile.TemporaryDirectory(prefix=f"bench-{scenario.name}-") as tmp:
             options = RunOptions(quick=args.quick, duration=args.duration, command=command,
-                                 workdir=Path(tmp), logs=args.logs)
+                                 workdir=Path(tmp), logs=args.logs, soak=args.soak)
             try:
                 body = scenario.run(options)
             except Exception:

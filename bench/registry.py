@@ -1,15 +1,21 @@
 """The list of scenarios, in the order they run and appear in ``docs/benchmarks.md``.
 
-To add a scenario (throughput vs bare mitmdump, refresh storm, memory, replicas, ...): write a
-module ``bench/<name>.py`` exposing ``SCENARIO = Scenario(...)`` and append it here.
+To add a scenario: write a module ``bench/<name>.py`` exposing ``SCENARIO = Scenario(...)`` and
+append it here.
 """
 
 from __future__ import annotations
 
-from bench import fleet
+from bench import fleet, memory, replicas, storm, throughput
 from bench.scenario import Scenario
 
-SCENARIOS: tuple[Scenario, ...] = (fleet.SCENARIO,)
+SCENARIOS: tuple[Scenario, ...] = (
+    throughput.SCENARIO,
+    storm.SCENARIO,
+    fleet.SCENARIO,
+    memory.SCENARIO,
+    replicas.SCENARIO,
+)
 
 
 def by_name() -> dict[str, Scenario]:

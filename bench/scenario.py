@@ -21,6 +21,7 @@ class RunOptions:
     command: str  # the exact command line, rendered in each section
     workdir: Path  # a scratch directory (configs, logs), deleted after the run
     logs: Path | None  # when set, scenarios copy their process logs here
+    soak: bool = False  # the long variants (``make soak``), e.g. 1M requests for ``memory``
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,13 @@ class TokenEndpoint:
         return await self._token_call(account, form)
 
     async def revoke(self, account: AccountConfig, token: str) -> None:
-        await self._post(account, REVOKE_PATH, {"token": token})
+        """End the session ``token`` belongs to (the platform kills the whole session).
+        Raises TokenEndpointError when the platform refuses, UpstreamUnreachable without an
+        answer."""
+        response = await self._post(account, REVOKE_PATH, {"token": token})
+        if not 200 <= response.status_code < 300:
+            raise TokenEndpointError.from_response(
+                response.status_code, response.content, response.headers.get("retry-after"))
 
     async def _token_call(self, account: AccountConfig, form: dict[str, str]) -> TokenSet:
         if account.access_token_ttl is not None:

@@ -4,8 +4,9 @@ upstream vs bare ``mitmdump`` vs tokenproxy.
 The upstream is nginx with a static extension answer (the token endpoint routed to the emulator,
 see :mod:`bench.parts`), so the proxy is the bottleneck. The three targets run side by side
 for the whole scenario; each measurement is one ``wrk`` run against one of them while the
-others idle, and the order of the targets rotates from round to round (A/B alternation), so
-drift of the machine spreads over all of them. Figures are medians of the rounds.
+others idle. In each round bare mitmdump and tokenproxy run back to back, in alternating order
+(A/B, B/A, ...), so a drift of the machine's speed hits both alike. Figures are medians of the
+rounds; the ratios are medians of each round's paired ratio.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from bench.scenario import RunOptions, Scenario
 from tests.support.emulator import start_emulator
 
 CONNECTIONS = (1, 16, 64)
-ROUNDS = 3
-DEFAULT_DURATION = 4.0
+ROUNDS = 5
+DEFAULT_DURATION = 3.0
 QUICK_DURATION = 2.0
 TARGET_RPS_RATIO = 1.6  # tokenproxy / bare mitmdump at 16 connections, at least
 TARGET_P50_RATIO = 0.7  # tokenproxy / bare mitmdump p50 at 1 connection, at most
@@ -45,14 +46,14 @@ class Runs:
 
 def measure(targets: dict[str, parts.Target], duration: float,
             rounds: int = ROUNDS) -> dict[tuple[str, int], Runs]:
-    """``rounds`` rounds; in each, every connection count against every target, the target
-    order rotated by one each round."""
+    """``rounds`` rounds; in each, every connection count against every target: direct
+    first, then bare mitmdump and tokenproxy back to back, their order alternating."""
     runs: dict[tuple[str, int], Runs] = {}
-    order = list(targets)
+    direct, bare, proxy = LABELS
     for round_no in range(rounds):
-        rotated = order[round_no % len(order):] + order[:round_no % len(order)]
+        order = (direct, bare, proxy) if round_no % 2 == 0 else (direct, proxy, bare)
         for connections in CONNECTIONS:
-            for label in rotated:
+            for label in order:
                 result = parts.wrk(targets[label].url, connections, duration)
                 runs.setdefault((label, connections), Runs()).add(result)
                 print(f"throughput: round {round_no + 1}/{rounds} {label:15} c={connections:<3} "
@@ -65,10 +66,11 @@ def render(runs: dict[tuple[str, int], Runs], duration: float, rounds: int) -> s
     direct, bare, proxy = LABELS
     lines = [
         f"Each cell: median of {rounds} `wrk -t1 -c<connections> -d{duration:g}s --latency` runs "
-        "(min-max of the runs in brackets), the targets A/B-alternated: every round measures "
-        "each connection count against each target, the order of the targets rotating by one "
-        "from round to round. Request: `GET /restapi/v1.0/account/~/extension/~` with the "
-        "client key as Bearer. Upstream: nginx (1 worker) serving the platform's extension "
+        "(min-max of the runs in brackets). Every round measures each connection count against "
+        "each target: direct first, then bare mitmdump and tokenproxy back to back in "
+        "alternating order (A/B, B/A, ...). Request: "
+        "`GET /restapi/v1.0/account/~/extension/~` with the client key as Bearer. "
+        "Upstream: nginx (1 worker) serving the platform's extension "
         "answer as a static file (its `uri` links included, which tokenproxy rewrites to "
         "itself), the token endpoint routed to the emulator; all on loopback.",
         "",
@@ -92,19 +94,21 @@ def render(runs: dict[tuple[str, int], Runs], duration: float, rounds: int) -> s
     ratio_rows = []
     for connections in CONNECTIONS:
         b, t = runs[(bare, connections)], runs[(proxy, connections)]
+        rps = paired(t.rps, b.rps)
         ratio_rows.append((
             f"{connections} conn",
-            stats.fmt_ratio(stats.ratio(stats.median(t.rps), stats.median(b.rps))),
-            stats.fmt_ratio(stats.ratio(stats.median(t.p50), stats.median(b.p50))),
-            stats.fmt_ratio(stats.ratio(stats.median(t.p99), stats.median(b.p99))),
+            f"{stats.fmt_ratio(stats.median(rps))} ({stats.fmt_ratio(min(rps))}-"
+            f"{stats.fmt_ratio(max(rps))})",
+            stats.fmt_ratio(stats.median(paired(t.p50, b.p50))),
+            stats.fmt_ratio(stats.median(paired(t.p99, b.p99))),
         ))
-    lines.append("Ratios tokenproxy / bare mitmdump (of the medians):")
+    lines.append("Ratios tokenproxy / bare mitmdump: the median of the rounds' paired ratios "
+                 "(each round's tokenproxy run over the bare mitmdump run next to it; "
+                 "min-max in brackets):")
     lines.append("")
     lines.append(table(("connections", "requests/s", "p50", "p99"), ratio_rows))
-    rps_ratio = stats.ratio(stats.median(runs[(proxy, 16)].rps),
-                            stats.median(runs[(bare, 16)].rps))
-    p50_ratio = stats.ratio(stats.median(runs[(proxy, 1)].p50),
-                            stats.median(runs[(bare, 1)].p50))
+    rps_ratio = stats.median(paired(runs[(proxy, 16)].rps, runs[(bare, 16)].rps))
+    p50_ratio = stats.median(paired(runs[(proxy, 1)].p50, runs[(bare, 1)].p50))
     lines += [
         "",
         "Targets (issue 7):",
@@ -117,6 +121,11 @@ def render(runs: dict[tuple[str, int], Runs], duration: float, rounds: int) -> s
     errors = sum(r.errors for r in runs.values())
     lines.append(f"- Failed requests (socket errors and non-2xx) over all runs: {errors}.")
     return "\n".join(lines)
+
+
+def paired(ours: list[float], theirs: list[float]) -> list[float]:
+    """Each round's ratio ours / theirs (the runs of one round are next to each other)."""
+    return [stats.ratio(a, b) for a, b in zip(ours, theirs, strict=True)]
 
 
 def run(options: RunOptions) -> str:

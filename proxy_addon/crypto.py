@@ -3,6 +3,8 @@
 The store never sees a token in clear: :class:`TokenCipher` seals a serialised token set
 before it is written and opens it after it is read. Keys come from an environment variable
 (comma-separated: the first encrypts, all decrypt, so old keys can be listed during rotation).
+While older keys are listed, the stores re-seal what they hold with the first key when they
+open, so the older keys can be dropped after one start of every replica.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class UnreadableRecord(ValueError):
 class TokenCipher:
     def __init__(self, keys: list[bytes] | None) -> None:
         self._fernet = MultiFernet([Fernet(k) for k in keys]) if keys else None
+        self._primary = Fernet(keys[0]) if keys else None
+        self.rotating = bool(keys) and len(keys) > 1  # older keys listed after the first
 
     @property
     def encrypts(self) -> bool:
@@ -51,6 +55,28 @@ class TokenCipher:
         if self._fernet is None:
             return PLAIN + plaintext
         return SEALED + self._fernet.encrypt(plaintext)
+
+    def stale(self, blob: bytes) -> bool:
+        """True for a value sealed with one of the older keys: re-seal it (:meth:`reseal`)
+        so the older key can be dropped from the list."""
+        if not self.rotating or not blob.startswith(SEALED):
+            return False
+        assert self._primary is not None
+        try:
+            self._primary.decrypt(blob[len(SEALED):])
+        except InvalidToken:
+            return True
+        return False
+
+    def reseal(self, blob: bytes) -> bytes:
+        """``blob`` sealed again with the first key (UnreadableRecord if no key opens it)."""
+        if self._fernet is None or not blob.startswith(SEALED):
+            raise UnreadableRecord("only sealed values can be re-sealed")
+        try:
+            return SEALED + self._fernet.rotate(blob[len(SEALED):])
+        except InvalidToken:
+            raise UnreadableRecord("value cannot be decrypted with the configured "
+                                   "key(s): wrong key, or corrupted") from None
 
     def open(self, blob: bytes) -> bytes:
         if blob.startswith(SEALED):

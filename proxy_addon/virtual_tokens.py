@@ -2,10 +2,13 @@
 
 A virtual pair (access + refresh) maps the app to one configured account. The tokens are random
 (``TPXA…``/``TPXR…``), kept in the shared store only as SHA-256 digests with their metadata, so
-every replica honours them and they survive restarts; a short in-process cache keeps the hot path
-free of store round trips. Refreshing a virtual refresh token rotates the pair like the platform
-does; revoking either token of a pair revokes that pair only. No platform session is created:
-a hundred apps logging in every minute cost the account nothing.
+every replica honours them and they survive restarts. Each record is sealed with the store key
+(authenticated encryption) and names its own digest: someone who can write to the store but
+has no key can neither plant a grant nor move one under a token of their choosing. A short
+in-process cache keeps the hot path free of store round trips. Refreshing a virtual refresh
+token rotates the pair like the platform does; revoking either token of a pair revokes that
+pair only. No platform session is created: a hundred apps logging in every minute cost the
+account nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from .crypto import SEALED, UnreadableRecord
 from .store import StoreError, TokenStore
 
 ACCESS_PREFIX, REFRESH_PREFIX = "TPXA", "TPXR"
@@ -31,19 +35,23 @@ class VirtualGrant:
     expires_at: float
     pair: tuple[str, str]  # digests of the pair's access and refresh tokens
 
-    def to_json(self) -> bytes:
-        return json.dumps({"account": self.account, "client_id": self.client_id,
-                           "kind": self.kind, "expires_at": self.expires_at,
-                           "pair": list(self.pair)}).encode()
+    def to_json(self, token_digest: str) -> bytes:
+        return json.dumps({"digest": token_digest, "account": self.account,
+                           "client_id": self.client_id, "kind": self.kind,
+                           "expires_at": self.expires_at, "pair": list(self.pair)}).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes) -> VirtualGrant | None:
+    def from_json(cls, raw: bytes, token_digest: str) -> VirtualGrant | None:
+        """The grant stored under ``token_digest``; None for a record written for another
+        digest, or foreign or damaged data (as if unknown)."""
         try:
             data = json.loads(raw)
+            if data["digest"] != token_digest:
+                return None
             return cls(str(data["account"]), str(data["client_id"]), str(data["kind"]),
                        float(data["expires_at"]), (str(data["pair"][0]), str(data["pair"][1])))
         except (ValueError, KeyError, TypeError, IndexError):
-            return None  # foreign or damaged record: as if unknown
+            return None
 
 
 def digest(token: str) -> str:
@@ -77,7 +85,9 @@ class VirtualTokens:
         for kind, token_digest, ttl in (("access", pair[0], self._access_ttl),
                                         ("refresh", pair[1], self._refresh_ttl)):
             grant = VirtualGrant(account, client_id, kind, now + ttl, pair)
-            await self._store.put_virtual(token_digest, grant.to_json(), now + ttl)
+            await self._store.put_virtual(
+                token_digest, self._store.codec.cipher.seal(grant.to_json(token_digest)),
+                now + ttl)
         return IssuedPair(access, refresh, self._access_ttl, self._refresh_ttl)
 
     async def resolve(self, token: str, kind: str) -> VirtualGrant | None:
@@ -90,13 +100,23 @@ class VirtualTokens:
             grant = cached[0]
         else:
             raw = await self._store.get_virtual(key)
-            grant = VirtualGrant.from_json(raw) if raw is not None else None
+            grant = self._open(raw, key) if raw is not None else None
             if len(self._cache) > 50_000:  # bounded: drop everything rather than grow
                 self._cache.clear()
             self._cache[key] = (grant, now)
         if grant is None or grant.kind != kind or grant.expires_at <= time.time():
             return None
         return grant
+
+    def _open(self, raw: bytes, token_digest: str) -> VirtualGrant | None:
+        cipher = self._store.codec.cipher
+        if cipher.encrypts and not raw.startswith(SEALED):
+            return None  # written in clear while we hold a key: planted
+        try:
+            plaintext = cipher.open(raw)
+        except UnreadableRecord:  # not sealed with our key: foreign or damaged
+            return None
+        return VirtualGrant.from_json(plaintext, token_digest)
 
     def expired(self, token: str) -> bool:
         """True when the token was known here and has only expired (OAU-210, not OAU-213)."""

@@ -255,3 +255,34 @@ def test_redis_wrong_password_is_a_clear_error(redis_factory) -> None:
         await store.close()
 
     run(scenario)
+
+
+def test_key_rotation_reseals_everything_so_the_old_key_can_go(backend: Backend) -> None:
+    """Run with "new,old" once, then "new" alone: the key check, the token pairs and the
+    virtual-token records all open with the new key; nothing needs a fresh login."""
+    if backend.kind == "memory":
+        pytest.skip("nothing outlives a memory store's process")
+    old, new = STORE_KEY, Fernet.generate_key().decode()
+
+    def with_keys(*keys: str) -> TokenStore:
+        store = backend.make()
+        store.codec = RecordCodec(TokenCipher([k.encode() for k in keys]))
+        return store
+
+    async def scenario() -> None:
+        async with opened(with_keys(old)) as store:
+            assert await store.compare_and_set("main", 0, tokens(1))
+            await store.put_virtual("d" * 64, store.codec.cipher.seal(b"grant"), 2e9)
+        with pytest.raises(StoreKeyMismatch):
+            async with opened(with_keys(new)):
+                pass
+        async with opened(with_keys(new, old)) as store:  # the rotation starts
+            record = await store.load("main")
+            assert record is not None and record.tokens == tokens(1)
+        async with opened(with_keys(new)) as store:  # the old key dropped
+            record = await store.load("main")
+            assert record is not None and (record.generation, record.tokens) == (1, tokens(1))
+            raw = await store.get_virtual("d" * 64)
+            assert raw is not None and store.codec.cipher.open(raw) == b"grant"
+
+    run(scenario)

@@ -68,7 +68,19 @@ class RecordCodec:
             raise StoreKeyMismatch("the store's key check value is foreign data")
         if self.cipher.encrypts and not stored_check.startswith(b"fernet:"):
             return self.cipher.seal(KEY_CHECK_PLAINTEXT)  # upgrade a plaintext store
+        if self.cipher.stale(stored_check):
+            return self.cipher.seal(KEY_CHECK_PLAINTEXT)  # key rotation: now the new key's
         return None
+
+    def resealed(self, blob: bytes) -> bytes | None:
+        """During a key rotation: ``blob`` sealed with the first key when an older key sealed
+        it; None when it needs nothing or cannot be opened (left for the reader to report)."""
+        if not self.cipher.stale(blob):
+            return None
+        try:
+            return self.cipher.reseal(blob)
+        except UnreadableRecord:
+            return None
 
 
 class TokenStore(abc.ABC):

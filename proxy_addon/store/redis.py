@@ -43,6 +43,19 @@ redis.call('PUBLISH', ARGV[4], cjson.encode({account = ARGV[5], generation = gen
 return 1
 """
 
+# Key rotation: replace a value only if nobody changed it since we read it (TTL kept).
+RESEAL_HASH_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'value') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'value', ARGV[2])
+return 1
+"""
+RESEAL_STRING_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+return 1
+"""
+RESEAL_SCAN_LIMIT = 100_000  # keys looked at per kind and start: bounded
+
 ACQUIRE_SCRIPT = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
@@ -79,6 +92,8 @@ class RedisStore(TokenStore):
         self._cas = self._client.register_script(CAS_SCRIPT)
         self._acquire = self._client.register_script(ACQUIRE_SCRIPT)
         self._release = self._client.register_script(RELEASE_SCRIPT)
+        self._reseal_hash = self._client.register_script(RESEAL_HASH_SCRIPT)
+        self._reseal_string = self._client.register_script(RESEAL_STRING_SCRIPT)
         self._watcher: asyncio.Task[None] | None = None
         self.where = _redacted(url)
 
@@ -99,9 +114,28 @@ class RedisStore(TokenStore):
             replacement = self.codec.check_key(await self._client.get(key))
             if replacement is not None:
                 await self._client.set(key, replacement)
+            if self.codec.cipher.rotating:
+                await self._reseal()
             await self._warn_without_persistence()
         except RedisError as exc:
             raise self._error(exc) from None
+
+    async def _reseal(self) -> None:
+        """Key rotation: values sealed with an older key are sealed again with the first, in
+        place (same generation; skipped if a writer changed the value meanwhile)."""
+        for kind, script in (("tokens", self._reseal_hash), ("virtual", self._reseal_string)):
+            seen = 0
+            async for key in self._client.scan_iter(match=self._key(kind, "*"), count=500):
+                seen += 1
+                if seen > RESEAL_SCAN_LIMIT:
+                    break
+                if kind == "tokens":
+                    value = await self._client.hget(key, "value")
+                else:
+                    value = await self._client.get(key)
+                new = self.codec.resealed(value) if value is not None else None
+                if new is not None:
+                    await script(keys=[key], args=[value, new])
 
     async def _warn_without_persistence(self) -> None:
         try:

@@ -79,6 +79,23 @@ class SQLiteStore(TokenStore):
         if replacement is not None:
             db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('key_check', ?)",
                        (replacement,))
+        if self.codec.cipher.rotating:
+            self._reseal(db)
+
+    def _reseal(self, db: sqlite3.Connection) -> None:
+        """Key rotation: values sealed with an older key are sealed again with the first, in
+        place (same generation; skipped if a writer changed the value meanwhile)."""
+        for account, value in db.execute("SELECT account, value FROM tokens").fetchall():
+            new = self.codec.resealed(value)
+            if new is not None:
+                db.execute("UPDATE tokens SET value = ? WHERE account = ? AND value = ?",
+                           (new, account, value))
+        for digest, record in db.execute(
+                "SELECT digest, record FROM virtual_tokens").fetchall():
+            new = self.codec.resealed(record)
+            if new is not None:
+                db.execute("UPDATE virtual_tokens SET record = ? WHERE digest = ? AND record = ?",
+                           (new, digest, record))
 
     def _load(self, account: str) -> tuple[int, bytes] | None:
         row = self._connect().execute(

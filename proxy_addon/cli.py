@@ -89,8 +89,8 @@ def _parser() -> argparse.ArgumentParser:
                     "TPX-REAUTH-REQUIRED), and\nafter `tokenproxy revoke`. The redirect URI "
                     "must be http on loopback and registered for the app.\nNeeds the store key "
                     "([store] key_env) in the environment.",
-        epilog="exit codes: 0 authorized and stored, 1 the flow failed (unknown account, store, "
-               "refused, timed out),\n            2 the config is invalid\n\n"
+        epilog="exit codes: 0 authorized and stored, 1 the flow failed (store, refused, "
+               "timed out),\n            2 the config is invalid or the account unknown\n\n"
                "examples:\n"
                "  tokenproxy authorize main --config /etc/tokenproxy/proxy.toml\n"
                "  tokenproxy authorize main -c proxy.toml --redirect-uri "
@@ -207,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "authorize":
         logs.setup("warning")
         from .authorize import main as authorize_main
+
+        known = [a.name for a in config.accounts]
+        if args.account not in known:
+            print(f"tokenproxy authorize: unknown account {args.account!r}; the config has: "
+                  f"{', '.join(known) or 'none'}", file=sys.stderr)
+            return EXIT_BAD_INPUT
 
         return authorize_main(config, args.account, args.redirect_uri, args.timeout,
                               args.login_hint)

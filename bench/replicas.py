@@ -74,7 +74,8 @@ def profile(target: parts.Target, workdir: Path) -> Profile:
     pid = target.pids[0]
     out = workdir / "profile.txt"
     spy = str(parts.BIN / "py-spy")
-    command = [spy, "record", "--format", "raw", "--nonblocking", "-r", str(PROFILE_RATE),
+    # blocking sampling (py-spy pauses the process for each sample): whole, consistent stacks
+    command = [spy, "record", "--format", "raw", "-r", str(PROFILE_RATE),
                "-d", str(round(PROFILE_SECONDS)), "-o", str(out), "-p", str(pid)]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from mitmproxy import ctx, http
 
@@ -45,6 +46,7 @@ FLOW_KEY = "tokenproxy"
 SPOOFABLE_HEADERS = ("x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
                      "x-forwarded-port", "x-forwarded-prefix", "forwarded", "x-real-ip",
                      "proxy-authorization", "proxy-connection")
+_SPOOFABLE_NAMES = frozenset(name.encode() for name in SPOOFABLE_HEADERS)
 LOGIN_KEY = "tokenproxy-login"
 VIRTUAL_KEY = "tokenproxy-virtual"
 
@@ -87,6 +89,13 @@ class TokenInjector:
         self._links = LinkRewriter(config.proxy.upstream, config.proxy.media_upstream,
                                    config.proxy.public_url)
         self._clients = {_digest(c.key.reveal()): c for c in config.clients}
+        # keys seen to match, by value: one dict lookup per request instead of a SHA-256
+        # (only configured keys get in: bounded; unknown keys are always looked up by digest)
+        self._matched_keys: dict[str, ClientConfig] = {}
+        # metric children by label values (all from the config and fixed sets: bounded);
+        # looking them up once keeps prometheus-client's label handling off the hot path
+        self._request_counters: dict[tuple[str, str, str], Any] = {}
+        self._upstream_histograms: dict[str, Any] = {}
         self.listening: list[str] = []
         self.on_listening: Callable[[list[str]], None] | None = None
 
@@ -109,8 +118,9 @@ class TokenInjector:
                 400, "TPX-TLS-REQUIRED", "This proxy only accepts HTTPS: use https:// in the "
                 "server URL (and treat any credential just sent in clear as exposed).")
             return None
-        for name in SPOOFABLE_HEADERS:  # never let an app speak for the proxy
-            request.headers.pop(name, None)
+        if any(name.lower() in _SPOOFABLE_NAMES for name, _ in request.headers.fields):
+            for name in SPOOFABLE_HEADERS:  # never let an app speak for the proxy
+                request.headers.pop(name, None)
         for name in _connection_tokens(request.headers.get("connection", "")):
             request.headers.pop(name, None)  # hop-by-hop, listed by the client
         if self._login is not None and LoginInterceptor.handles(request.path):
@@ -126,7 +136,7 @@ class TokenInjector:
         if key and self._login is not None and looks_virtual(key):
             flow.metadata[VIRTUAL_KEY] = key  # resolved in `request` (may read the store)
             return self._resolve_virtual(flow) if self._limit_body(flow) else None
-        client = self._clients.get(_digest(key)) if key else None
+        client = self._client_of(key) if key else None
         if client is None:
             problem = ("The Bearer credential is not a configured client key" if key
                        else "No client key was sent")
@@ -145,6 +155,14 @@ class TokenInjector:
             # a streamed request leaves as soon as its headers are done: swap the credential now
             return self._swap_credentials(flow, state)
         return None
+
+    def _client_of(self, key: str) -> ClientConfig | None:
+        client = self._matched_keys.get(key)
+        if client is None:
+            client = self._clients.get(_digest(key))
+            if client is not None:
+                self._matched_keys[key] = client
+        return client
 
     @staticmethod
     async def _refuse_later(flow: http.HTTPFlow, response: http.Response, delay: float) -> None:
@@ -209,7 +227,12 @@ class TokenInjector:
         if state is not None:
             self._release(state)
             if response is not None and response.timestamp_start and state.generation >= 0:
-                self._metrics.upstream_seconds.labels(state.client.account).observe(
+                account = state.client.account
+                histogram = self._upstream_histograms.get(account)
+                if histogram is None:
+                    histogram = self._metrics.upstream_seconds.labels(account)
+                    self._upstream_histograms[account] = histogram
+                histogram.observe(
                     max(0.0, response.timestamp_start - (flow.request.timestamp_end or 0)))
         if response is None or response.status_code == 401:
             return  # a 401 body is needed whole: it decides about the replay
@@ -279,7 +302,10 @@ class TokenInjector:
             labels = (UNKNOWN_CLIENT, NO_ACCOUNT, status_class(status))
         else:
             labels = (state.client.name, state.client.account, status_class(status))
-        self._metrics.requests.labels(*labels).inc()
+        counter = self._request_counters.get(labels)
+        if counter is None:
+            counter = self._request_counters[labels] = self._metrics.requests.labels(*labels)
+        counter.inc()
 
     def _release(self, state: FlowTokenState) -> None:
         if state.leased:

@@ -47,9 +47,11 @@ class LinkRewriter:
         response = flow.response
         if response is None or response.stream:
             return
-        if "json" not in response.headers.get("content-type", "").lower():
+        headers = response.headers
+        if "json" not in headers.get("content-type", "").lower():
             return
-        body = response.content
+        encoded = "content-encoding" in headers  # rare for API answers: decode, re-encode
+        body = response.content if encoded else response.raw_content
         if not body:
             return
         base = self._public or self._base(flow)
@@ -58,8 +60,14 @@ class LinkRewriter:
             changed = changed.replace(self._media, base + MEDIA_ROUTE.encode())
         if self._upstream in changed:
             changed = changed.replace(self._upstream, base)
-        if changed is not body:
+        if changed is body:
+            return
+        if encoded:
             response.content = changed
+        else:
+            response.raw_content = changed
+            if "transfer-encoding" not in headers:
+                headers["content-length"] = str(len(changed))
 
     @staticmethod
     def _base(flow: http.HTTPFlow) -> bytes:

@@ -77,11 +77,14 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
                 failed.append(scenario.name)
                 continue
-        sections[scenario.name] = report.render_section(
-            scenario.name, scenario.title, command, facts, body)
+        # the long variants keep a section of their own beside the `make bench` one
+        name = f"{scenario.name}-soak" if args.soak else scenario.name
+        title = f"{scenario.title} (soak)" if args.soak else scenario.title
+        sections[name] = report.render_section(name, title, command, facts, body)
         print(f"bench: {scenario.name} done in {time.monotonic() - started:.0f} s", flush=True)
     if sections:
-        report.update_document(args.output, facts, sections, [s.name for s in SCENARIOS])
+        order = [n for s in SCENARIOS for n in (s.name, f"{s.name}-soak")]
+        report.update_document(args.output, facts, sections, order)
         print(f"bench: wrote {', '.join(sections)} to {args.output}")
     return 1 if failed else 0
 

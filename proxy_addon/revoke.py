@@ -40,6 +40,7 @@ from .config import AccountConfig, Config
 from .logs import SECRETS, remember
 from .oauth import TokenEndpoint, UpstreamUnreachable
 from .platform_errors import DEAD_REFRESH_CODES, TokenEndpointError
+from .status import format_duration
 from .store import CorruptRecord, StoredTokens, StoreError, StoreKeyMismatch, TokenStore, open_store
 from .store.factory import StoreConfigError
 from .tokens import TokenSet
@@ -78,28 +79,21 @@ def describe(record: StoredTokens, now: float) -> str:
         parts.append(f"session id {tokens.session_id}")
     if tokens.owner_id:
         parts.append(f"owner id {tokens.owner_id}")
-    parts.append("access token " + (_left(tokens.access_expires_at - now)
+    parts.append("access token " + (_valid_for(tokens.access_expires_at - now)
                                     if tokens.access_alive(now) else "expired"))
     if tokens.refresh_token:
         if tokens.refresh_expires_at is None:
             parts.append("refresh token without expiry")
         else:
-            parts.append("refresh token " + (_left(tokens.refresh_expires_at - now)
+            parts.append("refresh token " + (_valid_for(tokens.refresh_expires_at - now)
                                              if tokens.refresh_alive(now) else "expired"))
     else:
         parts.append("no refresh token")
     return ", ".join(parts)
 
 
-def _left(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    if seconds >= 86400:
-        return f"valid {seconds // 86400}d{seconds % 86400 // 3600}h"
-    if seconds >= 3600:
-        return f"valid {seconds // 3600}h{seconds % 3600 // 60}m"
-    if seconds >= 60:
-        return f"valid {seconds // 60}m{seconds % 60}s"
-    return f"valid {seconds}s"
+def _valid_for(seconds: float) -> str:
+    return "valid " + format_duration(max(0.0, seconds))
 
 
 def aftermath(account: AccountConfig) -> str:

@@ -12,7 +12,8 @@ EXIT_UNHEALTHY = 1
 EXIT_UNREACHABLE = 2
 
 
-def _duration(seconds: float | None) -> str:
+def format_duration(seconds: float | None) -> str:
+    """``3d4h``, ``2h5m``, ``4m10s``, ``9s``; ``-`` for None."""
     if seconds is None:
         return "-"
     seconds = int(seconds)
@@ -30,10 +31,10 @@ def render(status: dict) -> str:
     now = status.get("time", time.time())
     for a in status["accounts"]:
         last = a.get("last_refresh")
-        rows.append((a["account"], a["state"], _duration(a.get("access_expires_in")),
-                     _duration(a.get("refresh_expires_in")),
+        rows.append((a["account"], a["state"], format_duration(a.get("access_expires_in")),
+                     format_duration(a.get("refresh_expires_in")),
                      f"{a.get('live_sessions', 0)}/{a.get('max_live_tokens', 1)}",
-                     "-" if last is None else _duration(now - last) + " ago",
+                     "-" if last is None else format_duration(now - last) + " ago",
                      a.get("last_error") or "-"))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()

@@ -34,8 +34,9 @@ def store_config(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -
 
 
 async def drive(urls: list[str], end: float, statuses: Counter[int],
-                failures: list[str]) -> None:
-    """CLIENTS concurrent clients, spread over the replicas, each a request ~every 0.5 s."""
+                failures: list[str], last_ok: dict[int, float] | None = None) -> None:
+    """CLIENTS concurrent clients, spread over the replicas, each a request ~every 0.5 s;
+    ``last_ok``: client index -> when it last got a 200."""
     limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
     sessions = [httpx.AsyncClient(base_url=u, headers={"Authorization": f"Bearer {KEY}"},
                                   timeout=30, limits=limits) for u in urls]
@@ -49,6 +50,8 @@ async def drive(urls: list[str], end: float, statuses: Counter[int],
             try:
                 response = await session.get(EXT)
                 statuses[response.status_code] += 1
+                if response.status_code == 200 and last_ok is not None:
+                    last_ok[index] = time.monotonic()
                 if response.status_code != 200 and len(failures) < 10:
                     failures.append(f"{response.status_code} {response.text[:200]}")
             except httpx.HTTPError as exc:
@@ -87,11 +90,12 @@ def test_three_replicas_share_one_session(backend: str, tmp_path: Path, emulator
                 for _ in range(3)]
     statuses: Counter[int] = Counter()
     failures: list[str] = []
+    last_ok: dict[int, float] = {}
+    end = time.monotonic() + DURATION
 
     async def scenario() -> int:
-        end = time.monotonic() + DURATION
         revoker = asyncio.create_task(revoke_at_random(emulator, end))
-        await drive([r.url for r in replicas], end, statuses, failures)
+        await drive([r.url for r in replicas], end, statuses, failures, last_ok)
         return await revoker
 
     try:
@@ -110,7 +114,10 @@ def test_three_replicas_share_one_session(backend: str, tmp_path: Path, emulator
           f"api_401={counters['api_401_by_code']} "
           f"max_sessions={counters['max_live_sessions_proxy']} states={states}")
     assert set(statuses) == {200}, (statuses, failures)
-    assert statuses[200] > CLIENTS * DURATION / 2  # every client kept going all along
+    # every client kept going all along: each got a 200 within the run's last 10 s (how many
+    # requests fit in the run depends on the machine's speed; this does not)
+    stalled = [i for i in range(CLIENTS) if last_ok.get(i, 0.0) < end - 10]
+    assert not stalled, f"{len(stalled)} clients got no answer in the last 10 s"
     assert revocations >= DURATION / (REVOKE_EVERY + 2) - 1
     assert counters["token_calls"] <= expiries + revocations + 3, counters
     assert max(counters["max_live_sessions_proxy"].values()) <= 2

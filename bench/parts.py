@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.processes import stop_process
 from tests.support.proxy import APP_KEY, Proxy, client, jwt_account, render_config, start_proxy
 from tests.support.proxy import STORE_KEY as _STORE_KEY
 
@@ -61,16 +62,6 @@ def wait_listening(port: int, timeout: float = 20.0, proc: subprocess.Popen | No
             return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def rss_bytes(pid: int) -> int:

@@ -12,7 +12,6 @@ import hashlib
 import os
 import queue
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 import httpx
+
+from tests.support.processes import stop_process
 
 _LISTEN_RE = re.compile(r"^emulator listening on (http://\S+)\s*$")
 _BLOCK_SIZE = 64 * 1024
@@ -88,14 +89,7 @@ class Emulator:
 
     def stop(self) -> None:
         """SIGTERM, wait up to 5 s, then kill."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc, 5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         if self.stderr_file is not None and not self.stderr_file.closed:

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from tests.support.processes import stop_process
 from tests.support.redis_server import free_port
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -47,13 +48,7 @@ class Prometheus:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 15)
 
 
 def start_prometheus(directory: Path, targets: list[str], rule_files: list[Path]) -> Prometheus:

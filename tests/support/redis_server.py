@@ -18,6 +18,7 @@ from pathlib import Path
 import redis
 
 from tests.support.certs import make_tls_files
+from tests.support.processes import stop_process
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -69,13 +70,8 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            self.proc.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
+            stop_process(self.proc, 10)
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections hang, as with a dead host."""

@@ -46,6 +46,9 @@ FLOW_KEY = "tokenproxy"
 SPOOFABLE_HEADERS = ("x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
                      "x-forwarded-port", "x-forwarded-prefix", "forwarded", "x-real-ip",
                      "proxy-authorization", "proxy-connection")
+# A request is sent again after a token 401; once more only if the replay's own, newer token
+# died too (a revocation or eviction landing between renewal and replay).
+MAX_REPLAYS = 2
 _SPOOFABLE_NAMES = frozenset(name.encode() for name in SPOOFABLE_HEADERS)
 LOGIN_KEY = "tokenproxy-login"
 VIRTUAL_KEY = "tokenproxy-virtual"
@@ -324,40 +327,50 @@ class TokenInjector:
         self._inject(flow, state, lease)
 
     async def _replay(self, flow: http.HTTPFlow, state: FlowTokenState, code: str) -> None:
+        """Renew (coalesced by generation) and send the request again with the new token.
+        If the replay's own, newer token died too (revoked or evicted meanwhile), once more:
+        at most ``MAX_REPLAYS`` sends, all within the request's token-wait deadline."""
         state.replayed = True
         account = state.account
         name = account.account.name
         outcome = "failed"
+        failed_generation, failed_code = state.generation, code
         try:
-            try:
-                token, generation = await account.rejected(state.generation, code,
-                                                           self._deadline(flow, state))
-            except TokenUnavailable as exc:
-                self._refuse(flow, exc)
-                log.warning("account %s: replay after %s failed: %s", name, code, exc.code,
-                            extra={"event": "replay_failed", "account": name,
-                                   "code": exc.code})
-                return
-            try:
-                flow.response = await self._replayer.send(flow.request, token)
-            except UpstreamUnreachable as exc:
-                flow.response = proxy_errors.error_response(
-                    502, proxy_errors.UPSTREAM_UNREACHABLE, f"The platform is unreachable: {exc}")
-                log.warning("account %s: replay after %s failed: upstream unreachable", name,
-                            code, extra={"event": "replay_failed", "account": name})
-                return
-            finally:
-                account.release(generation)
-            again = token_error_code(flow.response.status_code, flow.response.raw_content or b"")
-            if again is None:
-                outcome = "success"
-                self._links.rewrite(flow)
-            else:
+            for _ in range(MAX_REPLAYS):
+                try:
+                    token, generation = await account.rejected(
+                        failed_generation, failed_code, self._deadline(flow, state))
+                except TokenUnavailable as exc:
+                    self._refuse(flow, exc)
+                    log.warning("account %s: replay after %s failed: %s", name, failed_code,
+                                exc.code, extra={"event": "replay_failed", "account": name,
+                                                 "code": exc.code})
+                    return
+                try:
+                    flow.response = await self._replayer.send(flow.request, token)
+                except UpstreamUnreachable as exc:
+                    flow.response = proxy_errors.error_response(
+                        502, proxy_errors.UPSTREAM_UNREACHABLE,
+                        f"The platform is unreachable: {exc}")
+                    log.warning("account %s: replay after %s failed: upstream unreachable",
+                                name, failed_code,
+                                extra={"event": "replay_failed", "account": name})
+                    return
+                finally:
+                    account.release(generation)
+                log.debug("account %s: replayed %s %s after %s", name, flow.request.method,
+                          flow.request.path.split("?", 1)[0], failed_code)
+                again = token_error_code(flow.response.status_code,
+                                         flow.response.raw_content or b"")
+                if again is None:
+                    outcome = "success"
+                    self._links.rewrite(flow)
+                    return
                 self._metrics.token_errors.labels(name, bounded(again, TOKEN_ERROR_CODES)).inc()
-                log.warning("account %s: the replay got a token error again (%s)", name, again,
-                            extra={"event": "replay_failed", "account": name, "code": again})
-            log.debug("account %s: replayed %s %s after %s", name, flow.request.method,
-                      flow.request.path.split("?", 1)[0], code)
+                failed_generation, failed_code = generation, again
+            log.warning("account %s: the replay got a token error again (%s)", name,
+                        failed_code, extra={"event": "replay_failed", "account": name,
+                                            "code": failed_code})
         finally:
             self._metrics.replays.labels(name, outcome).inc()
             self._count(flow, state)

@@ -91,6 +91,37 @@ def _proxy_with_revoked_token(emulator_factory, proxy_factory):
     return emulator, proxy, emulator.counters()["api_401_by_code"].get("OAU-213", 0)
 
 
+def test_a_replay_whose_new_token_died_too_is_sent_once_more(emulator_factory,
+                                                            proxy_factory) -> None:
+    """The token is revoked, and the pair the proxy renews to is revoked too before the replay
+    reaches the platform (the emulator revokes the next token set it issues): the app still
+    gets its 200, after one more renewal and a second replay, and no more than that."""
+    emulator, proxy, before = _proxy_with_revoked_token(emulator_factory, proxy_factory)
+    emulator.set_policy(revoke_issued=1)
+    calls = token_calls(emulator)
+    with proxy.http() as client:
+        answer = client.get(EXT)
+        assert answer.status_code == 200, answer.text
+        assert client.get(EXT).status_code == 200
+    assert emulator.counters()["api_401_by_code"]["OAU-213"] == before + 2
+    assert token_calls(emulator) == calls + 2  # two renewals, not a retry storm
+    assert emulator.set_policy()["revoke_issued"] == 0
+
+
+def test_replays_stop_after_the_second(emulator_factory, proxy_factory) -> None:
+    """Every new token dies at once: the app gets the platform's 401 after two replays, and
+    the proxy does not keep renewing for this request."""
+    emulator, proxy, before = _proxy_with_revoked_token(emulator_factory, proxy_factory)
+    emulator.set_policy(revoke_issued=100)
+    calls = token_calls(emulator)
+    with proxy.http() as client:
+        answer = client.get(EXT)
+    assert answer.status_code == 401
+    assert answer.json()["errors"][0]["errorCode"] == "OAU-213"
+    assert emulator.counters()["api_401_by_code"]["OAU-213"] == before + 3  # first + 2 replays
+    assert token_calls(emulator) == calls + 2
+
+
 @pytest.mark.parametrize("kind", ["json", "multipart"])
 def test_post_bodies_are_replayed_byte_identical(emulator_factory, proxy_factory,
                                                  kind: str) -> None:

@@ -37,6 +37,9 @@ class Policy:
     expired_envelope: str = "api"
     expired_code: str = "OAU-210"
     token_delay: float = 0.0
+    # fault: the next N token sets the token endpoint issues are revoked right after the
+    # answer, as if an admin revoked them at once (tests a token dying before its first use)
+    revoke_issued: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -55,7 +58,7 @@ class Policy:
 
 _POSITIVE = {"access_ttl", "refresh_ttl", "auth_window"}
 _NON_NEGATIVE = {"auth_penalty", "refresh_grace", "token_delay"}
-_COUNTS = {"auth_rate": 0, "session_cap": 1}
+_COUNTS = {"auth_rate": 0, "session_cap": 1, "revoke_issued": 0}
 _CHOICES = {
     "session_cap_policy": CAP_POLICIES,
     "expired_envelope": EXPIRED_ENVELOPES,

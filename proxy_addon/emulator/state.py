@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import math
@@ -182,10 +183,18 @@ class Platform:
             if wait is not None:
                 c["rate_limited"] += 1
                 raise errors.rate_limited(wait)
-            return self._token_grant(grant_type, form, authorization)
+            body = self._token_grant(grant_type, form, authorization)
         except PlatformError as exc:
             c["token_errors_by_code"][exc.code] += 1
             raise
+        if self.policy.revoke_issued > 0:
+            self.policy = dataclasses.replace(self.policy,
+                                              revoke_issued=self.policy.revoke_issued - 1)
+            session = self._access.get(body["access_token"])
+            if session is not None:
+                self._kill(session, "revoked")
+                c["revocations"] += 1
+        return body
 
     def token_error(self, exc: PlatformError, grant_type: str = "") -> None:
         """Count a token-endpoint error raised before :meth:`token_request` could run."""

@@ -23,18 +23,23 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from mitmproxy import ctx, http
+from mitmproxy.connection import ConnectionState
 
 from . import proxy_errors
 from .config import ClientConfig, Config, Secret
+from .early_answer import refuse_at_headers
 from .links import LinkRewriter
-from .login import LoginInterceptor
+from .login import LoginInterceptor, issued_account
 from .metrics import NO_ACCOUNT, TOKEN_ERROR_CODES, UNKNOWN_CLIENT, Metrics, bounded, status_class
 from .oauth import UpstreamUnreachable
-from .platform_errors import token_error_code
+from .platform_errors import token_error_code_of
 from .pool import AccountTokens, TokenPool, TokenUnavailable
-from .replay import Replayer
+from .replay import Replayer, ReplayTooLarge
+from .replay_buffer import ReplayBuffer
+from .request_target import TargetRefused, is_own_authority, parse_target
 from .store import StoreError
 from .throttle import BadKeyThrottle
 from .virtual_tokens import VirtualTokens, looks_virtual
@@ -51,12 +56,13 @@ SPOOFABLE_HEADERS = ("x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
 MAX_REPLAYS = 2
 _SPOOFABLE_NAMES = frozenset(name.encode() for name in SPOOFABLE_HEADERS)
 LOGIN_KEY = "tokenproxy-login"
-VIRTUAL_KEY = "tokenproxy-virtual"
+OAUTH_ROUTE = "/restapi/oauth"  # routes compare lowercase, without a trailing slash
+EMULATOR_ROUTE = "/_emulator"
+LOGIN_FORM_LIMIT = 64 * 1024  # bytes: a login form is a few hundred
 
 
 def login_client_name(account: str) -> str:
     return f"{account}-login"
-OAUTH_PREFIX = "/restapi/oauth/"
 
 
 @dataclass(slots=True)
@@ -68,6 +74,7 @@ class FlowTokenState:
     generation: int = -1  # token generation injected; -1 before injection
     leased: bool = False  # holds a lease on ``generation`` in the pool
     replayed: bool = False
+    buffered: int = 0  # body bytes reserved in the process's replay buffer
 
 
 class TokenInjector:
@@ -75,7 +82,9 @@ class TokenInjector:
 
     def __init__(self, config: Config, pool: TokenPool, replayer: Replayer,
                  metrics: Metrics | None = None, login: LoginInterceptor | None = None,
-                 virtual: VirtualTokens | None = None) -> None:
+                 virtual: VirtualTokens | None = None,
+                 throttle: BadKeyThrottle | None = None,
+                 buffer: ReplayBuffer | None = None) -> None:
         self._pool = pool
         self._login = login
         self._virtual = virtual
@@ -86,9 +95,12 @@ class TokenInjector:
         self._metrics = metrics or Metrics()
         self._replayer = replayer
         self._stream_threshold = config.proxy.stream_threshold
-        self._body_limit = config.proxy.replay_body_limit
+        self._buffer = buffer or ReplayBuffer(config.proxy.replay_body_limit,
+                                              config.proxy.replay_buffer_total)
         self._require_tls = config.proxy.tls_cert is not None
-        self._throttle = BadKeyThrottle(config.proxy.bad_key_limit)
+        self._public_netloc = urlsplit(config.proxy.public_url).netloc \
+            if config.proxy.public_url else None
+        self._throttle = throttle or BadKeyThrottle(config.proxy.bad_key_limit)
         self._links = LinkRewriter(config.proxy.upstream, config.proxy.media_upstream,
                                    config.proxy.public_url)
         self._clients = {_digest(c.key.reveal()): c for c in config.clients}
@@ -116,29 +128,20 @@ class TokenInjector:
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         request = flow.request
-        if self._require_tls and not flow.client_conn.tls_established:
-            flow.response = proxy_errors.error_response(
-                400, "TPX-TLS-REQUIRED", "This proxy only accepts HTTPS: use https:// in the "
-                "server URL (and treat any credential just sent in clear as exposed).")
+        refusal = self._guard(flow)
+        if refusal is not None:
+            refuse_at_headers(flow, refusal)
             return None
         if any(name.lower() in _SPOOFABLE_NAMES for name, _ in request.headers.fields):
             for name in SPOOFABLE_HEADERS:  # never let an app speak for the proxy
                 request.headers.pop(name, None)
         for name in _connection_tokens(request.headers.get("connection", "")):
             request.headers.pop(name, None)  # hop-by-hop, listed by the client
-        if self._login is not None and LoginInterceptor.handles(request.path):
-            flow.metadata[LOGIN_KEY] = True  # answered in `request`, once the form is in
-            return None
-        if request.path.startswith(OAUTH_PREFIX):
-            flow.response = proxy_errors.error_response(
-                403, proxy_errors.OAUTH_MANAGED,
-                "tokenproxy manages this account's OAuth tokens: do not log in through the "
-                "proxy; send your client key as 'Authorization: Bearer <key>' on API calls.")
-            return None
+        if flow.metadata.get(LOGIN_KEY):
+            return None  # answered in `request`, once the (small) form is in
         key = _bearer(request.headers.get("authorization"))
         if key and self._login is not None and looks_virtual(key):
-            flow.metadata[VIRTUAL_KEY] = key  # resolved in `request` (may read the store)
-            return self._resolve_virtual(flow) if self._limit_body(flow) else None
+            return self._resolve_virtual(flow, key)
         client = self._client_of(key) if key else None
         if client is None:
             problem = ("The Bearer credential is not a configured client key" if key
@@ -147,14 +150,82 @@ class TokenInjector:
                 401, proxy_errors.CLIENT_UNKNOWN,
                 f"{problem}: send 'Authorization: Bearer <key>' with a key configured under "
                 "[[clients]] in the tokenproxy config.")
-            delay = self._throttle.delay(flow.client_conn.peername[0]) if key else 0.0
-            if delay <= 0:
-                flow.response = response
-                return None
-            return self._refuse_later(flow, response, delay)
-        state = FlowTokenState(client, self._pool[client.account])
+            return self._refuse_client(flow, response, counted=bool(key))
+        return self._admit(flow, FlowTokenState(client, self._pool[client.account]))
+
+    def _guard(self, flow: http.HTTPFlow) -> http.Response | None:
+        """What may not go on at all, decided on the request line and headers alone: plain
+        HTTP where TLS is required, a target naming another host or spelled ambiguously, the
+        emulator's admin routes, oversized login forms, OAuth routes the proxy does not serve.
+        Leaves the normalised path in the request (see :mod:`.request_target`)."""
+        request = flow.request
+        if self._require_tls and not flow.client_conn.tls_established:
+            return proxy_errors.error_response(
+                400, "TPX-TLS-REQUIRED", "This proxy only accepts HTTPS: use https:// in the "
+                "server URL (and treat any credential just sent in clear as exposed).")
+        if request.method.upper() == "CONNECT":
+            return proxy_errors.error_response(
+                405, proxy_errors.BAD_TARGET, "CONNECT is not served: this is a reverse proxy "
+                "to the platform, not a forward proxy.")
+        if request.authority:  # absolute-form: origin-form upstream, and only for us
+            if not is_own_authority(request.authority, flow.client_conn.sockname,
+                                    self._public_netloc):
+                return proxy_errors.error_response(
+                    400, proxy_errors.BAD_TARGET, "The request target names another host: "
+                    "send the path only (GET /restapi/... HTTP/1.1).")
+            request.authority = ""
+        try:
+            target = parse_target(request.path)
+        except TargetRefused as exc:
+            return proxy_errors.error_response(400, proxy_errors.BAD_TARGET,
+                                               f"Bad request target: {exc}.")
+        if target.path != request.path:
+            request.path = target.path
+        route = target.route
+        if route == EMULATOR_ROUTE or route.startswith(EMULATOR_ROUTE + "/"):
+            return proxy_errors.error_response(
+                404, proxy_errors.NOT_SERVED, "The emulator's admin routes are never served "
+                "through the proxy.")
+        if route == OAUTH_ROUTE or route.startswith(OAUTH_ROUTE + "/"):
+            query = target.path.partition("?")[2]
+            canonical = route + ("?" + query if query else "")
+            if self._login is not None and LoginInterceptor.handles(canonical):
+                request.path = canonical  # the interceptor matches the canonical spelling
+                flow.metadata[LOGIN_KEY] = True
+                return self._login_form_refusal(request)
+            return proxy_errors.error_response(
+                403, proxy_errors.OAUTH_MANAGED,
+                "tokenproxy manages this account's OAuth tokens: do not log in through the "
+                "proxy; send your client key as 'Authorization: Bearer <key>' on API calls.")
+        return None
+
+    @staticmethod
+    def _login_form_refusal(request: http.Request) -> http.Response | None:
+        """Login forms are small: refuse one beyond LOGIN_FORM_LIMIT before reading it."""
+        length = request.headers.get("content-length", "")
+        if "chunked" in request.headers.get("transfer-encoding", "").lower():
+            return proxy_errors.error_response(
+                411, proxy_errors.BODY_REFUSED, "Send the login form with a Content-Length.")
+        if length.isdigit() and int(length) > LOGIN_FORM_LIMIT:
+            return proxy_errors.error_response(
+                413, proxy_errors.BODY_REFUSED,
+                f"A login form is at most {LOGIN_FORM_LIMIT} bytes.")
+        return None
+
+    def _refuse_client(self, flow: http.HTTPFlow, response: http.Response,
+                       counted: bool) -> Awaitable[None] | None:
+        """Refuse an unknown credential. An address that keeps guessing waits a little longer
+        each time, but only when no body follows: while a hook waits, mitmproxy queues what
+        the client sends in memory, so a refusal with a body leaves at once (and closes)."""
+        delay = self._throttle.delay(flow.client_conn.peername[0]) if counted else 0.0
+        if delay <= 0 or _has_body(flow.request):
+            refuse_at_headers(flow, response)
+            return None
+        return self._refuse_later(flow, response, delay)
+
+    def _admit(self, flow: http.HTTPFlow, state: FlowTokenState) -> Awaitable[None] | None:
         flow.metadata[FLOW_KEY] = state
-        if self._limit_body(flow):
+        if self._limit_body(flow, state):
             # a streamed request leaves as soon as its headers are done: swap the credential now
             return self._swap_credentials(flow, state)
         return None
@@ -170,45 +241,55 @@ class TokenInjector:
     @staticmethod
     async def _refuse_later(flow: http.HTTPFlow, response: http.Response, delay: float) -> None:
         await asyncio.sleep(delay)  # an address guessing keys waits; nobody else does
-        flow.response = response
+        refuse_at_headers(flow, response)
 
-    def _limit_body(self, flow: http.HTTPFlow) -> bool:
-        """Bodies up to ``replay_body_limit`` are buffered (replayable); larger ones stream
-        through and cannot be replayed after a token 401. True when the body streams."""
-        length = flow.request.headers.get("content-length", "")
-        chunked = "chunked" in flow.request.headers.get("transfer-encoding", "").lower()
-        if chunked or (length.isdigit() and int(length) > self._body_limit):
-            flow.request.stream = True
-            return True
-        return False
+    def _limit_body(self, flow: http.HTTPFlow, state: FlowTokenState) -> bool:
+        """Bodies up to ``replay_body_limit`` are buffered (replayable) while the process-wide
+        ``replay_buffer_total`` has room; others stream through and cannot be replayed after a
+        token 401. True when the body streams."""
+        headers = flow.request.headers
+        length = headers.get("content-length", "")
+        if "chunked" not in headers.get("transfer-encoding", "").lower() and length.isdigit():
+            size = int(length)
+            if size == 0 or self._buffer.admit(size):
+                state.buffered = size
+                return False
+        elif not _has_body(flow.request):
+            return False
+        flow.request.stream = True
+        return True
 
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response is not None:
             return None
         if flow.metadata.get(LOGIN_KEY) and self._login is not None:
             return self._login.answer(flow)
-        if VIRTUAL_KEY in flow.metadata:
-            return self._resolve_virtual(flow)
         state: FlowTokenState | None = flow.metadata.get(FLOW_KEY)
         if state is None or state.generation >= 0:  # none, or swapped already (streamed)
             return None
         return self._swap_credentials(flow, state)
 
-    async def _resolve_virtual(self, flow: http.HTTPFlow) -> None:
-        """An app that logged in through the proxy: its virtual token names the account."""
+    async def _resolve_virtual(self, flow: http.HTTPFlow, key: str) -> None:
+        """An app that logged in through the proxy: its virtual token names the account.
+        Resolved at the request's headers, so a refusal never waits for the body."""
         assert self._virtual is not None
         try:
-            grant = await self._virtual.resolve(flow.metadata.pop(VIRTUAL_KEY), "access")
+            grant, code = await self._virtual.resolve_access(key)
         except StoreError:
-            flow.response = proxy_errors.error_response(
-                503, "TPX-STORE-UNAVAILABLE", "The token store is unreachable.", 1.0)
+            refuse_at_headers(flow, proxy_errors.error_response(
+                503, "TPX-STORE-UNAVAILABLE", "The token store is unreachable.", 1.0))
             return
         if grant is None or grant.account not in self._pool.accounts:
-            flow.response = proxy_errors.platform_token_error("OAU-213", "Token not found")
+            expired = code == "OAU-210"
+            refusal = proxy_errors.platform_token_error(
+                "OAU-210" if expired else "OAU-213",
+                "Token expired" if expired else "Token not found")
+            waiting = self._refuse_client(flow, refusal, counted=not expired)
+            if waiting is not None:
+                await waiting
             return
         state = FlowTokenState(self._login_clients[grant.account], self._pool[grant.account])
-        flow.metadata[FLOW_KEY] = state
-        waiting = self._swap_credentials(flow, state)
+        waiting = self._admit(flow, state)
         if waiting is not None:
             await waiting
 
@@ -246,20 +327,20 @@ class TokenInjector:
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         state: FlowTokenState | None = flow.metadata.get(FLOW_KEY)
         if state is None:
-            self._count(flow, None)
+            self._count(flow, None, client=self._login_client_of(flow))
             return None
         self._release(state)
         response = flow.response
         if response is None or response.status_code != 401 or state.replayed \
                 or flow.request.stream:  # a streamed body is gone: it cannot be replayed
             if response is not None and response.status_code == 401 and flow.request.stream:
-                code = token_error_code(401, response.raw_content or b"")
+                code = token_error_code_of(response)
                 if code is not None and state.generation >= 0:
                     state.account.note_rejected(state.generation, code)
             self._links.rewrite(flow)
             self._count(flow, state)
             return None
-        code = token_error_code(401, response.raw_content or b"")
+        code = token_error_code_of(response)
         if code is None or state.generation < 0:
             self._count(flow, state)
             return None
@@ -271,6 +352,7 @@ class TokenInjector:
         state: FlowTokenState | None = flow.metadata.get(FLOW_KEY)
         if state is not None:
             self._release(state)
+            self._release_body(state)
         if flow.response is None and flow.error is not None \
                 and "disconnect" not in flow.error.msg.lower():
             self._count(flow, state, 502)  # answered with mitmproxy's error page
@@ -296,19 +378,34 @@ class TokenInjector:
         waited_ms = max(0.0, time.time() - flow.request.timestamp_start) * 1000
         flow.response.headers["Server-Timing"] = f"token-wait;dur={waited_ms:.0f}"
 
+    def _login_client_of(self, flow: http.HTTPFlow) -> ClientConfig | None:
+        """A successful login through the proxy counts for the account's login client."""
+        if not flow.metadata.get(LOGIN_KEY) or flow.response is None:
+            return None
+        account = issued_account(flow.response)
+        return self._login_clients.get(account) if account else None
+
     def _count(self, flow: http.HTTPFlow, state: FlowTokenState | None,
-               status: int | None = None) -> None:
+               status: int | None = None, client: ClientConfig | None = None) -> None:
         """One answered request, labelled only with configured names and a status class."""
         if status is None:
             status = flow.response.status_code if flow.response is not None else 502
-        if state is None:
+        if state is not None:
+            self._release_body(state)  # answered: the body is no longer needed for a replay
+            client = state.client
+        if client is None:
             labels = (UNKNOWN_CLIENT, NO_ACCOUNT, status_class(status))
         else:
-            labels = (state.client.name, state.client.account, status_class(status))
+            labels = (client.name, client.account, status_class(status))
         counter = self._request_counters.get(labels)
         if counter is None:
             counter = self._request_counters[labels] = self._metrics.requests.labels(*labels)
         counter.inc()
+
+    def _release_body(self, state: FlowTokenState) -> None:
+        if state.buffered:
+            self._buffer.release(state.buffered)
+            state.buffered = 0
 
     def _release(self, state: FlowTokenState) -> None:
         if state.leased:
@@ -321,8 +418,9 @@ class TokenInjector:
         except TokenUnavailable as exc:
             self._refuse(flow, exc)
             return
-        if not flow.live:  # the client went away while we waited
+        if _client_gone(flow):  # the app went away while we waited: send nothing
             state.account.release(lease[1])
+            flow.kill()
             return
         self._inject(flow, state, lease)
 
@@ -346,8 +444,17 @@ class TokenInjector:
                                 exc.code, extra={"event": "replay_failed", "account": name,
                                                  "code": exc.code})
                     return
+                if _client_gone(flow):  # nobody waits: a retried POST must not go out twice
+                    account.release(generation)
+                    outcome = "abandoned"
+                    log.info("account %s: %s %s not replayed: the app hung up", name,
+                             flow.request.method, flow.request.path.split("?", 1)[0],
+                             extra={"event": "replay_abandoned", "account": name})
+                    flow.kill()
+                    return
                 try:
-                    flow.response = await self._replayer.send(flow.request, token)
+                    flow.response, held = await self._replayer.send(flow.request, token)
+                    self._buffer.release(held)  # passed on as soon as this hook returns
                 except UpstreamUnreachable as exc:
                     flow.response = proxy_errors.error_response(
                         502, proxy_errors.UPSTREAM_UNREACHABLE,
@@ -356,12 +463,17 @@ class TokenInjector:
                                 name, failed_code,
                                 extra={"event": "replay_failed", "account": name})
                     return
+                except ReplayTooLarge:
+                    flow.response = proxy_errors.error_response(
+                        503, proxy_errors.REPLAY_TOO_LARGE, "The platform refused the token this "
+                        "request carried; the proxy renewed it, but the answer is too large to "
+                        "replay here: repeat the request.", 1.0)
+                    return
                 finally:
                     account.release(generation)
                 log.debug("account %s: replayed %s %s after %s", name, flow.request.method,
                           flow.request.path.split("?", 1)[0], failed_code)
-                again = token_error_code(flow.response.status_code,
-                                         flow.response.raw_content or b"")
+                again = token_error_code_of(flow.response)
                 if again is None:
                     outcome = "success"
                     self._links.rewrite(flow)
@@ -385,6 +497,19 @@ def _bearer(header: str | None) -> str | None:
         return None
     credential = credential.strip()
     return credential or None
+
+
+def _has_body(request: http.Request) -> bool:
+    length = request.headers.get("content-length", "")
+    return "chunked" in request.headers.get("transfer-encoding", "").lower() \
+        or (length != "" and length != "0")
+
+
+def _client_gone(flow: http.HTTPFlow) -> bool:
+    """The app closed its connection (its own timeout, a crash): nobody waits for an answer.
+    While a hook runs mitmproxy only queues the close event, so ``flow.live`` cannot tell; the
+    connection's state is set by the reader as soon as it sees EOF or a reset."""
+    return not flow.client_conn.state & ConnectionState.CAN_READ
 
 
 def _digest(key: str) -> bytes:

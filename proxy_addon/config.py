@@ -151,9 +151,17 @@ class ProxyConfig:
     tls_cert: str | None = None  # PEM certificate (chain) the proxy serves TLS with ...
     tls_key: str | None = None  # ... and its private key; then plain HTTP is refused
     bad_key_limit: int = 20  # unknown client keys per address per minute before slowing down
+    # failed logins through the proxy per client id per minute before its logins get 429
+    login_failure_limit: int = 30
+    virtual_access_ttl: int = 3600  # seconds a virtual access token lives (apps' logins)
     replay_body_limit: int = 64 * 1024 * 1024  # request bodies up to this are replayable
+    # request-body bytes buffered for replay by the whole process at once (a quarter of the
+    # 1 GiB memory limit of deploy/k8s); beyond it bodies stream
+    replay_buffer_total: int = 256 * 1024 * 1024
     media_upstream: str | None = None  # media host of recordings, served under /_media
     public_url: str | None = None  # the proxy's URL as apps see it (links in answers)
+    # environment variable holding the bearer token /metrics and /status require
+    admin_token_env: str | None = None
 
 
 @dataclass(frozen=True)
@@ -313,6 +321,13 @@ class _Reader:
                             f"address {proxy.listen.host!r}: apps would send their credentials "
                             "in clear. Listen on 127.0.0.1 behind a TLS terminator, or set "
                             "[proxy] allow_plaintext_listen = true if the network is trusted")
+        admin = proxy.metrics_listen
+        if admin is not None and not admin.is_loopback and proxy.admin_token_env is None:
+            raise self.fail("proxy.metrics_listen", f"refusing to serve /metrics and /status "
+                            f"without authentication on the non-loopback address {admin.host!r}: "
+                            "set [proxy] admin_token_env to the name of an environment variable "
+                            "holding a bearer token (openssl rand -hex 24), or listen on "
+                            "127.0.0.1")
         accounts = self.accounts(doc.get("accounts"))
         clients = self.clients(doc.get("clients", []), {a.name for a in accounts})
         store = self.store(doc.get("store", {}))
@@ -356,7 +371,8 @@ class _Reader:
                    "drain_timeout", "stream_threshold", "verify_upstream_tls",
                    "auth_budget_calls", "auth_budget_window", "log_format",
                    "media_upstream", "public_url", "allow_plaintext_listen", "bad_key_limit",
-                   "replay_body_limit", "tls_cert", "tls_key"}
+                   "replay_body_limit", "replay_buffer_total", "tls_cert", "tls_key",
+                   "admin_token_env", "login_failure_limit", "virtual_access_ttl"}
         table = self.table(value, key, allowed)
         defaults = ProxyConfig()
         log_format = self.string(table, "log_format", key, default=defaults.log_format)
@@ -405,12 +421,43 @@ class _Reader:
             tls_key=self.readable_file(table, "tls_key", key),
             bad_key_limit=int(self.number(table, "bad_key_limit", key, defaults.bad_key_limit,
                                           minimum=0, integer=True)),
+            login_failure_limit=int(self.number(table, "login_failure_limit", key,
+                                                defaults.login_failure_limit, minimum=0,
+                                                integer=True)),
+            virtual_access_ttl=int(self.number(table, "virtual_access_ttl", key,
+                                               defaults.virtual_access_ttl, minimum=1,
+                                               maximum=3600, integer=True)),
             replay_body_limit=int(self.number(table, "replay_body_limit", key,
                                               defaults.replay_body_limit, minimum=0,
                                               integer=True)),
+            replay_buffer_total=int(self.number(table, "replay_buffer_total", key,
+                                                defaults.replay_buffer_total, minimum=0,
+                                                integer=True)),
             media_upstream=self.origin_url(table, "media_upstream", key),
             public_url=self.origin_url(table, "public_url", key),
+            admin_token_env=self.admin_token_env(table, key),
         )
+
+    def admin_token_env(self, table: dict[str, Any], key: str) -> str | None:
+        """The variable's name, read as written (not interpolated: a ``${NAME}`` here would
+        turn the token into a name); it must hold a token of at least 16 characters."""
+        full = _join(key, "admin_token_env")
+        if "admin_token_env" not in table:
+            return None
+        name = table["admin_token_env"]
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise self.fail(full, "must be the name of an environment variable (write NAME, "
+                                  "not ${NAME})")
+        token = self.environ.get(name)
+        if token is None:
+            raise self.fail(full, f"environment variable {name} is not set (it holds the "
+                                  "bearer token /metrics and /status require)")
+        if not token:
+            raise self.fail(full, f"environment variable {name} is empty")
+        if len(token) < 16:
+            raise self.fail(full, f"the token in {name} is too short: use at least 16 "
+                                  "characters (openssl rand -hex 24)")
+        return name
 
     def readable_file(self, table: dict[str, Any], name: str, key: str) -> str | None:
         value = self.string(table, name, key)

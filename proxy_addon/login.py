@@ -3,18 +3,29 @@ proxy is answered here, in the platform's exact shapes, and never reaches the pl
 
 The app's client id/secret and credentials (JWT assertion, or username/extension/password) are
 compared in constant time with a configured account's; a match gets a virtual token pair
-(:mod:`proxy_addon.virtual_tokens`) mapped to that account. Wrong credentials get the
-platform's own error bodies (OAU-153, OAU-140, OAU-211, ...). The real session stays the
+(:mod:`proxy_addon.virtual_tokens`) mapped to that account. The real session stays the
 pool's: logins through the proxy never add platform sessions or token calls.
+
+Against guessing: every failed login, refresh or revoke is counted by the shared
+:class:`~proxy_addon.throttle.BadKeyThrottle` per source address and per configured client id;
+beyond the limits logins get the platform's 429 CMN-301 without any credential being checked
+(refreshes are only limited per address: their tokens cannot be guessed, and apps already in
+must not be locked out by someone else's guessing). A failed login is answered alike whatever
+was wrong — unknown client id, wrong client secret, wrong user credentials — so nobody learns
+which half was right; the precise reason goes to the log. A public client (no secret
+configured) has no secret to prove: anyone knowing its client id may try its accounts'
+credentials, and only the throttle stands in the way (prefer confidential clients).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
 import json
 import logging
+import math
 from collections.abc import Mapping
 
 from mitmproxy import http
@@ -25,6 +36,7 @@ from .platform_errors import TokenEndpointError
 from .pool import TokenPool, TokenUnavailable
 from .proxy_errors import error_response
 from .store import StoreError
+from .throttle import BadKeyThrottle
 from .virtual_tokens import IssuedPair, VirtualTokens
 
 log = logging.getLogger("tokenproxy.login")
@@ -33,6 +45,9 @@ TOKEN_PATH = "/restapi/oauth/token"
 REVOKE_PATH = "/restapi/oauth/revoke"
 AUTHORIZE_PATH = "/restapi/oauth/authorize"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+SESSION_PREFIX = "tokenproxy-"  # session_id of a virtual login: the prefix and the account
+LOGIN_FAILED = ("OAU-140", "invalid_grant", "Invalid client or resource owner credentials")
+REFRESH_FAILED = ("OAU-211", "invalid_grant", "Token revoked")
 
 
 def oauth_error(code: str, error: str, message: str, status: int = 400) -> http.Response:
@@ -65,11 +80,16 @@ def _basic(header: str | None) -> tuple[str, str] | None:
 
 class LoginInterceptor:
     def __init__(self, config: Config, pool: TokenPool, virtual: VirtualTokens,
-                 endpoint: TokenEndpoint | None = None) -> None:
+                 endpoint: TokenEndpoint | None = None,
+                 throttle: BadKeyThrottle | None = None) -> None:
         self._pool = pool
         self._endpoint = endpoint
         self._upstream = config.proxy.upstream
         self._virtual = virtual
+        virtual.access_ttl = config.proxy.virtual_access_ttl
+        virtual.use_accounts(config.accounts)  # a changed credential ends the old grants
+        self._throttle = throttle or BadKeyThrottle(config.proxy.bad_key_limit)
+        self._throttle.client_limit = config.proxy.login_failure_limit
         self._by_client: dict[str, list[AccountConfig]] = {}
         for account in config.accounts:
             self._by_client.setdefault(account.client_id, []).append(account)
@@ -86,63 +106,101 @@ class LoginInterceptor:
             flow.response = http.Response.make(
                 302, b"", {"Location": self._upstream + request.path, **NO_STORE})
             return
-        if request.method != "POST":
+        if request.method != "POST" or path == AUTHORIZE_PATH:  # authorize is GET only
+            allowed = "GET" if path == AUTHORIZE_PATH else "POST"
             flow.response = oauth_error("OAU-102", "invalid_request",
                                         f"{request.method} is not supported here", 405)
+            flow.response.headers["Allow"] = allowed
             return
+        address = flow.client_conn.peername[0] if flow.client_conn.peername else ""
         try:
             form: Mapping[str, str] = request.urlencoded_form
             if path == TOKEN_PATH:
-                flow.response = await self._token(request, form)
+                flow.response = await self._token(request, form, address)
             else:
-                flow.response = await self._revoke(request, form)
+                flow.response = await self._revoke(request, form, address)
         except StoreError as exc:
             log.error("login interception: the store is unreachable: %s", exc)
             flow.response = error_response(503, "TPX-STORE-UNAVAILABLE",
                                            "The token store is unreachable; try again shortly.",
                                            1.0)
 
-    def _client(self, request: http.Request,
-                form: Mapping[str, str]) -> tuple[str, list[AccountConfig]] | http.Response:
+    def _client_id(self, request: http.Request, form: Mapping[str, str]) -> tuple[str, str]:
         pair = _basic(request.headers.get("authorization"))
-        client_id, secret = pair if pair else (form.get("client_id", ""), "")
-        if not client_id:
-            return oauth_error("OAU-153", "invalid_client",
-                               "Invalid client: client credentials are not specified", 401)
-        candidates = [a for a in self._by_client.get(client_id, [])
-                      if (a.client_secret is None and not secret)
-                      or (a.client_secret is not None and _same(secret, a.client_secret.reveal()))]
-        if not candidates:
-            return oauth_error("OAU-153", "invalid_client", "Invalid client: " + client_id, 401)
-        return client_id, candidates
+        return pair if pair else (form.get("client_id", ""), "")
 
-    async def _token(self, request: http.Request, form: Mapping[str, str]) -> http.Response:
-        client = self._client(request, form)
-        if isinstance(client, http.Response):
-            return client
-        client_id, candidates = client
+    def _candidates(self, client_id: str, secret: str) -> list[AccountConfig]:
+        """The accounts of ``client_id`` whose client secret the caller proved (a public
+        client, configured without a secret, is proven by its client id alone)."""
+        return [a for a in self._by_client.get(client_id, [])
+                if (a.client_secret is None and not secret)
+                or (a.client_secret is not None and _same(secret, a.client_secret.reveal()))]
+
+    def _known(self, client_id: str) -> str | None:
+        """The client id as a throttle key: only configured ones (bounded memory)."""
+        return client_id if client_id in self._by_client else None
+
+    async def _failed(self, address: str, client_id: str, reason: str,
+                      answer: tuple[str, str, str]) -> http.Response:
+        """Count the failure, wait what the throttle says, answer ``answer`` (status 400)."""
+        log.warning("login through the proxy refused for client %s: %s", client_id or "-",
+                    reason, extra={"event": "login_refused"})
+        delay = self._throttle.delay(address, self._known(client_id))
+        if delay > 0:
+            await asyncio.sleep(delay)  # the form is read already: nothing queues meanwhile
+        return oauth_error(*answer)
+
+    def _rate_limited(self, address: str, client_id: str | None) -> http.Response | None:
+        """The platform's auth rate-limit answer (ringcentral-api-docs
+        docs/basics/rate-limits.md: 429, CMN-301, Retry-After) while the address or client id
+        is over its failure limit; None otherwise."""
+        wait = self._throttle.retry_after(address, client_id)
+        if wait <= 0:
+            return None
+        message = "Request rate exceeded"
+        body = json.dumps({"errorCode": "CMN-301", "message": message,
+                           "errors": [{"errorCode": "CMN-301", "message": message}]}).encode()
+        return http.Response.make(429, body, {"Content-Type": "application/json",
+                                              "Retry-After": str(max(1, math.ceil(wait))),
+                                              **NO_STORE})
+
+    async def _token(self, request: http.Request, form: Mapping[str, str],
+                     address: str) -> http.Response:
+        client_id, secret = self._client_id(request, form)
         grant = form.get("grant_type", "")
-        if not grant:
+        # refreshes are limited per address only: a refresh token cannot be guessed, and
+        # someone else's guessing must not lock out the apps already logged in
+        limited = self._rate_limited(address, None if grant == "refresh_token"
+                                     else self._known(client_id))
+        if limited is not None:
+            return limited
+        if not grant:  # checked before the client: says nothing about any secret
             return oauth_error("OAU-101", "invalid_request",
                                "Parameter [grant_type] is not specified")
+        if grant not in (JWT_GRANT, "password", "refresh_token", "authorization_code"):
+            return oauth_error("OAU-250", "unsupported_grant_type", "Unsupported grant type")
+        candidates = self._candidates(client_id, secret) if client_id else []
+        failed = REFRESH_FAILED if grant == "refresh_token" else LOGIN_FAILED
+        if not candidates:  # answered like wrong credentials: which half was wrong stays ours
+            return await self._failed(address, client_id, "unknown client id or wrong client "
+                                      "secret", failed)
         if grant == "refresh_token":
             rotated = await self._virtual.rotate(form.get("refresh_token", ""), client_id)
             if rotated is None:
-                return oauth_error("OAU-211", "invalid_grant", "Token revoked")
+                return await self._failed(address, client_id, "refresh token unknown, spent, "
+                                          "revoked or expired", failed)
             account_name, pair = rotated
             return await self._issued(account_name, pair)
         if grant == "authorization_code":
-            return await self._code(candidates, client_id, form)
+            answer = await self._code(candidates, client_id, form)
+            if answer.status_code == 400:
+                self._throttle.delay(address, self._known(client_id))
+            return answer
         account = next((a for a in candidates if _matches(a, grant, form)), None)
-        if grant not in (JWT_GRANT, "password"):
-            return oauth_error("OAU-250", "unsupported_grant_type",
-                               "Unsupported grant type")
         if account is None:
-            log.warning("login through the proxy refused for client %s (%s grant): "
-                        "credentials do not match a configured account", client_id,
-                        "jwt" if grant == JWT_GRANT else grant,
-                        extra={"event": "login_refused"})
-            return oauth_error("OAU-140", "invalid_grant", "Invalid resource owner credentials")
+            kind = "jwt" if grant == JWT_GRANT else grant
+            return await self._failed(address, client_id, f"{kind} credentials do not match a "
+                                      "configured account", failed)
         pair = await self._virtual.issue(account.name, client_id)
         return await self._issued(account.name, pair)
 
@@ -211,16 +269,35 @@ class LoginInterceptor:
             "expires_in": pair.access_expires_in, "refresh_token": pair.refresh_token,
             "refresh_token_expires_in": pair.refresh_expires_in, "scope": tokens.scope(),
             "owner_id": owner_id, "endpoint_id": "tokenproxy",
-            "session_id": "tokenproxy-" + account_name,
+            "session_id": SESSION_PREFIX + account_name,
         }
         return http.Response.make(200, json.dumps(body).encode(),
                                   {"Content-Type": "application/json", **NO_STORE})
 
-    async def _revoke(self, request: http.Request, form: Mapping[str, str]) -> http.Response:
+    async def _revoke(self, request: http.Request, form: Mapping[str, str],
+                      address: str) -> http.Response:
+        """Like the platform (ringcentral-api-docs docs/authentication/tokens.md, lines 17-29:
+        the request must carry the client's Basic credentials; a public client sends its
+        client_id, auth-code-pkce-flow.md "Step 6"), and 200 even when nothing was revoked
+        (a token of another client, expired or malformed: RFC 7009)."""
+        client_id, secret = self._client_id(request, form)
+        limited = self._rate_limited(address, None)
+        if limited is not None:
+            return limited
+        if not client_id or not self._candidates(client_id, secret):
+            log.warning("revoke through the proxy refused for client %s: unknown client id or "
+                        "wrong client secret", client_id or "-", extra={"event": "login_refused"})
+            delay = self._throttle.delay(address, self._known(client_id))
+            if delay > 0:
+                await asyncio.sleep(delay)
+            return oauth_error("OAU-153", "invalid_client", "Invalid client", 401)
         token = form.get("token", "")
         if not token:
             return oauth_error("OAU-101", "invalid_request", "Parameter [token] is not specified")
-        await self._virtual.revoke(token)  # only ever a virtual pair; real tokens stay put
+        grant = (await self._virtual.resolve(token, "access")
+                 or await self._virtual.resolve(token, "refresh"))
+        if grant is not None and grant.client_id == client_id:
+            await self._virtual.revoke_pair(grant)  # only ever a virtual pair; real tokens stay
         return http.Response.make(200, b"", NO_STORE)
 
 
@@ -238,3 +315,16 @@ def _matches(account: AccountConfig, grant: str, form: Mapping[str, str]) -> boo
         return (_same(username, account.username) and extension_ok
                 and _same(form.get("password"), account.password.reveal()))
     return False
+
+
+def issued_account(response: http.Response) -> str | None:
+    """The account a successful login answer of this module was issued for (its
+    ``session_id``), for the request metrics; None for any other answer."""
+    if response.status_code != 200:
+        return None
+    try:
+        session = json.loads(response.content or b"").get("session_id", "")
+    except (ValueError, AttributeError):
+        return None
+    return session.removeprefix(SESSION_PREFIX) if isinstance(session, str) \
+        and session.startswith(SESSION_PREFIX) else None

@@ -21,7 +21,7 @@ from mitmproxy.master import Master
 from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers.http import _http1
 
-from . import proxy_errors
+from . import early_answer, proxy_errors
 from .config import Config
 
 log = logging.getLogger("tokenproxy.master")
@@ -50,11 +50,15 @@ def build_master(config: Config, *extra_addons: object,
         ssl_insecure=not config.proxy.verify_upstream_tls,
         keep_host_header=False,
         http2=False,
+        # a backstop for what the addon decides per request: no body beyond the replay limit
+        # is ever buffered, in either direction (chunked ones included, once they grow past it)
+        stream_large_bodies=str(max(1, config.proxy.replay_body_limit)),
     )
     if tls_pem is not None:
         opts.update(certs=[f"*={tls_pem}"])
     install_json_error_pages()
     skip_message_type_checks()
+    early_answer.install()  # refusals at request headers never read the body
     return master
 
 

@@ -1,14 +1,26 @@
 """Reading the platform's error answers: which 401s are token errors, what a token-endpoint
 error means, and the operator hint for each known cause.
 
-The addon asks :func:`token_error_code` whether an upstream 401 should trigger a refresh and a
-replay; the token endpoint client turns 4xx/429 answers into :class:`TokenEndpointError`.
+The addon asks :func:`token_error_code_of` whether an upstream 401 should trigger a refresh and
+a replay (reading the body decoded: a front end may compress it, and the app's own
+``Accept-Encoding`` is forwarded); the token endpoint client turns 4xx/429 answers into
+:class:`TokenEndpointError`.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+import zlib
 from dataclasses import dataclass
+
+import brotli
+from mitmproxy import http
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:  # installed with mitmproxy on Python < 3.14
+    from backports import zstd
 
 # A 401 carrying one of these means "the access token we sent is no good": refresh and replay.
 REPLAYABLE_TOKEN_CODES = frozenset({"OAU-213", "OAU-210", "OAU-128", "OAU-129"})
@@ -64,6 +76,84 @@ def token_error_code(status: int, raw: bytes) -> str | None:
         if code in REPLAYABLE_TOKEN_CODES:
             return code
     return None
+
+
+# A token error body is a few hundred bytes; a 401 body that decodes beyond this is no token
+# error, and is never decoded further (a decompression bomb must not grow the proxy's memory).
+MAX_DECODED_401 = 1024 * 1024
+
+
+def token_error_code_of(response: http.Response) -> str | None:
+    """The replayable token error code of an upstream answer, read from its body decoded as
+    its ``Content-Encoding`` says (gzip, deflate, br, zstd, as mitmproxy decodes them). Only a
+    401 is decoded; a body that is undecodable or decodes beyond ``MAX_DECODED_401`` bytes is
+    not a token error. The response itself is left as it is (still encoded, for the app)."""
+    if response.status_code != 401:
+        return None
+    raw = response.raw_content or b""
+    codings = [c.strip().lower() for c in response.headers.get("content-encoding", "").split(",")]
+    body: bytes | None = raw
+    for coding in reversed([c for c in codings if c and c not in ("identity", "none")]):
+        body = decode_bounded(body, coding, MAX_DECODED_401)
+        if body is None:
+            return None
+    return token_error_code(401, body)
+
+
+def decode_bounded(data: bytes, coding: str, limit: int) -> bytes | None:
+    """``data`` decoded from one content coding, or None when it is undecodable, of an unknown
+    coding, or longer than ``limit`` decoded (decoded incrementally: never more than that)."""
+    try:
+        if coding in ("gzip", "x-gzip"):
+            return _zlib_members(data, 47, limit)  # gzip or zlib header, as mitmproxy reads it
+        if coding == "deflate":  # the zlib format; some servers send raw deflate (mitmproxy too)
+            try:
+                return _zlib_members(data, 15, limit)
+            except zlib.error:
+                return _zlib_members(data, -15, limit)
+        if coding == "br":
+            decompressor = brotli.Decompressor()
+            out = decompressor.process(data, output_buffer_limit=limit + 1)
+            return out if len(out) <= limit and decompressor.is_finished() else None
+        if coding == "zstd":
+            return _zstd_frames(data, limit)
+    except (zlib.error, brotli.error, zstd.ZstdError, EOFError, ValueError):
+        return None
+    return None
+
+
+def _zlib_members(data: bytes, wbits: int, limit: int) -> bytes | None:
+    """Every member (gzip allows several in a row; trailing bytes that are none are ignored,
+    as mitmproxy and browsers do)."""
+    out = bytearray()
+    first = True
+    while data:
+        decompressor = zlib.decompressobj(wbits)
+        try:
+            out += decompressor.decompress(data, limit + 1 - len(out))  # max_length >= 1
+        except zlib.error:
+            if first:
+                raise
+            break
+        if len(out) > limit or decompressor.unconsumed_tail:
+            return None
+        if not decompressor.eof:
+            raise zlib.error("truncated")
+        data, first = decompressor.unused_data, False
+    return bytes(out)
+
+
+def _zstd_frames(data: bytes, limit: int) -> bytes | None:
+    out = bytearray()
+    while data:
+        decompressor = zstd.ZstdDecompressor()
+        out += decompressor.decompress(data, max_length=limit + 1 - len(out))
+        if len(out) > limit or (not decompressor.needs_input and not decompressor.eof):
+            return None
+        if not decompressor.eof:
+            raise EOFError("truncated")
+        data = decompressor.unused_data
+    return bytes(out)
 
 
 @dataclass

@@ -17,6 +17,10 @@ CLIENT_UNKNOWN = "TPX-CLIENT-UNKNOWN"
 OAUTH_MANAGED = "TPX-OAUTH-MANAGED"
 UPSTREAM_UNREACHABLE = "TPX-UPSTREAM-UNREACHABLE"
 PROXY_ERROR = "TPX-PROXY-ERROR"
+BAD_TARGET = "TPX-BAD-REQUEST-TARGET"  # absolute-form for another host, dot-segments, ...
+NOT_SERVED = "TPX-NOT-SERVED"  # a route the proxy never forwards (the emulator's admin)
+BODY_REFUSED = "TPX-BODY-REFUSED"  # a login form too large or without a length
+REPLAY_TOO_LARGE = "TPX-REPLAY-TOO-LARGE"  # a replay's answer beyond stream_threshold
 
 
 def error_body(code: str, message: str) -> bytes:

@@ -21,7 +21,9 @@ fenced by compare-and-set on the generation. So the pair is not deleted but *sup
 Running proxies still hold the revoked token in memory: their next request meets OAU-213 and
 they renew as for any revoked session — ``jwt``/``password`` accounts log in again by
 themselves, ``refresh_token``/``authorization_code`` accounts enter ``reauth_required`` until
-``tokenproxy authorize ACCOUNT``. No token value is ever printed.
+``tokenproxy authorize ACCOUNT``. The account's virtual grants (apps that logged in through
+the proxy) end too: a record in the store says that grants made until now are dead
+(:meth:`VirtualTokens.end_account`). No token value is ever printed.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from .status import format_duration
 from .store import CorruptRecord, StoredTokens, StoreError, StoreKeyMismatch, TokenStore, open_store
 from .store.factory import StoreConfigError
 from .tokens import TokenSet
+from .virtual_tokens import VirtualTokens
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -213,6 +216,12 @@ async def revoke(config: Config, account_name: str, assume_yes: bool) -> list[st
             await store.close()
 
 
+async def _end_virtual(store: TokenStore, name: str) -> str:
+    await VirtualTokens(store).end_account(name)
+    return (f"  virtual grants of {name} ended: apps that logged in through the proxy must log "
+            "in again (running proxies honour it within 5 s)")
+
+
 async def _revoke_with(config: Config, account: AccountConfig, store: TokenStore,
                        assume_yes: bool) -> list[str]:
     name = account.name
@@ -220,6 +229,7 @@ async def _revoke_with(config: Config, account: AccountConfig, store: TokenStore
     if record is None or is_tombstone(record.tokens):
         return [f"nothing to revoke: account {name} has no stored session"
                 + (" (revoked earlier)" if record is not None else "") + ".",
+                await _end_virtual(store, name),
                 "A proxy that holds a session the store never saw (store down at the time) "
                 "keeps it until restarted."]
     if not assume_yes:
@@ -234,7 +244,7 @@ async def _revoke_with(config: Config, account: AccountConfig, store: TokenStore
         now = time.time()
         revoked = await _revoke_on_platform(config, account, record.tokens, now)
         lines = [f"account {name} ({account.grant} grant): session "
-                 f"{describe(record, now)}", f"  {revoked}"]
+                 f"{describe(record, now)}", f"  {revoked}", await _end_virtual(store, name)]
         for _ in range(3):
             if await store.compare_and_set(name, record.generation, tombstone(time.time())):
                 lines.append(f"  cleared from the store: generation {record.generation} "

@@ -26,9 +26,11 @@ from .metrics import Metrics
 from .oauth import TokenEndpoint
 from .pool import TokenPool
 from .replay import Replayer
+from .replay_buffer import ReplayBuffer
 from .store import StoreError, StoreKeyMismatch, open_store
 from .store.factory import StoreConfigError, make_cipher
 from .store.instrumented import InstrumentedStore
+from .throttle import BadKeyThrottle
 from .virtual_tokens import VirtualTokens
 
 log = logging.getLogger("tokenproxy")
@@ -86,8 +88,12 @@ async def _serve(config: Config, tls_pem: str | None = None) -> int:
         metrics.watch_pool(pool)
         await pool.start()
         virtual = VirtualTokens(store)
-        injector = TokenInjector(config, pool, Replayer(http_client), metrics,
-                                 LoginInterceptor(config, pool, virtual, endpoint), virtual)
+        throttle = BadKeyThrottle(config.proxy.bad_key_limit)  # guesses of keys and logins
+        login = LoginInterceptor(config, pool, virtual, endpoint, throttle=throttle)
+        # request bodies and replayed answers held for replay share one process-wide budget
+        buffer = ReplayBuffer(config.proxy.replay_body_limit, config.proxy.replay_buffer_total)
+        injector = TokenInjector(config, pool, Replayer(http_client, buffer), metrics, login,
+                                 virtual, throttle=throttle, buffer=buffer)
         injector.on_listening = lambda urls: _print_banner(config, urls)
         master = build_master(config, injector, tls_pem=tls_pem)
         loop = asyncio.get_running_loop()
@@ -122,6 +128,13 @@ def _emulator(config: Config) -> Iterator[None]:
     if not config.emulator.enabled:
         yield
         return
+    import importlib.util
+
+    if importlib.util.find_spec("proxy_addon.emulator") is None:
+        raise StartupError("[emulator] enabled = true, but the bundled emulator is not installed "
+                           "(the production image and package leave it out): run the demo "
+                           "image (docker build --target demo) or from the source tree, or set "
+                           "[emulator] enabled = false and [proxy] upstream to the platform")
     listen = str(config.emulator.listen)
     command = [sys.executable, "-m", "proxy_addon.emulator", "--listen", listen,
                *config.emulator.args]

@@ -3,8 +3,11 @@ tokens in the platform's shapes; the platform sees only the proxy's one session.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -45,12 +48,12 @@ def api(url: str, token: str, path: str = EXT) -> httpx.Response:
 
 
 def write_config(tmp_path: Path, upstream: str, accounts: list[dict],
-                 account_of_key: str) -> Path:
+                 account_of_key: str, **proxy: object) -> Path:
     """A proxy config with its own SQLite store and one static client key."""
     path = tmp_path / "login.toml"
     path.write_text(render_config(
         {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0", "upstream": upstream,
-         "auth_budget_calls": 0},
+         "auth_budget_calls": 0, **proxy},
         accounts, [{"name": "app", "account": account_of_key, "key": KEY}],
         {"path": str(tmp_path / "login.db")}))
     return path
@@ -106,10 +109,11 @@ def test_logins_refresh_revoke_and_errors(config) -> None:
 
         # wrong input gets the platform's own error bodies
         cases = {
+            # a wrong client is answered like wrong credentials (which half: never said)
             "wrong secret": (login(proxy.url, grant_type=JWT_GRANT, assertion=DEMO_JWT,
-                                   client_secret="nope"), 401, "OAU-153"),
+                                   client_secret="nope"), 400, "OAU-140"),
             "unknown client": (login(proxy.url, grant_type=JWT_GRANT, assertion=DEMO_JWT,
-                                     client_id="someone-else"), 401, "OAU-153"),
+                                     client_id="someone-else"), 400, "OAU-140"),
             "wrong jwt": (login(proxy.url, grant_type=JWT_GRANT, assertion="forged"), 400,
                           "OAU-140"),
             "wrong password": (login(proxy.url, grant_type="password",
@@ -227,3 +231,204 @@ def test_authorization_code_login_reauthorizes_an_account(tmp_path: Path,
         proxy.stop()
     by_owner = Counter(s["owner_id"] for s in emulator.sessions() if not s["outside"])
     assert by_owner == {"100001": 1, "100002": 1}, by_owner
+
+
+def from_address(url: str, source: str, **form: str) -> httpx.Response:
+    """A login from another loopback source address (127.0.0.0/8 is all ours)."""
+    auth = (form.pop("client_id", DEMO_CLIENT_ID), form.pop("client_secret", DEMO_CLIENT_SECRET))
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=source), timeout=30) as c:
+        return c.post(url + "/restapi/oauth/token", data=form, auth=auth)
+
+
+def code_of(response: httpx.Response) -> str:
+    return response.json()["errors"][0]["errorCode"]
+
+
+def test_failed_logins_are_throttled_per_address_and_per_client_id(
+        tmp_path: Path, emulator_factory) -> None:
+    """Failed logins count per source address (bad_key_limit) and per client id
+    (login_failure_limit): beyond either, logins get the platform's 429 CMN-301 with
+    Retry-After without any credential being checked. Refreshes are not locked per client."""
+    emulator = emulator_factory("--auth-rate", "0")
+    path = write_config(tmp_path, emulator.url, [jwt_account()], "main", bad_key_limit=3,
+                        login_failure_limit=5)
+    proxy = start_proxy_with_config(path, env={"TOKENPROXY_STORE_KEY": STORE_KEY})
+    wrong = {"grant_type": JWT_GRANT, "assertion": "guess"}
+    right = {"grant_type": JWT_GRANT, "assertion": DEMO_JWT}
+    try:
+        for _ in range(3):
+            assert from_address(proxy.url, "127.0.0.2", **wrong).status_code == 400
+        locked = from_address(proxy.url, "127.0.0.2", **right)  # even the right JWT
+        assert locked.status_code == 429, locked.text
+        assert locked.json()["errorCode"] == "CMN-301" and int(locked.headers["retry-after"]) > 0
+        good = from_address(proxy.url, "127.0.0.3", **right)  # other addresses are not slowed
+        assert good.status_code == 200, good.text
+        for _ in range(2):  # 3 + 2 failures of this client id, from two addresses
+            assert from_address(proxy.url, "127.0.0.4", **wrong).status_code == 400
+        client_locked = from_address(proxy.url, "127.0.0.5", **right)
+        assert client_locked.status_code == 429 and client_locked.json()["errorCode"] == \
+            "CMN-301", client_locked.text
+        refreshed = from_address(proxy.url, "127.0.0.5", grant_type="refresh_token",
+                                 refresh_token=good.json()["refresh_token"])
+        assert refreshed.status_code == 200, refreshed.text  # apps already in keep going
+    finally:
+        proxy.stop()
+
+
+def test_wrong_client_secret_and_wrong_credentials_get_the_same_answer(config) -> None:
+    """Without the client secret proven, nobody learns which half was wrong: a wrong secret
+    (with the right or a wrong JWT), an unknown client id and a wrong JWT all get one answer."""
+    path, _ = config
+    proxy = start_proxy_with_config(path, env={"TOKENPROXY_STORE_KEY": STORE_KEY})
+    try:
+        answers = {
+            "wrong secret, right jwt": login(proxy.url, grant_type=JWT_GRANT,
+                                             assertion=DEMO_JWT, client_secret="nope"),
+            "wrong secret, wrong jwt": login(proxy.url, grant_type=JWT_GRANT,
+                                             assertion="forged", client_secret="nope"),
+            "unknown client": login(proxy.url, grant_type=JWT_GRANT, assertion=DEMO_JWT,
+                                    client_id="someone-else"),
+            "right secret, wrong jwt": login(proxy.url, grant_type=JWT_GRANT,
+                                             assertion="forged"),
+            "wrong password": login(proxy.url, grant_type="password", username="+15550100002",
+                                    password="guess", client_secret="nope"),
+        }
+        seen = {(r.status_code, r.content) for r in answers.values()}
+        assert len(seen) == 1, {name: (r.status_code, r.text) for name, r in answers.items()}
+    finally:
+        proxy.stop()
+
+
+def test_expired_virtual_access_token_answers_oau_210(tmp_path: Path, emulator_factory) -> None:
+    emulator = emulator_factory("--auth-rate", "0")
+    path = write_config(tmp_path, emulator.url, [jwt_account()], "main", virtual_access_ttl=1)
+    proxy = start_proxy_with_config(path, env={"TOKENPROXY_STORE_KEY": STORE_KEY})
+    try:
+        body = jwt_login(proxy.url).json()
+        assert body["expires_in"] == 1
+        answer = api(proxy.url, body["access_token"])
+        for _ in range(100):  # bounded: the token lives 1 s
+            if answer.status_code == 401:
+                break
+            time.sleep(0.1)
+            answer = api(proxy.url, body["access_token"])
+        assert answer.status_code == 401
+        assert answer.json()["errors"][0]["errorCode"] == "OAU-210", answer.text
+        renewed = login(proxy.url, grant_type="refresh_token",
+                        refresh_token=body["refresh_token"])
+        assert renewed.status_code == 200, renewed.text  # the refresh token still lives
+    finally:
+        proxy.stop()
+
+
+def test_revoke_needs_the_client_credentials(config) -> None:
+    """POST /restapi/oauth/revoke authenticates the client like the platform (Basic
+    client_id:secret): without it, or with a wrong secret, nothing is revoked."""
+    path, _ = config
+    proxy = start_proxy_with_config(path, env={"TOKENPROXY_STORE_KEY": STORE_KEY})
+    try:
+        token = jwt_login(proxy.url).json()["access_token"]
+        bare = httpx.post(proxy.url + "/restapi/oauth/revoke", data={"token": token}, timeout=30)
+        assert bare.status_code == 401 and code_of(bare) == "OAU-153", bare.text
+        wrong = httpx.post(proxy.url + "/restapi/oauth/revoke", data={"token": token},
+                           auth=(DEMO_CLIENT_ID, "nope"), timeout=30)
+        assert wrong.status_code == 401, wrong.text
+        assert api(proxy.url, token).status_code == 200  # still alive
+        done = httpx.post(proxy.url + "/restapi/oauth/revoke", data={"token": token},
+                          auth=(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET), timeout=30)
+        assert done.status_code == 200
+        assert api(proxy.url, token).status_code == 401
+    finally:
+        proxy.stop()
+
+
+def test_post_authorize_is_not_a_revoke(config) -> None:
+    path, _ = config
+    proxy = start_proxy_with_config(path, env={"TOKENPROXY_STORE_KEY": STORE_KEY})
+    try:
+        token = jwt_login(proxy.url).json()["access_token"]
+        post = httpx.post(proxy.url + "/restapi/oauth/authorize", data={"token": token},
+                          auth=(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET), timeout=30)
+        assert post.status_code == 405, post.text
+        assert post.json()["error"] == "invalid_request" and post.headers["allow"] == "GET"
+        assert api(proxy.url, token).status_code == 200
+    finally:
+        proxy.stop()
+
+
+def test_one_refresh_token_spent_twice_at_once_and_reuse_revokes_the_lineage(config) -> None:
+    """Two apps refresh with one virtual refresh token at once: exactly one gets a pair; the
+    other is a reuse, which ends the whole lineage (the winner's new pair too). A reuse later
+    on does the same."""
+    path, _ = config
+    proxy = start_proxy_with_config(path, env={"TOKENPROXY_STORE_KEY": STORE_KEY})
+    try:
+        first = jwt_login(proxy.url).json()
+        results: list[httpx.Response] = []
+        start = threading.Barrier(2)
+
+        def refresh() -> None:
+            start.wait(timeout=10)
+            results.append(login(proxy.url, grant_type="refresh_token",
+                                 refresh_token=first["refresh_token"]))
+
+        threads = [threading.Thread(target=refresh) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert sorted(r.status_code for r in results) == [200, 400], [r.text for r in results]
+        won = next(r for r in results if r.status_code == 200).json()
+        assert api(proxy.url, won["access_token"]).status_code == 401  # lineage revoked
+        again = login(proxy.url, grant_type="refresh_token", refresh_token=won["refresh_token"])
+        assert again.status_code == 400
+
+        # sequential reuse: rotate, then present the spent token again
+        second = jwt_login(proxy.url).json()
+        rotated = login(proxy.url, grant_type="refresh_token",
+                        refresh_token=second["refresh_token"]).json()
+        assert api(proxy.url, rotated["access_token"]).status_code == 200
+        reuse = login(proxy.url, grant_type="refresh_token",
+                      refresh_token=second["refresh_token"])
+        assert reuse.status_code == 400 and code_of(reuse) == "OAU-211"
+        assert api(proxy.url, rotated["access_token"]).status_code == 401
+        assert login(proxy.url, grant_type="refresh_token",
+                     refresh_token=rotated["refresh_token"]).status_code == 400
+    finally:
+        proxy.stop()
+
+
+def test_revoke_account_and_a_credential_change_end_its_virtual_grants(
+        tmp_path: Path, emulator_factory) -> None:
+    """`tokenproxy revoke ACCOUNT` ends every virtual grant of the account; so does a change of
+    the account's credentials in the config (the grant was bound to the old ones)."""
+    emulator = emulator_factory("--auth-rate", "0")
+    path = write_config(tmp_path, emulator.url, [jwt_account()], "main")
+    env = {"TOKENPROXY_STORE_KEY": STORE_KEY}
+    proxy = start_proxy_with_config(path, env=env)
+    try:
+        token = jwt_login(proxy.url).json()["access_token"]
+        assert api(proxy.url, token).status_code == 200
+        revoked = subprocess.run([sys.executable, "-m", "proxy_addon", "revoke", "main",
+                                  "--config", str(path), "--yes"], capture_output=True,
+                                 text=True, timeout=60, env={**os.environ, **env})
+        assert revoked.returncode == 0, revoked.stderr
+        answer = api(proxy.url, token)
+        for _ in range(100):  # bounded: replicas honour it within the 5 s cache
+            if answer.status_code == 401:
+                break
+            time.sleep(0.1)
+            answer = api(proxy.url, token)
+        assert answer.status_code == 401 and code_of(answer) == "OAU-213", answer.text
+        kept = jwt_login(proxy.url).json()["access_token"]  # a new login works again
+        assert api(proxy.url, kept).status_code == 200
+    finally:
+        proxy.stop()
+    # the account's JWT changes in the config: grants made with the old one end
+    path.write_text(path.read_text().replace(DEMO_JWT, DEMO_JWT + "-rotated"))
+    proxy = start_proxy_with_config(path, env=env)
+    try:
+        answer = api(proxy.url, kept)
+        assert answer.status_code == 401 and code_of(answer) == "OAU-213", answer.text
+    finally:
+        proxy.stop()

@@ -286,3 +286,34 @@ def test_key_rotation_reseals_everything_so_the_old_key_can_go(backend: Backend)
             assert raw is not None and store.codec.cipher.open(raw) == b"grant"
 
     run(scenario)
+
+
+def test_consume_virtual_is_atomic_exactly_one_wins(backend: Backend) -> None:
+    """Concurrent consumes of one virtual record, from separate store objects (separate
+    connections): exactly one gets the live record, the others what the one before left in
+    its place; a missing record is never created by a consume."""
+    async def scenario() -> None:
+        stores = [backend.make() for _ in range(4)]
+        for store in stores:
+            await store.open()
+        try:
+            await stores[0].put_virtual("c" * 64, b"live-record", 2e9)
+            taken = await asyncio.gather(*(s.consume_virtual("c" * 64, b"spent-" + bytes([i]),
+                                                             2e9)
+                                           for i, s in enumerate(stores)))
+            # each consume took what the one before left (the live record exactly once)
+            assert taken.count(b"live-record") == 1, taken
+            left = {b"spent-" + bytes([i]) for i in range(4)}
+            assert len(set(taken)) == 4 and set(taken) - {b"live-record"} < left, taken
+            last = (left - set(taken)).pop()
+            assert await stores[1].get_virtual("c" * 64) == last
+            assert await stores[2].consume_virtual("absent", b"x", 2e9) is None
+            assert await stores[2].get_virtual("absent") is None
+            assert await stores[3].consume_virtual("c" * 64, None, 2e9) is not None
+            assert await stores[3].get_virtual("c" * 64) is None  # None: consumed and gone
+        finally:
+            for store in stores:
+                if not isinstance(store, MemoryStore):
+                    await store.close()
+
+    run(scenario)

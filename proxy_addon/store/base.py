@@ -134,6 +134,14 @@ class TokenStore(abc.ABC):
     async def delete_virtual(self, digests: list[str]) -> None:
         """Forget these (revocation, rotation)."""
 
+    @abc.abstractmethod
+    async def consume_virtual(self, digest: str, replacement: bytes | None,
+                              expires_at: float) -> bytes | None:
+        """Atomically take the unexpired record under ``digest`` and leave ``replacement``
+        there instead (until ``expires_at``; nothing when None). Returns the record taken, or
+        None when there was none: of concurrent consumers, exactly one gets the record (a
+        refresh token is spent once). A missing record is never created."""
+
     async def watch(self, listener: Callable[[str, int], None]) -> None:
         """Call ``listener(account, generation)`` when another process writes (backends that
         can notify); ``listener("", 0)`` means "re-read everything". Default: no notifications,

@@ -70,6 +70,11 @@ class InstrumentedStore(TokenStore):
     async def delete_virtual(self, digests: list[str]) -> None:
         await self._counted("delete_virtual", lambda: self.inner.delete_virtual(digests))
 
+    async def consume_virtual(self, digest: str, replacement: bytes | None,
+                              expires_at: float) -> bytes | None:
+        return await self._counted("consume_virtual", lambda: self.inner.consume_virtual(
+            digest, replacement, expires_at))
+
     async def watch(self, listener: Callable[[str, int], None]) -> None:
         await self.inner.watch(listener)
 

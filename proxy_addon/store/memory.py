@@ -63,5 +63,14 @@ class MemoryStore(TokenStore):
         for digest in digests:
             self._virtual.pop(digest, None)
 
+    async def consume_virtual(self, digest: str, replacement: bytes | None,
+                              expires_at: float) -> bytes | None:
+        taken = await self.get_virtual(digest)  # no await point after this: atomic
+        if taken is not None:
+            self._virtual.pop(digest, None)
+            if replacement is not None:
+                self._virtual[digest] = (replacement, expires_at)
+        return taken
+
     async def close(self) -> None:
         return None

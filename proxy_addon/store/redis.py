@@ -68,6 +68,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# Spend a virtual record once: take it and leave the replacement (or nothing) in its place.
+CONSUME_SCRIPT = """
+local taken = redis.call('GETDEL', KEYS[1])
+if taken and ARGV[1] == '1' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+return taken
+"""
+
 Listener = Callable[[str, int], None]
 
 
@@ -94,6 +101,7 @@ class RedisStore(TokenStore):
         self._release = self._client.register_script(RELEASE_SCRIPT)
         self._reseal_hash = self._client.register_script(RESEAL_HASH_SCRIPT)
         self._reseal_string = self._client.register_script(RESEAL_STRING_SCRIPT)
+        self._consume = self._client.register_script(CONSUME_SCRIPT)
         self._watcher: asyncio.Task[None] | None = None
         self.where = _redacted(url)
 
@@ -206,6 +214,17 @@ class RedisStore(TokenStore):
             await self._client.delete(*(self._key("virtual", d) for d in digests))
         except RedisError as exc:
             raise self._error(exc) from None
+
+    async def consume_virtual(self, digest: str, replacement: bytes | None,
+                              expires_at: float) -> bytes | None:
+        ttl_ms = max(1, int((expires_at - time.time()) * 1000))
+        try:
+            taken = await self._consume(keys=[self._key("virtual", digest)],
+                                        args=["0" if replacement is None else "1",
+                                              replacement or b"", ttl_ms])
+        except RedisError as exc:
+            raise self._error(exc) from None
+        return bytes(taken) if taken is not None else None
 
     async def watch(self, listener: Listener) -> None:
         """Call ``listener(account, generation)`` for every write any replica makes; after a

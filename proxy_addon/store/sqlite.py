@@ -158,6 +158,22 @@ class SQLiteStore(TokenStore):
         self._connect().executemany("DELETE FROM virtual_tokens WHERE digest = ?",
                                     [(d,) for d in digests])
 
+    def _consume_virtual(self, digest: str, replacement: bytes | None,
+                         expires_at: float) -> bytes | None:
+        db = self._connect()
+        db.execute("BEGIN IMMEDIATE")  # one writer at a time, across processes
+        try:
+            row = db.execute("DELETE FROM virtual_tokens WHERE digest = ? AND expires_at > ? "
+                             "RETURNING record", (digest, time.time())).fetchone()
+            if row is not None and replacement is not None:
+                db.execute("INSERT INTO virtual_tokens (digest, record, expires_at) "
+                           "VALUES (?, ?, ?)", (digest, replacement, expires_at))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return bytes(row[0]) if row else None
+
     def _close(self) -> None:
         if self._db is not None:
             self._db.close()
@@ -196,6 +212,12 @@ class SQLiteStore(TokenStore):
 
     async def delete_virtual(self, digests: list[str]) -> None:
         await self._run(self._delete_virtual, digests)
+
+    async def consume_virtual(self, digest: str, replacement: bytes | None,
+                              expires_at: float) -> bytes | None:
+        result: bytes | None = await self._run(self._consume_virtual, digest, replacement,
+                                               expires_at)
+        return result
 
     async def close(self) -> None:
         await self._run(self._close)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,36 @@ from tests.support.emulator import Emulator, start_emulator
 from tests.support.proxy import Proxy, start_proxy
 from tests.support.redis_server import RedisServer, start_redis
 
+COMPRESSION_VARIANTS = ("off", "any")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "compression_variants: run once against the emulator answering uncompressed "
+        "and once with --compress any (as a compressing front end, error bodies included)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("compression_variants") is not None \
+            and "emulator_compression" in metafunc.fixturenames:
+        metafunc.parametrize("emulator_compression", COMPRESSION_VARIANTS,
+                             ids=[f"compress-{c}" for c in COMPRESSION_VARIANTS])
+
 
 @pytest.fixture
-def emulator_factory() -> Iterator[Callable[..., Emulator]]:
+def emulator_compression() -> str:
+    """The emulator's ``--compress`` for ``emulator_factory``: "off", or what
+    ``TOKENPROXY_TEST_COMPRESS`` says (to run any test against a compressing emulator);
+    tests marked ``compression_variants`` run with "off" and with "any"."""
+    return os.environ.get("TOKENPROXY_TEST_COMPRESS", "off")
+
+
+@pytest.fixture
+def emulator_factory(emulator_compression: str) -> Iterator[Callable[..., Emulator]]:
     started: list[Emulator] = []
 
     def start(*args: str) -> Emulator:
-        emulator = start_emulator(*args)
+        emulator = start_emulator(*args, compress=emulator_compression)
         started.append(emulator)
         return emulator
 

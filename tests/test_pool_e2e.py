@@ -12,6 +12,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from tests.support.proxy import APP_KEY
 
@@ -34,6 +35,7 @@ async def _burst(url: str, count: int, key: str = APP_KEY) -> list[int]:
         return await asyncio.gather(*tasks)
 
 
+@pytest.mark.compression_variants  # replay/renewal: also against a compressing front end
 def test_1000_concurrent_requests_after_expiry_make_one_token_call(emulator_factory,
                                                                    proxy_factory) -> None:
     emulator = emulator_factory("--access-ttl", "2", "--auth-rate", "0")
@@ -98,6 +100,7 @@ def test_keepalive_saves_an_idle_account(emulator_factory, proxy_factory) -> Non
     assert counters["refreshes"] >= 4  # kept alive by refreshes, not by new logins
 
 
+@pytest.mark.compression_variants  # replay/renewal: also against a compressing front end
 def test_outside_eviction_and_session_budget(emulator_factory, proxy_factory) -> None:
     emulator = emulator_factory("--auth-rate", "0")
     proxy = proxy_factory(emulator.url)
@@ -188,6 +191,7 @@ def test_auth_rate_limit_is_never_tripped(emulator_factory, proxy_factory) -> No
     assert slowest < 25
 
 
+@pytest.mark.compression_variants  # replay/renewal: also against a compressing front end
 def test_reauth_required_then_authorize(emulator_factory, proxy_factory) -> None:
     emulator = emulator_factory("--auth-rate", "0")
     seeded = {"name": "seeded", "client_id": "demo-client-id",

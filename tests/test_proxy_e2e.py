@@ -44,6 +44,7 @@ def test_steady_traffic_with_2s_tokens(emulator_factory, proxy_factory) -> None:
     assert counters["logins"] == 1  # one session, kept alive by refreshes
 
 
+@pytest.mark.compression_variants  # replay/renewal: also against a compressing front end
 def test_revocation_under_50_concurrent_requests(emulator_factory, proxy_factory) -> None:
     """50 requests in flight when every token is revoked: all succeed, <= 2 token calls."""
     emulator = emulator_factory("--auth-rate", "0")
@@ -91,6 +92,7 @@ def _proxy_with_revoked_token(emulator_factory, proxy_factory):
     return emulator, proxy, emulator.counters()["api_401_by_code"].get("OAU-213", 0)
 
 
+@pytest.mark.compression_variants  # replay/renewal: also against a compressing front end
 def test_a_replay_whose_new_token_died_too_is_sent_once_more(emulator_factory,
                                                             proxy_factory) -> None:
     """The token is revoked, and the pair the proxy renews to is revoked too before the replay
@@ -108,6 +110,7 @@ def test_a_replay_whose_new_token_died_too_is_sent_once_more(emulator_factory,
     assert emulator.set_policy()["revoke_issued"] == 0
 
 
+@pytest.mark.compression_variants  # replay/renewal: also against a compressing front end
 def test_replays_stop_after_the_second(emulator_factory, proxy_factory) -> None:
     """Every new token dies at once: the app gets the platform's 401 after two replays, and
     the proxy does not keep renewing for this request."""
@@ -122,6 +125,7 @@ def test_replays_stop_after_the_second(emulator_factory, proxy_factory) -> None:
     assert token_calls(emulator) == calls + 2
 
 
+@pytest.mark.compression_variants  # replay/renewal: also against a compressing front end
 @pytest.mark.parametrize("kind", ["json", "multipart"])
 def test_post_bodies_are_replayed_byte_identical(emulator_factory, proxy_factory,
                                                  kind: str) -> None:
@@ -150,6 +154,7 @@ def test_post_bodies_are_replayed_byte_identical(emulator_factory, proxy_factory
     assert after == before + 1  # exactly one refused attempt, then the replay
 
 
+@pytest.mark.compression_variants  # replay/renewal: also against a compressing front end
 @pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE", "GET"])
 def test_replay_keeps_method_path_query_headers(emulator_factory, proxy_factory,
                                                 method: str) -> None:
@@ -169,6 +174,7 @@ def test_replay_keeps_method_path_query_headers(emulator_factory, proxy_factory,
     assert echoed["bodyLength"] == len(body)
 
 
+@pytest.mark.compression_variants  # replay/renewal: also against a compressing front end
 def test_recording_download_is_byte_identical(emulator_factory, proxy_factory) -> None:
     emulator = emulator_factory("--auth-rate", "0")
     proxy = proxy_factory(emulator.url)
@@ -179,7 +185,7 @@ def test_recording_download_is_byte_identical(emulator_factory, proxy_factory) -
         received = 0
         with client.stream("GET", path) as response:
             assert response.status_code == 200
-            for chunk in response.iter_raw():
+            for chunk in response.iter_bytes():  # decoded, if the platform compressed it
                 digest.update(chunk)
                 received += len(chunk)
         assert received == size
@@ -191,6 +197,7 @@ def test_recording_download_is_byte_identical(emulator_factory, proxy_factory) -
     assert hashlib.sha256(replayed.content).hexdigest() == recording_sha256("rec-42", size)
 
 
+@pytest.mark.compression_variants  # replay/renewal: also against a compressing front end
 @pytest.mark.parametrize("envelope", ["api", "oauth"])
 def test_expired_token_is_refreshed_not_relogged(emulator_factory, proxy_factory,
                                                  envelope: str) -> None:
@@ -298,6 +305,7 @@ def test_secrets_are_not_logged(emulator_factory, proxy_factory) -> None:
         assert secret not in logs
 
 
+@pytest.mark.compression_variants  # replay/renewal: also against a compressing front end
 def test_dead_refresh_token_logs_in_again(emulator_factory, proxy_factory) -> None:
     """Access and refresh token both expired (the two-weeks-idle case): one new login."""
     emulator = emulator_factory("--auth-rate", "0")

@@ -36,6 +36,7 @@ APPS = {
 }
 
 
+@pytest.mark.compression_variants  # replay/renewal: also against a compressing front end
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("sdk", list(APPS))
 def test_official_sdk_through_the_proxy(sdk: str, emulator_factory, proxy_factory) -> None:

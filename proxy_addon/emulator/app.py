@@ -4,17 +4,27 @@ The middleware authenticates every request under ``/restapi/v1.0`` and ``/media`
 routing errors, so an unknown API path answers 401 without a token and 404 with one), turns
 :class:`~.errors.PlatformError` and aiohttp's HTTP errors into the platform's JSON envelopes and
 never lets an exception become a bare 500.
+
+With ``policy.compress`` on, every answer (error bodies included) goes out compressed as a
+compressing front end would send it, in a coding the client's ``Accept-Encoding`` accepts:
+buffered answers by :func:`compression_middleware` (gzip, deflate, br, zstd), streamed ones
+(recording content) by :func:`_compress_stream` (gzip, deflate: aiohttp's zlib compressor).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
+import math
+import sys
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+import brotli
+from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 
 from . import errors
@@ -22,6 +32,11 @@ from .errors import PlatformError
 from .ratelimit import API_GROUPS
 from .ratelimit import headers as rate_headers
 from .state import Platform, Session, pair_key
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:  # installed with mitmproxy on Python < 3.14
+    from backports import zstd
 
 log = logging.getLogger("proxy_addon.emulator")
 
@@ -140,6 +155,118 @@ async def _add_rate_headers(request: web.Request, response: web.StreamResponse) 
             response.headers[name] = value
 
 
+# -- compression (policy.compress) --------------------------------------------------------------
+# RingCentral's docs list the HTTP headers of the API's representation (Content-Type,
+# Content-Length, Accept: ringcentral-api-docs docs/basics/formats/objects.md:5-19) and say
+# nothing about Accept-Encoding or Content-Encoding; no page documents whether the platform's
+# front ends compress. The option exists because a front end (CDN, load balancer, gateway) may
+# compress, error bodies included, whenever the client accepts it (RFC 9110 section 12.5.3).
+CODING_PREFERENCE = ("br", "zstd", "gzip", "deflate")  # "any": best first among equal q
+STREAM_CODINGS = ("gzip", "deflate")  # aiohttp's streaming compressor is zlib only
+
+
+def accepted_codings(header: str | None) -> dict[str, float]:
+    """``Accept-Encoding`` as {coding: q}; a malformed or out-of-range q counts as 0."""
+    accepted: dict[str, float] = {}
+    for item in (header or "").split(","):
+        name, _, params = item.partition(";")
+        name = name.strip().lower()
+        if not name:
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0
+                if not math.isfinite(q) or not 0.0 <= q <= 1.0:
+                    q = 0.0
+        accepted.setdefault("gzip" if name == "x-gzip" else name, q)
+    return accepted
+
+
+def choose_coding(setting: str, header: str | None,
+                  offered: tuple[str, ...] = CODING_PREFERENCE) -> str | None:
+    """The coding to compress an answer with, or None: never one the client did not accept
+    (no ``Accept-Encoding``, or q=0); ``*`` stands for the codings it does not name."""
+    if setting == "off":
+        return None
+    accepted = accepted_codings(header)
+    candidates = offered if setting == "any" else (setting,)
+    best, best_q = None, 0.0
+    for coding in candidates:
+        if coding not in offered:
+            continue
+        q = accepted.get(coding, accepted.get("*", 0.0))
+        if q > best_q:
+            best, best_q = coding, q
+    return best
+
+
+def encode_body(body: bytes, coding: str) -> bytes:
+    if coding == "gzip":
+        return gzip.compress(body, mtime=0)
+    if coding == "deflate":
+        return zlib.compress(body)  # HTTP "deflate" is the zlib format (RFC 9110 8.4.1.2)
+    if coding == "br":
+        return brotli.compress(body, quality=4)
+    return zstd.compress(body)
+
+
+def _compressible(request: web.BaseRequest, response: web.StreamResponse) -> bool:
+    return (request.method != hdrs.METH_HEAD and response.status >= 200
+            and response.status not in (204, 304)
+            and hdrs.CONTENT_ENCODING not in response.headers)
+
+
+@web.middleware
+async def compression_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Compress a buffered answer (any status) in the coding the policy and the client agree
+    on. The outermost middleware: the platform's error envelopes are compressed too."""
+    response: web.StreamResponse = await handler(request)
+    setting = request.app[PLATFORM].policy.compress
+    if setting == "off" or not isinstance(response, web.Response) or response.prepared:
+        return response
+    body = response.body
+    if not isinstance(body, bytes | bytearray) or not body or not _compressible(request, response):
+        return response
+    coding = choose_coding(setting, request.headers.get(hdrs.ACCEPT_ENCODING))
+    if coding is not None:
+        response.headers.popall(hdrs.CONTENT_LENGTH, None)
+        response.body = encode_body(bytes(body), coding)
+        response.headers[hdrs.CONTENT_ENCODING] = coding
+    return response
+
+
+async def _compress_stream(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: ``Vary`` on every answer while compression is on, and a streamed
+    answer (not a buffered :class:`web.Response`) compressed on the fly. The signal fires before
+    the headers are sent; the writer is switched to chunked, zlib-compressed output (the public
+    :class:`~aiohttp.abc.AbstractStreamWriter` interface). br and zstd are not offered for streams:
+    aiohttp's writer compresses with zlib only, so a stream goes out in gzip/deflate or as is."""
+    setting = request.app[PLATFORM].policy.compress
+    if setting == "off":
+        return
+    vary = response.headers.get(hdrs.VARY, "")
+    if "accept-encoding" not in vary.lower():
+        response.headers[hdrs.VARY] = f"{vary}, Accept-Encoding" if vary else "Accept-Encoding"
+    if isinstance(response, web.Response) or request.version < (1, 1) \
+            or not _compressible(request, response):
+        return
+    coding = choose_coding(setting, request.headers.get(hdrs.ACCEPT_ENCODING), STREAM_CODINGS)
+    if coding is None:
+        return
+    writer = request.writer
+    writer.length = None  # the declared length was of the uncompressed body
+    writer.enable_chunking()
+    writer.enable_compression(coding)
+    response.headers.popall(hdrs.CONTENT_LENGTH, None)
+    response.headers[hdrs.TRANSFER_ENCODING] = "chunked"
+    response.headers[hdrs.CONTENT_ENCODING] = coding
+
+
 class AccessLogger(AbstractAccessLogger):
     """One debug line per request: method, path WITHOUT the query (it may carry tokens)."""
 
@@ -157,10 +284,12 @@ def build_app(platform: Platform, public_url: str = "", media_url: str = "") -> 
     """The emulator's aiohttp application; URLs may be set later through ``app[URLS]``."""
     from . import admin, api
 
-    app = web.Application(middlewares=[platform_middleware], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[compression_middleware, platform_middleware],
+                          client_max_size=MAX_BODY)
     app[PLATFORM] = platform
     app[URLS] = Urls(public_url.rstrip("/"), media_url.rstrip("/"))
     app.on_response_prepare.append(_add_rate_headers)
+    app.on_response_prepare.append(_compress_stream)
     api.add_routes(app)
     admin.add_routes(app)
     return app

@@ -13,6 +13,8 @@ from typing import Any
 CAP_POLICIES = ("evict", "refuse")
 EXPIRED_ENVELOPES = ("api", "oauth", "alternate")
 EXPIRED_CODES = ("OAU-210", "OAU-128")
+# Content codings of answers (see .app, compression_middleware): as a front end compresses.
+COMPRESSIONS = ("off", "gzip", "br", "zstd", "deflate", "any")
 
 
 class PolicyError(ValueError):
@@ -40,6 +42,9 @@ class Policy:
     # fault: the next N token sets the token endpoint issues are revoked right after the
     # answer, as if an admin revoked them at once (tests a token dying before its first use)
     revoke_issued: int = 0
+    # compress every answer (error bodies too) with this content coding when the client's
+    # Accept-Encoding accepts it; "any" picks one per request (br > zstd > gzip > deflate)
+    compress: str = "off"
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -63,6 +68,7 @@ _CHOICES = {
     "session_cap_policy": CAP_POLICIES,
     "expired_envelope": EXPIRED_ENVELOPES,
     "expired_code": EXPIRED_CODES,
+    "compress": COMPRESSIONS,
 }
 
 

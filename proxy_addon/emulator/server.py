@@ -20,7 +20,14 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from .app import URLS, AccessLogger, build_app
-from .policy import CAP_POLICIES, EXPIRED_CODES, EXPIRED_ENVELOPES, Policy, PolicyError
+from .policy import (
+    CAP_POLICIES,
+    COMPRESSIONS,
+    EXPIRED_CODES,
+    EXPIRED_ENVELOPES,
+    Policy,
+    PolicyError,
+)
 from .seed import DEFAULT_SEED, SeedError, load_seed
 from .state import Platform
 
@@ -121,6 +128,17 @@ def _parser() -> argparse.ArgumentParser:
         help="fault: the token endpoint waits this long before answering",
     )
     p.add_argument(
+        "--compress",
+        choices=COMPRESSIONS,
+        default=d.compress,
+        help="compress every answer, error bodies included, as a compressing front end does, "
+        "when the client's Accept-Encoding accepts the coding; 'any' picks per request "
+        "(q-values honoured, br > zstd > gzip > deflate); streamed recording content only in "
+        "gzip or deflate. RingCentral's docs say nothing about response compression "
+        "(ringcentral-api-docs docs/basics/formats/objects.md lists the API's headers): a front "
+        "end may compress (default off)",
+    )
+    p.add_argument(
         "--public-url",
         metavar="URL",
         help="base of absolute URLs in API responses (default http://HOST:PORT)",
@@ -193,6 +211,7 @@ def _configure(args: argparse.Namespace) -> tuple[Platform, str, str | None, str
                 "expired_envelope": args.expired_envelope,
                 "expired_code": args.expired_code,
                 "token_delay": args.token_delay,
+                "compress": args.compress,
             }
         )
     except PolicyError as exc:

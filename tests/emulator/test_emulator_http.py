@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from mitmproxy.net import encoding
 
+from proxy_addon.emulator.app import choose_coding
 from proxy_addon.emulator.state import pkce_s256
 from proxy_addon.emulator.tokens import new_token
 from tests.emulator.emu_client import (
@@ -402,3 +405,145 @@ def test_wrong_methods_use_the_envelope(c: httpx.Client) -> None:
     assert response.status_code == 405
     assert "errors" in response.json()
     assert c.get("/restapi/oauth/revoke").status_code == 405
+
+
+# -- compression (--compress / policy "compress"): answers as a compressing front end sends them
+
+
+def _raw(c: httpx.Client, method: str, path: str, **kw: object) -> tuple[httpx.Response, bytes]:
+    """The answer and its body exactly as sent (still encoded)."""
+    with c.stream(method, path, **kw) as response:  # type: ignore[arg-type]
+        return response, b"".join(response.iter_raw())
+
+
+@pytest.fixture
+def compressing(emulator: Emulator) -> Iterator[Callable[[str], None]]:
+    """Switch the shared emulator's compression; back to off afterwards."""
+    yield lambda setting: emulator.set_policy(compress=setting) and None
+    emulator.set_policy(compress="off")
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "zstd", "deflate"])
+def test_compress_every_answer_error_bodies_included(
+    c: httpx.Client, compressing: Callable[[str], None], coding: str
+) -> None:
+    compressing(coding)
+    accept = {"Accept-Encoding": "gzip, deflate, br, zstd"}
+    access = jwt_login(c)["access_token"]
+    answers = {
+        "401": _raw(c, "GET", EXT, headers={**accept, **bearer(new_token("A"))}),
+        "400": _raw(c, "POST", "/restapi/oauth/token", headers=accept, auth=BASIC,
+                    data={"grant_type": "refresh_token", "refresh_token": "nope"}),
+        "200": _raw(c, "GET", EXT, headers={**accept, **bearer(access)}),
+        "404": _raw(c, "GET", "/restapi/v1.0/nowhere", headers={**accept, **bearer(access)}),
+    }
+    for status, (response, raw) in answers.items():
+        assert str(response.status_code) == status
+        assert response.headers["content-encoding"] == coding, status
+        assert response.headers["vary"] == "Accept-Encoding"
+        assert response.headers["content-length"] == str(len(raw))
+        body = json.loads(encoding.decode(raw, coding))
+        assert body != {} and (status == "200" or "errors" in body or "errorCode" in body)
+    assert json.loads(encoding.decode(answers["401"][1], coding))["errors"][0]["errorCode"] \
+        == "OAU-213"
+    # never in a coding the client did not accept: another one, q=0, or no Accept-Encoding
+    for header in ("identity", f"{coding};q=0, *;q=0", "x-unknown"):
+        response, raw = _raw(c, "GET", EXT, headers={"Accept-Encoding": header, **bearer(access)})
+        assert "content-encoding" not in response.headers, header
+        assert response.headers["vary"] == "Accept-Encoding"
+        assert json.loads(raw)["extensionNumber"] == "101"
+    with client_without_accept_encoding(c) as plain:
+        response, raw = _raw(plain, "GET", EXT, headers=bearer(new_token("A")))
+    assert "content-encoding" not in response.headers
+    assert json.loads(raw)["errors"][0]["errorCode"] == "OAU-213"
+
+
+def client_without_accept_encoding(c: httpx.Client) -> httpx.Client:
+    plain = httpx.Client(base_url=c.base_url, timeout=30.0, trust_env=False)
+    del plain.headers["accept-encoding"]
+    return plain
+
+
+@pytest.mark.parametrize("header,expected", [
+    ("gzip, deflate, br, zstd", "br"),
+    ("gzip, deflate, zstd", "zstd"),
+    ("deflate, gzip", "gzip"),
+    ("deflate", "deflate"),
+    ("br;q=0.5, gzip;q=0.9", "gzip"),
+    ("BR;Q=1, gzip", "br"),
+    ("x-gzip", "gzip"),
+    ("*", "br"),
+    ("*;q=0.1, zstd;q=0.2", "zstd"),
+    ("br;q=0, *", "zstd"),
+    ("gzip;q=0", None),
+    ("gzip;q=abc", None),
+    ("gzip;q=2", None),
+    ("identity", None),
+    ("", None),
+    (None, None),
+])
+def test_compress_any_honours_q_values(header: str | None, expected: str | None) -> None:
+    assert choose_coding("any", header) == expected
+    assert choose_coding("off", header) is None
+    if expected is not None:
+        assert choose_coding(expected, header) == expected
+
+
+def test_compress_any_over_http(c: httpx.Client, compressing: Callable[[str], None]) -> None:
+    compressing("any")
+    access = bearer(jwt_login(c)["access_token"])
+    for header, coding in (("gzip;q=0.5, zstd", "zstd"), ("deflate, br", "br"),
+                           ("gzip", "gzip")):
+        response, raw = _raw(c, "GET", EXT, headers={"Accept-Encoding": header, **access})
+        assert response.headers["content-encoding"] == coding
+        assert json.loads(encoding.decode(raw, coding))["extensionNumber"] == "101"
+    # HEAD and empty bodies stay as they are
+    head, _ = _raw(c, "HEAD", EXT, headers={"Accept-Encoding": "gzip", **access})
+    assert "content-encoding" not in head.headers
+    body = jwt_login(c)
+    revoke, raw = _raw(c, "POST", "/restapi/oauth/revoke", auth=BASIC,
+                       data={"token": body["refresh_token"]}, headers={"Accept-Encoding": "br"})
+    assert revoke.status_code == 200 and raw == b"" and "content-encoding" not in revoke.headers
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_compress_streamed_recording(emulator: Emulator, c: httpx.Client,
+                                     compressing: Callable[[str], None], coding: str) -> None:
+    """Recording content streams compressed (chunked: the compressed length is not known up
+    front), in gzip or deflate; br and zstd streams go out as they are (aiohttp's streaming
+    compressor is zlib only)."""
+    compressing("any")
+    headers = bearer(jwt_login(c)["access_token"])
+    rec = "/restapi/v1.0/account/~/recording/rec-9/content?size=300000"
+    response, raw = _raw(c, "GET", rec, headers={**headers, "Accept-Encoding": f"br, {coding}"})
+    assert response.headers["content-encoding"] == coding
+    assert response.headers["transfer-encoding"] == "chunked"
+    assert "content-length" not in response.headers
+    assert response.headers["vary"] == "Accept-Encoding"
+    content = encoding.decode(raw, coding)
+    assert hashlib.sha256(content).hexdigest() == recording_sha256("rec-9", 300000)
+    # httpx decodes it like any client would
+    decoded = c.get(rec, headers={**headers, "Accept-Encoding": coding})
+    assert hashlib.sha256(decoded.content).hexdigest() == recording_sha256("rec-9", 300000)
+    compressing("br")
+    plain, raw = _raw(c, "GET", rec, headers={**headers, "Accept-Encoding": "br"})
+    assert "content-encoding" not in plain.headers and plain.headers["vary"] == "Accept-Encoding"
+    assert plain.headers["content-length"] == "300000" and len(raw) == 300000
+
+
+def test_compress_policy_and_cli(emulator: Emulator, make_emulator: Callable[..., Emulator],
+                                 compressing: Callable[[str], None]) -> None:
+    assert emulator.set_policy()["compress"] == "off"
+    with pytest.raises(httpx.HTTPStatusError) as refused:
+        emulator.set_policy(compress="lz4")
+    assert refused.value.response.json()["error"] == (
+        "compress: must be one of off, gzip, br, zstd, deflate, any")
+    limited = make_emulator("--compress", "gzip", "--auth-rate", "1")
+    assert limited.set_policy()["compress"] == "gzip"
+    with client(limited) as lc:
+        jwt_login(lc)
+        response, raw = _raw(lc, "POST", "/restapi/oauth/token", auth=BASIC,
+                             data={"grant_type": JWT_GRANT, "assertion": "demo-jwt-credential"},
+                             headers={"Accept-Encoding": "gzip"})
+    assert response.status_code == 429 and response.headers["content-encoding"] == "gzip"
+    assert json.loads(encoding.decode(raw, "gzip"))["errors"][0]["errorCode"] == "CMN-301"

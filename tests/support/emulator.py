@@ -110,10 +110,13 @@ def _read_file(f: IO[bytes] | None) -> str:
         return again.read().decode("utf-8", "replace")
 
 
-def start_emulator(*args: str, timeout: float = 15.0) -> Emulator:
+def start_emulator(*args: str, timeout: float = 15.0, compress: str = "off") -> Emulator:
     """Start `python -m proxy_addon.emulator --listen 127.0.0.1:0 *args` (sys.executable), wait for
     the 'emulator listening on URL' line (bounded by timeout; on failure raise with the process's
-    stderr), return it."""
+    stderr), return it. ``compress`` other than "off" adds ``--compress COMPRESS`` unless the
+    arguments choose a compression themselves."""
+    if compress != "off" and "--compress" not in args:
+        args = (*args, "--compress", compress)
     # stderr goes to an (auto-deleted) temp file, never a pipe nobody drains.
     stderr_file = tempfile.NamedTemporaryFile(prefix="emulator-", suffix=".log")
     env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -1,23 +1,28 @@
-# tokenproxy container image: the proxy (and the bundled emulator, for the compose demo).
+# tokenproxy container image. The default target is the product: the proxy without the bundled
+# platform emulator (proxy_addon/emulator), which a production image has no use for. The `demo`
+# target adds it, for the compose demo (deploy/compose builds both).
 #
 #   docker build -t tokenproxy:0.1.0 .
+#   docker build --target demo -t tokenproxy:demo .
 #   docker run --rm -p 127.0.0.1:8080:8080 --env-file my.env tokenproxy:0.1.0
 #
 # No secret is baked in: credentials, the store key and the Redis URL come from the
 # environment at run time (deploy/config/tokenproxy.toml reads them as ${VAR}); .dockerignore
 # keeps var/, keys and .env files out of the build context. See deploy/README.md.
 
-# -- build: install the package (no dev extras) into /install ---------------------------------
+# -- build: install the package (no dev extras) into /install, the emulator set aside -----------
 FROM python:3.13-slim AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proxy_addon ./proxy_addon
-RUN pip install --prefix=/install .
+# The emulator moves out of the source before pip sees it: the product's files (and its RECORD)
+# never hold it; the demo stage copies it back beside the installed package.
+RUN mv proxy_addon/emulator /emulator && pip install --prefix=/install .
 
-# -- runtime ------------------------------------------------------------------------------------
-FROM python:3.13-slim
+# -- runtime: what both images share -------------------------------------------------------------
+FROM python:3.13-slim AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 # A fixed numeric uid/gid, so Kubernetes' runAsNonRoot can verify it. The home directory is
@@ -41,3 +46,10 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
 
 ENTRYPOINT ["tokenproxy"]
 CMD ["run", "--config", "/etc/tokenproxy/tokenproxy.toml"]
+
+# -- demo: the runtime plus the bundled emulator (compose's emulator service) --------------------
+FROM runtime AS demo
+COPY --from=build /emulator /usr/local/lib/python3.13/site-packages/proxy_addon/emulator
+
+# -- production (default, last): the runtime as it is, no emulator -------------------------------
+FROM runtime AS production

@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from .admin import admin_token
 from .config import AccountConfig, Config, HostPort
 from .logs import SECRETS, remember
 from .oauth import TokenEndpoint, UpstreamUnreachable
@@ -127,8 +128,9 @@ def _reason(exc: BaseException) -> str:
 # -- local checks ---------------------------------------------------------------------------
 
 
-def check_port(name: str, where: HostPort, identify: str) -> Result:
-    """Can the proxy bind ``where``? ``identify``: "status" (metrics) or "proxy" (listen)."""
+def check_port(name: str, where: HostPort, identify: str, token: str | None = None) -> Result:
+    """Can the proxy bind ``where``? ``identify``: "status" (metrics) or "proxy" (listen);
+    ``token``: the admin token ``/status`` requires, if any."""
     if where.port == 0:
         return Result(OK, name, f"{where}: port 0, the OS picks a free port at start")
     try:
@@ -144,7 +146,7 @@ def check_port(name: str, where: HostPort, identify: str) -> Result:
             sock.bind(address)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                who = _identify(where, identify)
+                who = _identify(where, identify, token)
                 if who:
                     return Result(OK, name, f"{where} is in use by {who}")
                 return Result(FAIL, name, f"{where} is in use by another program",
@@ -159,11 +161,12 @@ def check_port(name: str, where: HostPort, identify: str) -> Result:
     return Result(OK, name, f"{where} is free")
 
 
-def _identify(where: HostPort, kind: str) -> str:
+def _identify(where: HostPort, kind: str, token: str | None = None) -> str:
     """A running tokenproxy on ``where``, in words, or "" if it is something else."""
     base = f"http://{where}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with httpx.Client(timeout=LOCAL_TIMEOUT, trust_env=False) as client:
+        with httpx.Client(timeout=LOCAL_TIMEOUT, trust_env=False, headers=headers) as client:
             if kind == "status":
                 body = client.get(base + "/status").json()
                 names = [a["account"] for a in body["accounts"]]
@@ -410,7 +413,7 @@ async def run_checks(config: Config, offline: bool) -> list[Result]:
     emit(store_result)
     emit(check_port("listen", proxy.listen, "proxy"))
     if proxy.metrics_listen is not None:
-        emit(check_port("metrics_listen", proxy.metrics_listen, "status"))
+        emit(check_port("metrics_listen", proxy.metrics_listen, "status", admin_token(proxy)))
     else:
         emit(Result(OK, "metrics_listen", "off (no /metrics, /status, /readyz)"))
     try:

@@ -155,6 +155,10 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--url", default="http://127.0.0.1:9464",
                         help="the proxy's metrics_listen URL (default http://127.0.0.1:9464)")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument("--token-env", default="TOKENPROXY_ADMIN_TOKEN", metavar="NAME",
+                        help="environment variable holding the admin token, sent when set "
+                             "(the proxy's [proxy] admin_token_env; default "
+                             "TOKENPROXY_ADMIN_TOKEN)")
 
     commands.add_parser("keygen", help="print a new store encryption key",
                         description="Print a new Fernet key for TOKENPROXY_STORE_KEY.")
@@ -175,6 +179,13 @@ def _positive(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "emulator":
+        import importlib.util
+
+        if importlib.util.find_spec("proxy_addon.emulator") is None:
+            print("tokenproxy emulator: the bundled emulator is not installed (the production "
+                  "image and package leave it out): use the demo image (docker build --target "
+                  "demo) or the source tree", file=sys.stderr)
+            return EXIT_BAD_INPUT
         from .emulator.server import main as emulator_main
 
         return emulator_main(argv[1:])
@@ -187,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "status":
         from .status import main as status_main
 
-        return status_main(args.url, args.json)
+        return status_main(args.url, args.json, args.token_env)
     try:
         config = load_config(args.config)
     except ConfigError as exc:

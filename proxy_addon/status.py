@@ -1,8 +1,14 @@
-"""``tokenproxy status``: every account's token health, read from a running proxy."""
+"""``tokenproxy status``: every account's token health, read from a running proxy.
+
+It reads ``/status`` on the proxy's ``metrics_listen``; when the proxy sets
+``[proxy] admin_token_env``, the token is taken from the environment variable ``--token-env``
+names (default ``TOKENPROXY_ADMIN_TOKEN``) and sent as a Bearer credential, never printed.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -10,6 +16,7 @@ import httpx
 
 EXIT_UNHEALTHY = 1
 EXIT_UNREACHABLE = 2
+DEFAULT_TOKEN_ENV = "TOKENPROXY_ADMIN_TOKEN"
 
 
 def format_duration(seconds: float | None) -> str:
@@ -45,9 +52,17 @@ def render(status: dict) -> str:
     return "\n".join(lines)
 
 
-def main(url: str, as_json: bool) -> int:
+def main(url: str, as_json: bool, token_env: str = DEFAULT_TOKEN_ENV) -> int:
+    token = os.environ.get(token_env)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.get(url.rstrip("/") + "/status", timeout=10)
+        response = httpx.get(url.rstrip("/") + "/status", headers=headers, timeout=10)
+        if response.status_code == 401:
+            why = f"the token in {token_env} was refused" if token else f"{token_env} is not set"
+            print(f"tokenproxy status: {url}/status answered 401: the proxy requires its admin "
+                  f"token ([proxy] admin_token_env) and {why}; export it (or name another "
+                  "variable with --token-env)", file=sys.stderr)
+            return EXIT_UNREACHABLE
         status = response.json()
     except (httpx.HTTPError, ValueError) as exc:
         print(f"tokenproxy status: cannot read {url}/status: {exc}", file=sys.stderr)

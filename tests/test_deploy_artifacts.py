@@ -66,7 +66,9 @@ FAKE_ENV = {
     "LEGACY_APP_KEY": "fake-legacy-app-key-0123456789",
     "TOKENPROXY_REDIS_URL": "redis://:fake-redis-password@redis.invalid:6379/0",
     "TOKENPROXY_STORE_KEY": Fernet.generate_key().decode(),
+    "TOKENPROXY_ADMIN_TOKEN": "fake-admin-token-0123456789",
 }
+SCRAPERS = ("ServiceMonitor", "compose prometheus.yml", "k8s prometheus.io/path")
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|JWT|CREDENTIAL|REDIS_URL|_KEY$|_AUTH$")
 
@@ -112,6 +114,8 @@ def config_env_vars() -> tuple[set[str], set[str]]:
     store = doc.get("store", {})
     if not store.get("allow_plaintext", False):
         required.add(store.get("key_env", "TOKENPROXY_STORE_KEY"))
+    if "admin_token_env" in doc.get("proxy", {}):
+        required.add(doc["proxy"]["admin_token_env"])
     return required, optional - required
 
 
@@ -140,9 +144,34 @@ def dockerfile_instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
     return result
 
 
+def stages(instructions: list[tuple[str, str]]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(name, instructions from its FROM on) of every build stage, in order; unnamed stages
+    are named by their index, as Docker does."""
+    result: list[tuple[str, list[tuple[str, str]]]] = []
+    for op, args in instructions:
+        if op == "FROM":
+            words = args.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else str(len(result))
+            result.append((name, []))
+        assert result, "an instruction before the first FROM"
+        result[-1][1].append((op, args))
+    return result
+
+
+def stage(instructions: list[tuple[str, str]], target: str | None = None
+          ) -> list[tuple[str, str]]:
+    """The instructions that make image ``target`` (default: the last stage, what `docker
+    build .` produces): the stage's own, after those of the stages it is built FROM."""
+    named = dict(stages(instructions))
+    own = named[target] if target is not None else stages(instructions)[-1][1]
+    base = own[0][1].split()[0]
+    if base in named and named[base] is not own:
+        return stage(instructions, base) + own[1:]
+    return own
+
+
 def final_stage(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    last_from = max(i for i, (op, _) in enumerate(instructions) if op == "FROM")
-    return instructions[last_from:]
+    return stage(instructions)
 
 
 def exec_form(args: str) -> list[str]:
@@ -463,9 +492,11 @@ def test_dockerfile_base_user_ports_and_entrypoint() -> None:
     assert match, f"final stage must be an official slim Python image, got {base}"
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     assert int(match.group(1)) >= int(re.search(r"3\.(\d+)", requires).group(1))
-    for op, args in instructions:
-        if op == "FROM":
-            assert args.split()[0].startswith("python:3."), f"unexpected base {args}"
+    earlier: set[str] = set()
+    for name, own in stages(instructions):
+        base = own[0][1].split()[0]
+        assert base.startswith("python:3.") or base in earlier, f"unexpected base {own[0][1]}"
+        earlier.add(name)
 
     users = [a for op, a in stage if op == "USER"]
     assert users, "the image runs as root (no USER)"
@@ -559,6 +590,138 @@ def test_dockerfile_healthcheck_asks_healthz_on_the_metrics_port() -> None:
     assert {"interval", "timeout", "start-period", "retries"} <= set(flags)
 
 
+EMULATOR = "proxy_addon/emulator"
+NOT_INSTALLED = "the bundled emulator is not installed"
+
+
+def build_stage_of(image: list[tuple[str, str]]) -> tuple[str, str]:
+    """(stage name, the build stage's RUN that pip-installs the package) of an image: the stage
+    the image copies its /usr/local from."""
+    named = dict(stages(dockerfile_instructions()))
+    (source,) = {split_flags(a)[0]["from"] for op, a in image
+                 if op == "COPY" and "from" in split_flags(a)[0]
+                 and split_flags(a)[1][-1] == "/usr/local"}
+    (install,) = [a for op, a in named[source] if op == "RUN" and "pip install" in a]
+    return source, install
+
+
+def installed_like_the_image(tmp_path: Path) -> Path:
+    """The package installed the way the production image's build stage does it: its COPY
+    sources (what .dockerignore lets into the context), minus what its RUN takes away before
+    `pip install`, installed with pip into a directory of its own (--target: the venv's
+    editable install is left alone). Returns that site directory."""
+    image = final_stage(dockerfile_instructions())
+    source, install = build_stage_of(image)
+    build = dict(stages(dockerfile_instructions()))[source]
+    patterns = dockerignore_patterns()
+    context = tmp_path / "context"
+    for op, args in build:
+        if op == "COPY":
+            flags, words = split_flags(args)
+            assert "from" not in flags
+            for item in words[:-1]:
+                dest = context / (words[-1].rstrip("/") if len(words) == 2
+                                  and not words[-1].endswith("/") else item)
+                src = ROOT / item
+                for file in ([src] if src.is_file() else sorted(src.rglob("*"))):
+                    rel = file.relative_to(ROOT).as_posix()
+                    if file.is_file() and in_build_context(rel, patterns):
+                        target = dest if src.is_file() else dest / file.relative_to(src)
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(file, target)
+    before_pip = install[:install.index("pip install")]
+    removed = re.findall(r"(?:\bmv|\brm\s+-r[f]*)\s+(\S+)", before_pip)
+    for path in removed:
+        shutil.rmtree(context / path)
+    site = tmp_path / "site"
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                             "--no-compile", "--disable-pip-version-check", "--target",
+                             str(site), str(context)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return site
+
+
+def run_installed(site: Path, *args: str, env: dict[str, str] | None = None,
+                  cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` seeing the package in ``site`` only: -S skips the venv's .pth files
+    (its editable install of the source tree); its site-packages provide the dependencies."""
+    import sysconfig
+
+    path = os.pathsep.join([str(site), sysconfig.get_paths()["purelib"]])
+    return subprocess.run([sys.executable, "-S", *args], capture_output=True, text=True,
+                          timeout=60, cwd=cwd or site, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "PYTHONPATH": path, **(env or {})})
+
+
+def test_production_image_leaves_the_emulator_out(tmp_path: Path) -> None:
+    site = installed_like_the_image(tmp_path)
+    assert (site / "proxy_addon" / "cli.py").is_file()
+    assert not (site / EMULATOR).exists(), "the build stage installs the emulator"
+    record = next(site.glob("tokenproxy-*.dist-info")) / "RECORD"
+    assert "proxy_addon/emulator" not in record.read_text()
+
+    # the product imports and runs without it: every module, and `tokenproxy --help`
+    probe = ("import importlib, importlib.util, pkgutil, proxy_addon, sys\n"
+             f"assert proxy_addon.__file__.startswith({str(site)!r}), proxy_addon.__file__\n"
+             "assert importlib.util.find_spec('proxy_addon.emulator') is None\n"
+             "for m in pkgutil.walk_packages(proxy_addon.__path__, 'proxy_addon.'):\n"
+             "    if not m.name.endswith('__main__'):\n"
+             "        importlib.import_module(m.name)\n"
+             "assert not [n for n in sys.modules if n.startswith('proxy_addon.emulator')]\n")
+    imported = run_installed(site, "-c", probe)
+    assert imported.returncode == 0, imported.stderr
+    assert run_installed(site, "-m", "proxy_addon", "--help").returncode == 0
+
+    # a config asking for the emulator fails at once, saying why; so does `tokenproxy emulator`
+    config = tmp_path / "demo.toml"
+    config.write_text(render_config({"listen": "127.0.0.1:0", "metrics_listen": ""},
+                                    [{"name": "main", "client_id": DEMO_CLIENT_ID,
+                                      "client_secret": DEMO_CLIENT_SECRET, "grant": "jwt",
+                                      "jwt": DEMO_JWT}], [], {"backend": "memory"})
+                      + '\n[emulator]\nenabled = true\nlisten = "127.0.0.1:0"\n')
+    demo = run_installed(site, "-m", "proxy_addon", "run", "--config", str(config),
+                         env={"TOKENPROXY_STORE_KEY": Fernet.generate_key().decode()})
+    assert demo.returncode == 1, demo.stdout + demo.stderr
+    assert NOT_INSTALLED in demo.stderr and "demo" in demo.stderr, demo.stderr
+    assert "Traceback" not in demo.stderr and "listening on" not in demo.stdout
+    emulator = run_installed(site, "-m", "proxy_addon", "emulator", "--help")
+    assert emulator.returncode == 2 and NOT_INSTALLED in emulator.stderr, emulator.stderr
+    assert "Traceback" not in emulator.stderr
+
+
+def test_demo_image_adds_the_emulator_where_the_package_is(tmp_path: Path) -> None:
+    instructions = dockerfile_instructions()
+    names = [name for name, _ in stages(instructions)]
+    assert "demo" in names and names[-1] != "demo", "the default image must be the product"
+    production, demo = final_stage(instructions), stage(instructions, "demo")
+    named = dict(stages(instructions))
+    assert named["demo"][0][1].split()[0] == stages(instructions)[-1][1][0][1].split()[0], (
+        "demo and the default image are built FROM the same runtime stage")
+    assert [i for i in demo if i not in production] == named["demo"][1:], (
+        "demo is the default image plus the emulator, nothing else")
+    source, install = build_stage_of(production)
+    assert build_stage_of(demo)[0] == source
+    moved = re.search(r"\bmv\s+" + EMULATOR + r"/?\s+(\S+)", install)
+    assert moved, f"the build stage does not set {EMULATOR} aside before pip install"
+    (added,) = [split_flags(a)[1] for op, a in demo
+                if op == "COPY" and split_flags(a)[0].get("from") == source
+                and split_flags(a)[1][0].rstrip("/") == moved.group(1).rstrip("/")]
+    minor = re.fullmatch(r"python:3\.(\d+)-slim.*", production[0][1].split()[0])
+    assert minor
+    assert added[-1].rstrip("/") == (f"/usr/local/lib/python3.{minor.group(1)}/site-packages/"
+                                     f"{EMULATOR}"), "the emulator lands beside the package"
+    assert not [a for op, a in production if EMULATOR in a and op in ("COPY", "ADD")]
+
+    # the same layout here: the installed package plus the emulator runs the emulator
+    site = installed_like_the_image(tmp_path)
+    shutil.copytree(ROOT / EMULATOR, site / EMULATOR,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    emulator = run_installed(site, "-m", "proxy_addon", "emulator", "--help")
+    assert emulator.returncode == 0, emulator.stderr
+    assert "--listen" in emulator.stdout
+
+
 # ============================================================================================
 # compose
 
@@ -590,7 +753,12 @@ def test_compose_runs_two_replicas_wired_like_the_container_config() -> None:
     required, optional = config_env_vars()
     services = compose_services()
     for name, service in proxies.items():
-        assert service["image"] == services["emulator"]["image"] and service.get("build")
+        # the product image (the Dockerfile's default target, no emulator); the emulator
+        # service builds the `demo` target
+        build = service.get("build")
+        assert build and "target" not in build and service["image"] != services[
+            "emulator"]["image"], name
+        assert services["emulator"]["build"]["target"] == "demo"
         command = service["command"]
         config_path = command[command.index("--config") + 1]
         assert host_path(service, config_path) == CONTAINER_CONFIG, (
@@ -669,6 +837,11 @@ def test_promtool_accepts_the_prometheus_config_and_its_rules(tmp_path: Path) ->
     prometheus = compose_services()["prometheus"]
     doc = yaml_doc(COMPOSE_DIR / "prometheus.yml")
     doc["rule_files"] = [str(host_path(prometheus, r)) for r in doc["rule_files"]]
+    token_file = tmp_path / "admin-token"  # the token file exists only inside the container
+    token_file.write_text("x" * 32)
+    for job in doc["scrape_configs"]:
+        if "credentials_file" in job.get("authorization", {}):
+            job["authorization"]["credentials_file"] = str(token_file)
     local = tmp_path / "prometheus.yml"
     local.write_text(yaml.safe_dump(doc))
     result = subprocess.run([promtool, "check", "config", str(local)], capture_output=True,
@@ -755,7 +928,7 @@ def test_kustomization_applies_existing_manifests_but_never_the_secret_template(
     assert "secret.example.yaml" not in resources
     kinds = {doc["kind"] for doc in k8s_resources().values()}
     assert kinds == {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget",
-                     "ServiceMonitor"}
+                     "NetworkPolicy", "ServiceMonitor"}
     for doc in k8s_resources().values():
         assert "namespace" not in doc["metadata"], f"{doc['kind']} pins a namespace"
     unlisted = {p.name for p in K8S.glob("*.yaml")} - set(resources) - {"kustomization.yaml"}
@@ -889,6 +1062,24 @@ def test_services_pdb_and_servicemonitor_select_the_pods() -> None:
         assert endpoint.get("path", "/metrics") == "/metrics"
 
 
+def test_network_policy_admits_apps_to_the_proxy_and_only_prometheus_to_metrics() -> None:
+    policy = k8s_resources()["NetworkPolicy"]
+    pod_labels = deployment()["spec"]["template"]["metadata"]["labels"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items(), "the policy must select the proxy pods"
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (container,) = deployment()["spec"]["template"]["spec"]["containers"]
+    config = loaded_config()
+    ports = {rule["ports"][0]["port"]: rule["from"] for rule in policy["spec"]["ingress"]}
+    assert set(ports) == {"http", "metrics"}
+    assert named_port(container, "http") == config.proxy.listen.port
+    assert config.proxy.metrics_listen is not None
+    assert named_port(container, "metrics") == config.proxy.metrics_listen.port
+    (prometheus,) = ports["metrics"]
+    assert prometheus["podSelector"]["matchLabels"], "metrics: only Prometheus' pods"
+    assert config.proxy.admin_token_env, "metrics beyond loopback need the bearer token too"
+
+
 def test_manifests_validate_against_the_kubernetes_schemas() -> None:
     kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not "
                              "installed (dev extra): no offline Kubernetes schemas")
@@ -907,7 +1098,8 @@ def test_manifests_validate_against_the_kubernetes_schemas() -> None:
                     pytest.fail(f"{path.name} ({version}): {'.'.join(map(str, exc.path))}: "
                                 f"{exc.message}")
                 validated.add(doc["kind"])
-    assert validated == {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "Secret"}
+    assert validated == {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget",
+                         "NetworkPolicy", "Secret"}
     # the validator is not a rubber stamp: a misspelt field fails
     broken = deployment()
     broken["spec"]["template"]["spec"]["containers"][0]["securityContext"][
@@ -926,7 +1118,7 @@ def test_kustomize_renders_the_manifests() -> None:
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
     assert sorted(d["kind"] for d in docs) == sorted(
         ["ConfigMap", "Deployment", "Service", "Service", "PodDisruptionBudget",
-         "ServiceMonitor"])
+         "NetworkPolicy", "ServiceMonitor"])
     (rendered,) = [d for d in docs if d["kind"] == "Deployment"]
     image = yaml_doc(K8S / "kustomization.yaml")["images"][0]
     assert rendered["spec"]["template"]["spec"]["containers"][0]["image"] == (
@@ -987,6 +1179,7 @@ def container_like_proxy(tmp_path: Path, redis_factory: Callable[..., RedisServe
     doc = container_config_doc()
     assert set(doc) <= {"proxy", "accounts", "clients", "store"}
     doc["proxy"].update(listen="127.0.0.1:0", metrics_listen="127.0.0.1:0")
+    assert doc["proxy"]["admin_token_env"] == "TOKENPROXY_ADMIN_TOKEN"  # kept: it is tested
     config_path = tmp_path / "tokenproxy.toml"
     config_path.write_text(render_config(doc["proxy"], doc["accounts"], doc["clients"],
                                          doc["store"]))
@@ -997,7 +1190,8 @@ def container_like_proxy(tmp_path: Path, redis_factory: Callable[..., RedisServe
            "LEGACY_APP_KEY": secrets.token_hex(16),
            "TOKENPROXY_STORE_KEY": Fernet.generate_key().decode(),
            "TOKENPROXY_REDIS_URL": redis.url,
-           "TOKENPROXY_REDIS_PREFIX": f"deploy-{secrets.token_hex(4)}", "HOME": str(home)}
+           "TOKENPROXY_REDIS_PREFIX": f"deploy-{secrets.token_hex(4)}", "HOME": str(home),
+           "TOKENPROXY_ADMIN_TOKEN": secrets.token_hex(24)}
     proxy = start_proxy_with_config(config_path, env=env)
     try:
         yield proxy, home, env
@@ -1012,18 +1206,26 @@ def test_real_proxy_with_the_container_config_answers_every_probe(
     with proxy.http(key=env["LEGACY_APP_KEY"]) as client:
         answer = client.get("/restapi/v1.0/account/~/extension/~")
     assert answer.status_code == 200, answer.text
-    assert proxy.account_status()["state"] == "healthy"
 
+    # probes ask without credentials; scrapers (and `tokenproxy status`) send the admin token
     paths = probe_paths()
     assert set(paths.values()) >= {"/readyz", "/healthz", "/metrics"}
+    bearer = {"Authorization": f"Bearer {env['TOKENPROXY_ADMIN_TOKEN']}"}
     with httpx.Client(base_url=proxy.admin_url, timeout=10, trust_env=False) as admin:
         for who, path in paths.items():
-            response = admin.get(path)
+            response = admin.get(path, headers=bearer if who in SCRAPERS else {})
             assert response.status_code == 200, f"{who} polls {path}: {response.status_code}"
+            if who in SCRAPERS:
+                assert admin.get(path).status_code == 401, f"{path} answers without the token"
+        assert admin.get("/status").status_code == 401
+        status = admin.get("/status", headers=bearer).json()
+        assert [a["state"] for a in status["accounts"]] == ["healthy"]
         assert admin.get("/readyz").json()["ready"] is True
         assert admin.get("/readyz").json()["store"]["backend"] == "redis"
-        assert 'tokenproxy_store_up{backend="redis"}' in admin.get("/metrics").text
+        assert 'tokenproxy_store_up{backend="redis"}' in admin.get("/metrics",
+                                                                   headers=bearer).text
         assert admin.get("/no-such-probe").status_code == 404  # 200 above means something
+    assert env["TOKENPROXY_ADMIN_TOKEN"] not in proxy.logs()
 
     # the image's HEALTHCHECK, run as written (its port moved to this proxy's)
     port = urlsplit(proxy.admin_url).port

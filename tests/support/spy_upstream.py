@@ -47,13 +47,22 @@ class SpyUpstream:
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
         self.violations: list[str] = []
         self.heads: list[str] = []
+        self.connections = 0  # accepted so far
         self._lock = threading.Lock()
         self._closed = False
+        self._open: set[socket.socket] = set()  # live connections, closed by stop()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def stop(self) -> None:
         self._closed = True
         self._listener.close()
+        with self._lock:
+            live, self._open = list(self._open), set()
+        for sock in live:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _accept(self) -> None:
         while not self._closed:
@@ -61,6 +70,9 @@ class SpyUpstream:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            with self._lock:
+                self._open.add(client)
+                self.connections += 1
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
@@ -69,6 +81,8 @@ class SpyUpstream:
         except OSError:
             client.close()
             return
+        with self._lock:
+            self._open.add(upstream)
         threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
         reader = _Reader(client)
         try:
@@ -87,6 +101,8 @@ class SpyUpstream:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+            with self._lock:
+                self._open.difference_update((client, upstream))
             client.close()
 
     def _inspect(self, head: bytes) -> None:
@@ -108,7 +124,8 @@ class SpyUpstream:
     @staticmethod
     def _relay_body(head: bytes, reader: _Reader, upstream: socket.socket) -> None:
         text = head.decode("latin-1").lower()
-        if "\r\ntransfer-encoding:" in text and "chunked" in text:
+        codings = re.findall(r"\r\ntransfer-encoding:([^\r]*)", text)
+        if any("chunked" in coding for coding in codings):
             while True:
                 size_line = reader.line()
                 upstream.sendall(size_line)
@@ -118,14 +135,18 @@ class SpyUpstream:
                         upstream.sendall(trailer)
                     upstream.sendall(b"\r\n")
                     return
-                upstream.sendall(reader.exactly(size + 2))
+                _copy(reader, upstream, size + 2)  # the chunk and its CRLF, streamed
         match = re.search(r"\r\ncontent-length:\s*(\d+)", text)
         if match:
-            remaining = int(match.group(1))
-            while remaining:
-                chunk = reader.some(min(remaining, 1 << 16))
-                upstream.sendall(chunk)
-                remaining -= len(chunk)
+            _copy(reader, upstream, int(match.group(1)))
+
+
+def _copy(reader: _Reader, upstream: socket.socket, size: int) -> None:
+    """Relay ``size`` bytes, at most 64 KiB held at a time."""
+    while size:
+        chunk = reader.some(min(size, 1 << 16))
+        upstream.sendall(chunk)
+        size -= len(chunk)
 
 
 class _Reader:
@@ -152,15 +173,11 @@ class _Reader:
 
     def line(self) -> bytes:
         while b"\r\n" not in self._buf:
+            if len(self._buf) > _MAX_HEAD:
+                raise OSError("chunk line too long")
             self._fill()
         line, _, self._buf = self._buf.partition(b"\r\n")
         return line + b"\r\n"
-
-    def exactly(self, size: int) -> bytes:
-        while len(self._buf) < size:
-            self._fill()
-        data, self._buf = self._buf[:size], self._buf[size:]
-        return data
 
     def some(self, most: int) -> bytes:
         if not self._buf:

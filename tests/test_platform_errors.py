@@ -110,7 +110,8 @@ def test_other_encodings_of_a_token_401() -> None:
     (b"junk", "deflate"),
     (api_envelope("OAU-213"), "compress"),  # a coding the proxy cannot decode
     (gzip.compress(api_envelope("OAU-213")), "br"),  # mislabelled
-])
+], ids=["gzip-bad-magic", "gzip-truncated", "br-garbage", "zstd-truncated", "deflate-garbage",
+        "compress-unsupported", "gzip-labelled-br"])  # gzip bytes hold a timestamp: fixed ids
 def test_undecodable_401_is_not_a_token_error(raw: bytes, coding: str) -> None:
     assert token_error_code_of(answer(401, raw, coding)) is None
 

@@ -322,7 +322,7 @@ class TokenInjector:
             return  # a 401 body is needed whole: it decides about the replay
         length = response.headers.get("content-length")
         if length is None or not length.isdigit() or int(length) > self._stream_threshold:
-            response.stream = True
+            response.stream = self._links.stream_for(flow) or True
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         state: FlowTokenState | None = flow.metadata.get(FLOW_KEY)

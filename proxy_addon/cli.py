@@ -122,8 +122,11 @@ def _parser() -> argparse.ArgumentParser:
                     "                       stop them first if that must not happen\n"
                     "  refresh_token,       apps get 503 TPX-REAUTH-REQUIRED until someone runs\n"
                     "  authorization_code   `tokenproxy authorize ACCOUNT`\n"
-                    "Apps' client keys and virtual tokens are not touched. No token value is "
-                    "printed.",
+                    "The account's virtual grants (apps that logged in through the proxy) end "
+                    "too; apps' client\nkeys are not touched. No token value is printed.\n\n"
+                    "With --virtual, ACCOUNT may also be a client id: only the virtual grants "
+                    "of that account\n(or of every account of that client id) are listed and "
+                    "ended; the account's own session\nstays. --list only lists them.",
         epilog="exit codes: 0 revoked (or nothing to revoke), 1 the platform or the store "
                "failed (the store is\n            left as it was when the platform refused), "
                "2 bad input (unknown account: the known\n            ones are listed; no "
@@ -131,8 +134,14 @@ def _parser() -> argparse.ArgumentParser:
                "examples:\n"
                "  tokenproxy revoke main --config /etc/tokenproxy/proxy.toml        # asks "
                "first\n"
-               "  tokenproxy revoke main --config /etc/tokenproxy/proxy.toml --yes  # scripts")
-    revoke.add_argument("account", help="account name from the config")
+               "  tokenproxy revoke main --config /etc/tokenproxy/proxy.toml --yes  # scripts\n"
+               "  tokenproxy revoke --virtual my-client-id -c proxy.toml --list    # apps' logins")
+    revoke.add_argument("account", help="account name from the config (with --virtual: or a "
+                                        "client id)")
+    revoke.add_argument("--virtual", action="store_true",
+                        help="end only the virtual grants of ACCOUNT (or of client id ACCOUNT)")
+    revoke.add_argument("--list", action="store_true", dest="list_only",
+                        help="with --virtual: list the grants, end nothing")
     revoke.add_argument("--config", "-c", required=True, help="path of the TOML config file")
     revoke.add_argument("--yes", "-y", action="store_true",
                         help="do not ask for confirmation (required when stdin is not a "
@@ -214,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         logs.setup("warning")
         from .revoke import main as revoke_main
 
-        return revoke_main(config, args.account, args.yes)
+        if args.list_only and not args.virtual:
+            print("tokenproxy revoke: --list needs --virtual", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return revoke_main(config, args.account, args.yes, args.virtual, args.list_only)
     if args.command == "authorize":
         logs.setup("warning")
         from .authorize import main as authorize_main

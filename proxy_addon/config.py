@@ -154,6 +154,9 @@ class ProxyConfig:
     # failed logins through the proxy per client id per minute before its logins get 429
     login_failure_limit: int = 30
     virtual_access_ttl: int = 3600  # seconds a virtual access token lives (apps' logins)
+    # outstanding virtual grants (logins through the proxy) per account; beyond, the least
+    # recently refreshed one ends. 0: no cap
+    virtual_grants_per_account: int = 1000
     replay_body_limit: int = 64 * 1024 * 1024  # request bodies up to this are replayable
     # request-body bytes buffered for replay by the whole process at once (a quarter of the
     # 1 GiB memory limit of deploy/k8s); beyond it bodies stream
@@ -321,6 +324,12 @@ class _Reader:
                             f"address {proxy.listen.host!r}: apps would send their credentials "
                             "in clear. Listen on 127.0.0.1 behind a TLS terminator, or set "
                             "[proxy] allow_plaintext_listen = true if the network is trusted")
+        if proxy.public_url is None and not _is_loopback(proxy.listen.host):
+            raise self.fail("proxy.public_url", f"required when listening on the non-loopback "
+                            f"address {proxy.listen.host!r}: links in answers must name the "
+                            "proxy as apps reach it (scheme, host, port), which the local socket "
+                            "address does not tell behind a load balancer or a DNS name. Set "
+                            "[proxy] public_url = \"https://tokenproxy.internal\"")
         admin = proxy.metrics_listen
         if admin is not None and not admin.is_loopback and proxy.admin_token_env is None:
             raise self.fail("proxy.metrics_listen", f"refusing to serve /metrics and /status "
@@ -372,7 +381,8 @@ class _Reader:
                    "auth_budget_calls", "auth_budget_window", "log_format",
                    "media_upstream", "public_url", "allow_plaintext_listen", "bad_key_limit",
                    "replay_body_limit", "replay_buffer_total", "tls_cert", "tls_key",
-                   "admin_token_env", "login_failure_limit", "virtual_access_ttl"}
+                   "admin_token_env", "login_failure_limit", "virtual_access_ttl",
+                   "virtual_grants_per_account"}
         table = self.table(value, key, allowed)
         defaults = ProxyConfig()
         log_format = self.string(table, "log_format", key, default=defaults.log_format)
@@ -427,6 +437,9 @@ class _Reader:
             virtual_access_ttl=int(self.number(table, "virtual_access_ttl", key,
                                                defaults.virtual_access_ttl, minimum=1,
                                                maximum=3600, integer=True)),
+            virtual_grants_per_account=int(self.number(
+                table, "virtual_grants_per_account", key, defaults.virtual_grants_per_account,
+                minimum=0, integer=True)),
             replay_body_limit=int(self.number(table, "replay_body_limit", key,
                                               defaults.replay_body_limit, minimum=0,
                                               integer=True)),

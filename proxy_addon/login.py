@@ -87,6 +87,12 @@ class LoginInterceptor:
         self._upstream = config.proxy.upstream
         self._virtual = virtual
         virtual.access_ttl = config.proxy.virtual_access_ttl
+        # at most this many outstanding logins per account: an app (or a stolen credential)
+        # logging in in a loop cannot grow the store without bound; the least recently
+        # refreshed grant ends first, as the platform ends sessions beyond "the limit (usually
+        # five) of parallel active sessions" (ringcentral-api-docs
+        # docs/authentication/tokens.md, "Access token expiration and invalidation")
+        virtual.grants_per_account = config.proxy.virtual_grants_per_account
         virtual.use_accounts(config.accounts)  # a changed credential ends the old grants
         self._throttle = throttle or BadKeyThrottle(config.proxy.bad_key_limit)
         self._throttle.client_limit = config.proxy.login_failure_limit

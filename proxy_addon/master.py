@@ -21,7 +21,7 @@ from mitmproxy.master import Master
 from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers.http import _http1
 
-from . import early_answer, proxy_errors
+from . import early_answer, proxy_errors, stream_abort
 from .config import Config
 
 log = logging.getLogger("tokenproxy.master")
@@ -59,6 +59,7 @@ def build_master(config: Config, *extra_addons: object,
     install_json_error_pages()
     skip_message_type_checks()
     early_answer.install()  # refusals at request headers never read the body
+    stream_abort.install()  # a streamed answer that cannot go on cuts the app's connection
     return master
 
 

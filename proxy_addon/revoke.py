@@ -24,12 +24,18 @@ themselves, ``refresh_token``/``authorization_code`` accounts enter ``reauth_req
 ``tokenproxy authorize ACCOUNT``. The account's virtual grants (apps that logged in through
 the proxy) end too: a record in the store says that grants made until now are dead
 (:meth:`VirtualTokens.end_account`). No token value is ever printed.
+
+``tokenproxy revoke --virtual ACCOUNT|CLIENT_ID`` leaves the account's own session alone and
+lists the virtual grants (one per login through the proxy, with its refreshes) of the account,
+or of every account of that client id, from the store's per-account index; then ends them
+(``--list``: only lists). A grant is shown by a short digest of its lineage id, never a token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import socket
 import sys
@@ -122,6 +128,13 @@ def _confirm(account: AccountConfig) -> bool:
     answer = input(f"Revoke account {account.name}'s session on the platform and clear it "
                    f"from the store? [y/N] ")
     return answer.strip().lower() in ("y", "yes")
+
+
+def _confirm_grants(count: int) -> bool:
+    if not sys.stdin.isatty():
+        raise RevokeError("refusing to end grants without confirmation: stdin is not a "
+                          "terminal; pass --yes", EXIT_BAD_INPUT)
+    return input(f"End these {count} virtual grant(s)? [y/N] ").strip().lower() in ("y", "yes")
 
 
 class _Lock:
@@ -268,9 +281,66 @@ async def _revoke_with(config: Config, account: AccountConfig, store: TokenStore
                           "command again")
 
 
-def main(config: Config, account: str, assume_yes: bool) -> int:
+async def revoke_virtual(config: Config, target: str, assume_yes: bool,
+                         list_only: bool) -> list[str]:
+    """List (and end, unless ``list_only``) the virtual grants of the account named
+    ``target``, or of the accounts of client id ``target``; returns the lines to print."""
+    names = {a.name for a in config.accounts}
+    if target in names:
+        accounts, client_id = [config.account(target)], None
+    else:
+        accounts = [a for a in config.accounts if a.client_id == target]
+        client_id = target
+        if not accounts:
+            raise RevokeError(f"{target!r} is neither an account nor a client id in "
+                              f"{config.source} (accounts: {', '.join(sorted(names))})",
+                              EXIT_BAD_INPUT)
     try:
-        lines = asyncio.run(revoke(config, account, assume_yes))
+        store = open_store(config.store)
+    except StoreConfigError as exc:
+        raise RevokeError(f"store: {exc}", EXIT_BAD_INPUT) from None
+    try:
+        await store.open()
+        virtual = VirtualTokens(store)
+        virtual.use_accounts(config.accounts)  # grants of changed credentials are dead
+        found = [(a.name, g) for a in accounts for g in await virtual.grants(a.name)
+                 if client_id is None or g.client_id == client_id]
+        now = time.time()
+        lines = [f"{len(found)} virtual grant(s) of " + (f"account {target}" if client_id is None
+                                                          else f"client id {target}")
+                 + (":" if found else ".")]
+        lines += [f"  grant {hashlib.sha256(g.lineage.encode()).hexdigest()[:12]}  account "
+                  f"{name}  client {g.client_id}  logged in {format_duration(now - g.created_at)}"
+                  f" ago  refresh token lapses in {format_duration(g.expires_at - now)}"
+                  for name, g in found]
+        if list_only or not found:
+            return lines
+        if not assume_yes:
+            print("\n".join(lines), flush=True)
+            if not _confirm_grants(len(found)):
+                raise RevokeError("not confirmed: nothing was changed", EXIT_BAD_INPUT)
+            lines = []
+        ended = 0
+        for account in accounts:
+            ended += len(await virtual.end_grants(account.name, client_id))
+        lines.append(f"ended {ended} virtual grant(s): those apps must log in again (running "
+                     "proxies honour it within 5 s)")
+        return lines
+    except StoreKeyMismatch as exc:
+        raise RevokeError(f"store: {exc} (hint: set {config.store.key_env} to the key the "
+                          "proxies use)") from None
+    except StoreError as exc:
+        raise RevokeError(f"store: {exc}") from None
+    finally:
+        with contextlib.suppress(Exception):
+            await store.close()
+
+
+def main(config: Config, account: str, assume_yes: bool, virtual: bool = False,
+         list_only: bool = False) -> int:
+    try:
+        lines = asyncio.run(revoke_virtual(config, account, assume_yes, list_only) if virtual
+                            else revoke(config, account, assume_yes))
     except RevokeError as exc:
         print(SECRETS.redact(f"tokenproxy revoke: {exc}"), file=sys.stderr)
         return exc.exit_code

@@ -17,12 +17,18 @@ refreshes exactly one wins, and a spent refresh token leaves a *spent* marker be
 a spent one again (a reuse: the token was copied, or two apps share it) ends the lineage —
 every pair descended from that login, the winner's new one included (the OAuth 2.0 security
 BCP's refresh-token reuse detection).
+
+Each account's lineages are also kept in a store index scored by expiry
+(:meth:`TokenStore.index_virtual`): it caps the outstanding grants per account (``[proxy]
+virtual_grants_per_account``; beyond it the grant refreshed least recently ends, as the platform
+evicts its oldest session) and lets ``tokenproxy revoke --virtual`` list and end them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -33,6 +39,8 @@ from .store import StoreError, TokenStore
 
 ACCESS_PREFIX, REFRESH_PREFIX = "TPXA", "TPXR"
 ACCESS_TTL, REFRESH_TTL = 3600, 7 * 86400
+log = logging.getLogger("tokenproxy.virtual")
+
 CACHE_SECONDS = 5.0  # a revocation on another replica is honoured here within this time
 
 
@@ -115,6 +123,7 @@ class VirtualTokens:
         self.access_ttl, self.refresh_ttl = access_ttl, refresh_ttl
         self._cache: dict[str, tuple[VirtualGrant | None, float]] = {}
         self.fingerprints: dict[str, str] | None = None  # by account; None: not checked
+        self.grants_per_account = 0  # outstanding lineages per account; 0: no cap
 
     def use_accounts(self, accounts: tuple[AccountConfig, ...] | list[AccountConfig]) -> None:
         """Bind grants to these accounts' current credentials (see :func:`fingerprint`)."""
@@ -138,6 +147,7 @@ class VirtualTokens:
             await self._put(lineage_key(lineage), VirtualGrant(
                 account, client_id, "lineage", refresh_until, pair, lineage,
                 (self.fingerprints or {}).get(account, ""), now), refresh_until)
+            await self._index(account, lineage, refresh_until)
         # the access record outlives its token (until the pair's end): an expired token is
         # then told apart from an unknown one (OAU-210, as the platform answers)
         await self._put(pair[0], VirtualGrant(account, client_id, "access",
@@ -185,6 +195,7 @@ class VirtualTokens:
         await self._put(key, VirtualGrant(account, "", "ended", now + self.refresh_ttl,
                                           ("", ""), "", "", now), now + self.refresh_ttl)
         self._cache.pop(key, None)
+        await self.grants(account)  # drops the ended ones from the account's index
 
     async def resolve_access(self, token: str) -> tuple[VirtualGrant | None, str]:
         """(grant, "") for a live virtual access token; (None, "OAU-210") when it has expired,
@@ -229,7 +240,7 @@ class VirtualTokens:
         if seen is None or seen.client_id != client_id:
             return None
         if seen.kind == "spent":
-            await self.end_lineage(seen.lineage)  # reuse of a spent refresh token
+            await self.end_lineage(seen.lineage, seen.account)  # reuse of a spent one
             return None
         if seen.kind != "refresh" or seen.expires_at <= time.time():
             return None
@@ -243,7 +254,7 @@ class VirtualTokens:
         taken = await self._store.consume_virtual(key, self._seal(spent, key), seen.expires_at)
         won = self._open(taken, key) if taken is not None else None
         if won is None or won.kind != "refresh":
-            await self.end_lineage(seen.lineage)  # another refresh spent it first
+            await self.end_lineage(seen.lineage, seen.account)  # another refresh was first
             return None
         await self._forget([won.pair[0]])
         pair = await self.issue(won.account, client_id, won.lineage)
@@ -251,13 +262,47 @@ class VirtualTokens:
         # (a consume never recreates it): then the new pair is born dead
         lineage = VirtualGrant(won.account, client_id, "lineage", time.time() + self.refresh_ttl,
                                won.pair, won.lineage, current.fingerprint, current.created_at)
-        await self._store.consume_virtual(lkey, self._seal(lineage, lkey), lineage.expires_at)
+        if await self._store.consume_virtual(lkey, self._seal(lineage, lkey),
+                                             lineage.expires_at) is not None:
+            await self._index(won.account, won.lineage, lineage.expires_at)
         return won.account, pair
 
-    async def end_lineage(self, lineage: str) -> None:
+    async def _index(self, account: str, lineage: str, expires_at: float) -> None:
+        """Count the lineage for its account until ``expires_at``; end those beyond the cap."""
+        for evicted in await self._store.index_virtual(account, lineage, expires_at,
+                                                       self.grants_per_account):
+            log.info("virtual grant of account %s ended: more than %d outstanding", account,
+                     self.grants_per_account, extra={"event": "virtual_grant_evicted"})
+            await self._forget([lineage_key(evicted)])
+
+    async def end_lineage(self, lineage: str, account: str = "") -> None:
         """Every pair descended from that login dies (its lineage record goes)."""
         if lineage:
             await self._forget([lineage_key(lineage)])
+            if account:
+                await self._store.unindex_virtual(account, [lineage])
+
+    async def grants(self, account: str) -> list[VirtualGrant]:
+        """The account's live grants (their lineage records), least recently refreshed first;
+        index entries of grants that ended otherwise are dropped on the way."""
+        live: list[VirtualGrant] = []
+        dead: list[str] = []
+        for lineage, _ in await self._store.list_index(account):
+            self._cache.pop(lineage_key(lineage), None)  # the store's word, not the cache's
+            grant = await self._lookup(lineage_key(lineage))
+            (live.append(grant) if grant is not None and grant.account == account
+             else dead.append(lineage))
+        if dead:
+            await self._store.unindex_virtual(account, dead)
+        return live
+
+    async def end_grants(self, account: str, client_id: str | None = None) -> list[VirtualGrant]:
+        """End the account's live grants (only those of ``client_id`` if given); the ended."""
+        ended = [g for g in await self.grants(account)
+                 if client_id is None or g.client_id == client_id]
+        for grant in ended:
+            await self.end_lineage(grant.lineage, account)
+        return ended
 
     async def revoke(self, token: str) -> bool:
         """Revoke the pair ``token`` belongs to; False if it is not a live virtual token."""
@@ -270,6 +315,8 @@ class VirtualTokens:
     async def revoke_pair(self, grant: VirtualGrant) -> None:
         await self._forget([*grant.pair, *([lineage_key(grant.lineage)] if grant.lineage
                                            else [])])
+        if grant.lineage:
+            await self._store.unindex_virtual(grant.account, [grant.lineage])
 
     async def _forget(self, keys: list[str]) -> None:
         await self._store.delete_virtual(keys)

@@ -360,3 +360,70 @@ def test_revoke_failures_and_bad_input(tmp_path: Path, emulator_factory) -> None
     for result in (unknown, unconfirmed, unreachable):
         assert_no_secret(result, tokens.access_token, tokens.refresh_token or "")
     assert_no_secret(mismatch, wrong_key)
+
+
+def test_revoke_virtual_lists_and_ends_an_accounts_or_a_client_ids_grants(
+        tmp_path: Path, emulator_factory) -> None:
+    """`tokenproxy revoke --virtual ACCOUNT|CLIENT_ID` lists the virtual grants (apps' logins
+    through the proxy) from the store's index and ends them; `--list` ends nothing; the
+    account's own platform session is left alone; no token is printed."""
+    from tests.support.proxy import start_proxy_with_config
+
+    emulator = emulator_factory("--auth-rate", "0")
+    path = write_config(tmp_path, emulator.url, [jwt_account(), PASSWORD_ACCOUNT])
+    proxy = start_proxy_with_config(path, env={"TOKENPROXY_STORE_KEY": STORE_KEY})
+
+    def login(**form: str) -> dict[str, Any]:
+        answer = httpx.post(proxy.url + "/restapi/oauth/token", data=form, timeout=30,
+                            auth=(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET))
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    def status(token: str, want: int) -> int:
+        code = 0
+        for _ in range(100):  # bounded: proxies honour an ended grant within their 5 s cache
+            code = httpx.get(proxy.url + EXT, headers={"Authorization": f"Bearer {token}"},
+                             timeout=30).status_code
+            if code == want:
+                break
+            time.sleep(0.1)
+        return code
+
+    jwt_form = {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+                "assertion": DEMO_JWT}
+    try:
+        mains = [login(**jwt_form), login(**jwt_form)]
+        pw = login(grant_type="password", username="+15550100002", password=PASSWORD)
+        tokens = [t[k] for t in (*mains, pw) for k in ("access_token", "refresh_token")]
+        listed = cli("revoke", "--virtual", "main", "--list", "--config", str(path))
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        assert "2 virtual grant(s) of account main:" in listed.stdout
+        assert listed.stdout.count("  grant ") == 2 and "client demo-client-id" in listed.stdout
+        assert status(mains[0]["access_token"], 200) == 200  # --list ends nothing
+        asked = cli("revoke", "--virtual", "main", "--config", str(path))
+        assert asked.returncode == 2 and "pass --yes" in asked.stderr
+
+        revocations = emulator.counters()["revocations"]
+        ended = cli("revoke", "--virtual", "main", "--config", str(path), "--yes")
+        assert ended.returncode == 0, ended.stdout + ended.stderr
+        assert "ended 2 virtual grant(s)" in ended.stdout
+        for grant in mains:
+            assert status(grant["access_token"], 401) == 401
+        assert status(pw["access_token"], 200) == 200  # another account's grant
+        assert emulator.counters()["revocations"] == revocations  # the session stays
+        none_left = cli("revoke", "--virtual", "main", "--list", "--config", str(path))
+        assert "0 virtual grant(s) of account main." in none_left.stdout
+
+        by_client = cli("revoke", "--virtual", DEMO_CLIENT_ID, "--config", str(path), "--yes")
+        assert by_client.returncode == 0, by_client.stdout + by_client.stderr
+        assert f"1 virtual grant(s) of client id {DEMO_CLIENT_ID}:" in by_client.stdout
+        assert "account pw" in by_client.stdout
+        assert status(pw["access_token"], 401) == 401
+        for result in (listed, ended, by_client):
+            assert_no_secret(result, *tokens)
+
+        unknown = cli("revoke", "--virtual", "nobody", "--config", str(path))
+        assert unknown.returncode == 2 and "neither an account nor a client id" in unknown.stderr
+        assert cli("revoke", "main", "--list", "--config", str(path)).returncode == 2
+    finally:
+        proxy.stop()

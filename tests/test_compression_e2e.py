@@ -151,6 +151,7 @@ class _BombUpstream(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     bomb = b""
     coding = "gzip"
+    status = 401
     api_calls = 0
 
     def log_message(self, format: str, *args: object) -> None:
@@ -176,14 +177,15 @@ class _BombUpstream(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         type(self).api_calls += 1
-        self._send(401, self.bomb, {"Content-Type": "application/json",
+        self._send(self.status, self.bomb, {"Content-Type": "application/json",
                                     "Content-Encoding": self.coding})
 
 
 @pytest.fixture
 def bomb_upstream(request) -> Iterator[tuple[str, type[_BombUpstream]]]:
-    coding = request.param
-    handler = type("Handler", (_BombUpstream,), {"bomb": _bomb(coding), "coding": coding})
+    coding, status = request.param if isinstance(request.param, tuple) else (request.param, 401)
+    handler = type("Handler", (_BombUpstream,),
+                   {"bomb": _bomb(coding), "coding": coding, "status": status})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -218,3 +220,45 @@ def test_decompression_bomb_401_is_passed_through_in_bounded_memory(bomb_upstrea
     # decoding it once would take 100 MB, and as much again to parse it
     assert grown < 50 * 1024 * 1024, f"peak RSS grew by {grown / 2**20:.0f} MiB"
     assert upstream.api_calls == 4  # no renewal, no replay: not read as a token error
+
+
+# -- a decompression bomb in a 200 JSON answer (the links in it would be rewritten) ------------
+
+@pytest.mark.parametrize("bomb_upstream", [(c, 200) for c in CODINGS], indirect=True,
+                         ids=CODINGS)
+def test_decompression_bomb_answer_is_passed_through_in_bounded_memory(bomb_upstream,
+                                                                        proxy_factory) -> None:
+    """Buffered (under stream_threshold): decoding it for link rewriting stops at its bound,
+    and the app gets the answer exactly as the platform sent it."""
+    url, upstream = bomb_upstream
+    proxy = proxy_factory(url, stream_threshold=len(upstream.bomb) + 1)
+    baseline = _peak_rss(proxy.proc.pid)
+    with app(proxy) as client:
+        for _ in range(3):
+            response, raw = get_raw(client, "GET", EXT)
+            assert response.status_code == 200
+            assert raw == upstream.bomb
+    grown = _peak_rss(proxy.proc.pid) - baseline
+    assert grown < 50 * 1024 * 1024, f"peak RSS grew by {grown / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("bomb_upstream", [(c, 200) for c in CODINGS], indirect=True,
+                         ids=CODINGS)
+def test_streamed_decompression_bomb_cuts_the_app_connection(bomb_upstream,
+                                                             proxy_factory) -> None:
+    """Streamed (over stream_threshold), its links rewritten as it passes: past the bound the
+    app's connection is cut before the body's end (a clean end would pass a truncated JSON for
+    whole), memory stays bounded and the proxy goes on serving."""
+    url, _upstream = bomb_upstream
+    proxy = proxy_factory(url, stream_threshold=1024)
+    baseline = _peak_rss(proxy.proc.pid)
+    for _ in range(2):
+        with app(proxy) as client, pytest.raises(httpx.RemoteProtocolError):
+            get_raw(client, "GET", EXT)
+    grown = _peak_rss(proxy.proc.pid) - baseline
+    assert grown < 50 * 1024 * 1024, f"peak RSS grew by {grown / 2**20:.0f} MiB"
+    assert "upstream answer to GET /restapi/v1.0/account/~/extension/~ cut off for the app: " \
+        "it decodes to more than 64 times its size" in proxy.logs()
+    with app(proxy) as client:
+        response = client.get("/_emulator/policy")  # answered by the proxy itself
+    assert response.status_code == 404 and "TPX-NOT-SERVED" in response.text

@@ -429,6 +429,10 @@ def test_container_config_is_valid_and_listens_for_a_container() -> None:
     assert config.proxy.allow_plaintext_listen or config.proxy.tls_cert
     assert "allow_plaintext_listen" in CONTAINER_CONFIG.read_text().split("[accounts]")[0]
     assert config.proxy.verify_upstream_tls is True
+    # links in answers name the proxy as apps reach it (required beyond loopback)
+    assert config.proxy.public_url == "http://tokenproxy:8080"
+    assert loaded_config({**FAKE_ENV, "PROXY_PUBLIC_URL": "https://tp.example"}
+                         ).proxy.public_url == "https://tp.example"
     assert config.proxy.upstream == "https://platform.ringcentral.com"
     assert loaded_config({**FAKE_ENV, "RC_SERVER_URL": "http://emulator:9000"}
                          ).proxy.upstream == "http://emulator:9000"
@@ -823,6 +827,21 @@ def test_prometheus_scrapes_every_replica_and_loads_the_alert_rules() -> None:
     targets = {t for sc in job["static_configs"] for t in sc["targets"]}
     metrics_port = loaded_config().proxy.metrics_listen.port
     assert targets == {f"{name}:{metrics_port}" for name in proxy_services()}
+    # /metrics needs the admin token: Prometheus reads it from a file its entrypoint writes,
+    # on a private tmpfs, from the variable the proxies' config names
+    token_env = loaded_config().proxy.admin_token_env
+    assert token_env
+    auth = job["authorization"]
+    assert auth.get("type", "Bearer") == "Bearer" and "credentials" not in auth
+    token_file = PurePosixPath(auth["credentials_file"])
+    assert any(token_file.is_relative_to(t.split(":")[0]) and "mode=0700" in t
+               for t in prometheus.get("tmpfs", [])), f"{token_file} not on a private tmpfs"
+    script = prometheus["entrypoint"][2]
+    assert f'"$${token_env}" > {token_file}' in script and "umask 077" in script
+    assert 'exec /bin/prometheus "$$@"' in script
+    assert ENV_REF.fullmatch(prometheus["environment"][token_env])
+    for name, service in proxy_services().items():
+        assert service["environment"][token_env] == prometheus["environment"][token_env], name
     rules = [host_path(prometheus, r) for r in doc["rule_files"]]
     assert DASHBOARDS / "alerts.yml" in rules
     alerts = yaml_doc(DASHBOARDS / "alerts.yml")
@@ -1056,10 +1075,16 @@ def test_services_pdb_and_servicemonitor_select_the_pods() -> None:
     assert metrics_service["spec"].get("clusterIP") == "None", "one target per pod: headless"
     port_names = {p["name"]: p for p in metrics_service["spec"]["ports"]}
     metrics_port = loaded_config().proxy.metrics_listen.port
+    token_env = loaded_config().proxy.admin_token_env
+    token_ref = next(e["valueFrom"]["secretKeyRef"] for e in container["env"]
+                     if e["name"] == token_env)
     for endpoint in monitor["spec"]["endpoints"]:
         port = port_names[endpoint["port"]]
         assert named_port(container, port["targetPort"]) == metrics_port
         assert endpoint.get("path", "/metrics") == "/metrics"
+        # the scrape sends the token the pods require: the same Secret key
+        assert endpoint["authorization"].get("type", "Bearer") == "Bearer"
+        assert endpoint["authorization"]["credentials"] == token_ref
 
 
 def test_network_policy_admits_apps_to_the_proxy_and_only_prometheus_to_metrics() -> None:

@@ -78,13 +78,19 @@ def test_non_loopback_plain_listener_is_refused(tmp_path: Path) -> None:
                                "--config", str(path)], capture_output=True, text=True, timeout=60,
                               env=os.environ.copy())
 
-    refused = check("0.0.0.0:8080")
+    public = {"public_url": "https://tokenproxy.internal"}  # required beyond loopback
+    refused = check("0.0.0.0:8080", **public)
     assert refused.returncode == 2
     assert "proxy.listen" in refused.stderr and "allow_plaintext_listen" in refused.stderr
-    assert check("0.0.0.0:8080", allow_plaintext_listen=True).returncode != 2
+    assert check("0.0.0.0:8080", allow_plaintext_listen=True, **public).returncode != 2
     ca = make_tls_files(tmp_path / "tls")
     cert, key = str(ca.parent / "server.pem"), str(ca.parent / "server.key")
-    assert check("0.0.0.0:8080", tls_cert=cert, tls_key=key).returncode != 2  # TLS: allowed
+    assert check("0.0.0.0:8080", tls_cert=cert, tls_key=key, **public).returncode != 2  # TLS
+    # without public_url the links in answers would name the socket address: refused
+    unnamed = check("0.0.0.0:8080", tls_cert=cert, tls_key=key)
+    assert unnamed.returncode == 2 and "proxy.public_url" in unnamed.stderr, unnamed.stderr
+    unnamed = check("10.1.2.3:8080", allow_plaintext_listen=True)
+    assert unnamed.returncode == 2 and "proxy.public_url" in unnamed.stderr, unnamed.stderr
     half = check("0.0.0.0:8080", tls_cert=cert)
     assert half.returncode == 2 and "tls_key" in half.stderr
     missing = check("127.0.0.1:8080", tls_cert=str(tmp_path / "nope.pem"), tls_key=key)

@@ -432,3 +432,30 @@ def test_revoke_account_and_a_credential_change_end_its_virtual_grants(
         assert answer.status_code == 401 and code_of(answer) == "OAU-213", answer.text
     finally:
         proxy.stop()
+
+
+def test_outstanding_virtual_grants_are_capped_per_account(tmp_path: Path,
+                                                           emulator_factory) -> None:
+    """[proxy] virtual_grants_per_account: beyond it a login ends the account's grant that was
+    refreshed least recently (a login loop cannot grow the store without bound)."""
+    emulator = emulator_factory("--auth-rate", "0")
+    path = write_config(tmp_path, emulator.url, [jwt_account()], "main",
+                        virtual_grants_per_account=2)
+    proxy = start_proxy_with_config(path, env={"TOKENPROXY_STORE_KEY": STORE_KEY})
+    try:
+        first, second = jwt_login(proxy.url).json(), jwt_login(proxy.url).json()
+        third = jwt_login(proxy.url).json()
+        assert api(proxy.url, first["access_token"]).status_code == 401  # the oldest ended
+        evicted = login(proxy.url, grant_type="refresh_token",
+                        refresh_token=first["refresh_token"])
+        assert evicted.status_code == 400, evicted.text
+        assert api(proxy.url, third["access_token"]).status_code == 200
+        refreshed = login(proxy.url, grant_type="refresh_token",
+                          refresh_token=second["refresh_token"])
+        assert refreshed.status_code == 200, refreshed.text  # now the most recently used
+        fourth = jwt_login(proxy.url).json()
+        assert api(proxy.url, third["access_token"]).status_code == 401
+        for kept in (refreshed.json(), fourth):
+            assert api(proxy.url, kept["access_token"]).status_code == 200
+    finally:
+        proxy.stop()

@@ -118,3 +118,41 @@ def test_dashboards_and_alerts_on_a_bad_day(tmp_path: Path, emulator_factory, pr
     assert set(active) == all_alerts - NOT_RAISED, active
     assert set(active.values()) <= {"pending", "firing"}
     assert counters["rate_limited"] > 0 and counters["evictions"] > 0
+
+
+def test_prometheus_scrapes_a_guarded_proxy_with_the_bearer_token(
+        tmp_path: Path, emulator_factory, proxy_factory) -> None:
+    """`[proxy] admin_token_env` set: a real Prometheus scraping with `authorization:
+    credentials_file` (as deploy/compose/prometheus.yml does) gets the metrics; the same target
+    scraped without the token is down with a 401."""
+    token = f"prometheus-admin-token-{uuid.uuid4().hex}"
+    emulator = emulator_factory()
+    proxy = proxy_factory(emulator.url, admin_token_env="TPX_PROM_ADMIN_TOKEN",
+                          env={"TPX_PROM_ADMIN_TOKEN": token})
+    assert proxy.admin_url is not None
+    with proxy.http() as client:
+        assert client.get(EXT).status_code == 200
+    token_file = tmp_path / "admin-token"
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    prometheus = start_prometheus(tmp_path / "prometheus",
+                                  [proxy.admin_url.removeprefix("http://")], [ALERTS_FILE],
+                                  credentials_file=token_file, unauthenticated_job=True)
+    try:
+        deadline = time.monotonic() + 60
+        health: dict[str, tuple[str, str]] = {}
+        while time.monotonic() < deadline:  # bounded: both jobs scraped at least once
+            health = prometheus.target_health()
+            if set(health) == {"tokenproxy", "tokenproxy-unauthenticated"} and all(
+                    state != "unknown" for state, _ in health.values()):
+                break
+            time.sleep(0.5)
+        assert health["tokenproxy"][0] == "up", health
+        assert health["tokenproxy-unauthenticated"][0] == "down", health
+        assert "401" in health["tokenproxy-unauthenticated"][1], health
+        result = prometheus.query('tokenproxy_requests_total{job="tokenproxy"}')
+        assert result and sum(float(r["value"][1]) for r in result) >= 1
+        assert not prometheus.query('up{job="tokenproxy-unauthenticated"} == 1')
+    finally:
+        prometheus.stop()
+    assert token not in proxy.logs() and token not in prometheus.log()

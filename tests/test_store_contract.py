@@ -317,3 +317,37 @@ def test_consume_virtual_is_atomic_exactly_one_wins(backend: Backend) -> None:
                     await store.close()
 
     run(scenario)
+
+
+def test_virtual_grant_index_counts_caps_and_lists(backend: Backend) -> None:
+    """The per-account index of virtual grants: members move (not duplicate), expired ones
+    drop, beyond the cap those expiring first are removed and returned — exactly once even
+    when several store objects add at once — and other indexes are untouched."""
+    async def scenario() -> None:
+        stores = [backend.make() for _ in range(4)]
+        for store in stores:
+            await store.open()
+        try:
+            first = stores[0]
+            assert await first.index_virtual("acct", "m1", 2e9 + 1, 0) == []
+            assert await first.index_virtual("acct", "m1", 2e9 + 5, 0) == []  # moved
+            assert await first.index_virtual("acct", "lapsed", 1.0, 0) == []  # expired
+            assert await first.index_virtual("other", "x", 2e9, 1) == []
+            assert await first.list_index("acct") == [("m1", 2e9 + 5)]
+            added = await asyncio.gather(*(s.index_virtual("acct", f"n{i}", 2e9 + 10 + i, 3)
+                                           for i, s in enumerate(stores)))
+            removed = [m for batch in added for m in batch]
+            listed = [m for m, _ in await stores[1].list_index("acct")]
+            assert len(listed) == 3 and len(removed) == len(set(removed)) == 2, (added, listed)
+            assert sorted(removed + listed) == ["m1", "n0", "n1", "n2", "n3"]
+            assert "m1" in removed  # the one expiring first went
+            await stores[2].unindex_virtual("acct", [listed[0], "absent"])
+            assert [m for m, _ in await stores[3].list_index("acct")] == listed[1:]
+            assert await stores[3].list_index("other") == [("x", 2e9)]
+            assert await stores[3].list_index("nothing") == []
+        finally:
+            for store in stores:
+                if not isinstance(store, MemoryStore):
+                    await store.close()
+
+    run(scenario)

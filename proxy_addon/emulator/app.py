@@ -222,6 +222,31 @@ def _compressible(request: web.BaseRequest, response: web.StreamResponse) -> boo
 
 
 @web.middleware
+async def chunking_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """With ``chunk_bytes`` set, send a buffered answer (already compressed, if it is) chunked,
+    in pieces of that size with a pause between them, each written and drained on its own."""
+    response: web.StreamResponse = await handler(request)
+    size = request.app[PLATFORM].policy.chunk_bytes
+    if not size or not isinstance(response, web.Response) or response.prepared \
+            or request.version < (1, 1):
+        return response
+    body = response.body
+    if not isinstance(body, bytes | bytearray) or len(body) <= size \
+            or request.method == hdrs.METH_HEAD:
+        return response
+    streamed = web.StreamResponse(status=response.status, reason=response.reason,
+                                  headers=response.headers)
+    streamed.headers.popall(hdrs.CONTENT_LENGTH, None)
+    streamed.enable_chunked_encoding()
+    await streamed.prepare(request)
+    for start in range(0, len(body), size):
+        await streamed.write(bytes(body[start:start + size]))
+        await asyncio.sleep(0.002)  # lets each piece leave in its own segment
+    await streamed.write_eof()
+    return streamed
+
+
+@web.middleware
 async def compression_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """Compress a buffered answer (any status) in the coding the policy and the client agree
     on. The outermost middleware: the platform's error envelopes are compressed too."""
@@ -284,7 +309,8 @@ def build_app(platform: Platform, public_url: str = "", media_url: str = "") -> 
     """The emulator's aiohttp application; URLs may be set later through ``app[URLS]``."""
     from . import admin, api
 
-    app = web.Application(middlewares=[compression_middleware, platform_middleware],
+    app = web.Application(middlewares=[chunking_middleware, compression_middleware,
+                                       platform_middleware],
                           client_max_size=MAX_BODY)
     app[PLATFORM] = platform
     app[URLS] = Urls(public_url.rstrip("/"), media_url.rstrip("/"))

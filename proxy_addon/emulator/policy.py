@@ -45,6 +45,10 @@ class Policy:
     # compress every answer (error bodies too) with this content coding when the client's
     # Accept-Encoding accepts it; "any" picks one per request (br > zstd > gzip > deflate)
     compress: str = "off"
+    # send every buffered answer chunked, in pieces of this many bytes with a short pause
+    # between them, as a front end that streams may (a client sees a body arrive in pieces,
+    # split anywhere, even inside a JSON string). 0: each answer in one piece
+    chunk_bytes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -63,7 +67,7 @@ class Policy:
 
 _POSITIVE = {"access_ttl", "refresh_ttl", "auth_window"}
 _NON_NEGATIVE = {"auth_penalty", "refresh_grace", "token_delay"}
-_COUNTS = {"auth_rate": 0, "session_cap": 1, "revoke_issued": 0}
+_COUNTS = {"auth_rate": 0, "session_cap": 1, "revoke_issued": 0, "chunk_bytes": 0}
 _CHOICES = {
     "session_cap_policy": CAP_POLICIES,
     "expired_envelope": EXPIRED_ENVELOPES,

@@ -139,6 +139,15 @@ def _parser() -> argparse.ArgumentParser:
         "end may compress (default off)",
     )
     p.add_argument(
+        "--chunk-bytes",
+        type=int,
+        default=d.chunk_bytes,
+        metavar="N",
+        help="send every buffered answer chunked in pieces of N bytes (after compression), a "
+        "short pause between them, so clients see bodies split anywhere, as over any network "
+        "(RFC 9112 section 7.1: chunk boundaries carry no meaning). 0 (default): one piece",
+    )
+    p.add_argument(
         "--public-url",
         metavar="URL",
         help="base of absolute URLs in API responses (default http://HOST:PORT)",
@@ -212,6 +221,7 @@ def _configure(args: argparse.Namespace) -> tuple[Platform, str, str | None, str
                 "expired_code": args.expired_code,
                 "token_delay": args.token_delay,
                 "compress": args.compress,
+                "chunk_bytes": args.chunk_bytes,
             }
         )
     except PolicyError as exc:

@@ -142,6 +142,26 @@ class TokenStore(abc.ABC):
         None when there was none: of concurrent consumers, exactly one gets the record (a
         refresh token is spent once). A missing record is never created."""
 
+    # A per-account index of virtual grants (their lineage ids), so that they can be counted,
+    # capped and listed without a scan. Members only, no secret: a lineage id names a login,
+    # it opens nothing.
+
+    @abc.abstractmethod
+    async def index_virtual(self, index: str, member: str, expires_at: float,
+                            cap: int) -> list[str]:
+        """Atomically: keep ``member`` in the set ``index`` until ``expires_at`` (insert, or
+        move its expiry), drop the members that have expired, then, while more than ``cap``
+        remain (0: no cap), remove those that expire first. Returns the members removed for
+        the cap, so that the caller can end them."""
+
+    @abc.abstractmethod
+    async def unindex_virtual(self, index: str, members: list[str]) -> None:
+        """Remove these members from ``index`` (missing ones are ignored)."""
+
+    @abc.abstractmethod
+    async def list_index(self, index: str) -> list[tuple[str, float]]:
+        """The unexpired members of ``index`` with their expiry, soonest first."""
+
     async def watch(self, listener: Callable[[str, int], None]) -> None:
         """Call ``listener(account, generation)`` when another process writes (backends that
         can notify); ``listener("", 0)`` means "re-read everything". Default: no notifications,

@@ -75,6 +75,18 @@ class InstrumentedStore(TokenStore):
         return await self._counted("consume_virtual", lambda: self.inner.consume_virtual(
             digest, replacement, expires_at))
 
+    async def index_virtual(self, index: str, member: str, expires_at: float,
+                            cap: int) -> list[str]:
+        return await self._counted("index_virtual", lambda: self.inner.index_virtual(
+            index, member, expires_at, cap))
+
+    async def unindex_virtual(self, index: str, members: list[str]) -> None:
+        await self._counted("unindex_virtual",
+                            lambda: self.inner.unindex_virtual(index, members))
+
+    async def list_index(self, index: str) -> list[tuple[str, float]]:
+        return await self._counted("list_index", lambda: self.inner.list_index(index))
+
     async def watch(self, listener: Callable[[str, int], None]) -> None:
         await self.inner.watch(listener)
 

@@ -16,6 +16,7 @@ class MemoryStore(TokenStore):
         self._records: dict[str, tuple[int, bytes]] = {}
         self._locks: dict[str, tuple[str, float]] = {}
         self._virtual: dict[str, tuple[bytes, float]] = {}
+        self._indexes: dict[str, dict[str, float]] = {}
 
     async def open(self) -> None:
         return None
@@ -71,6 +72,28 @@ class MemoryStore(TokenStore):
             if replacement is not None:
                 self._virtual[digest] = (replacement, expires_at)
         return taken
+
+    async def index_virtual(self, index: str, member: str, expires_at: float,
+                            cap: int) -> list[str]:
+        now = time.time()  # no await point in here: atomic
+        members = {m: t for m, t in self._indexes.get(index, {}).items() if t > now}
+        members[member] = expires_at
+        removed: list[str] = []
+        if cap > 0 and len(members) > cap:
+            removed = sorted(members, key=lambda m: (members[m], m))[:len(members) - cap]
+            for gone in removed:
+                del members[gone]
+        self._indexes[index] = members
+        return removed
+
+    async def unindex_virtual(self, index: str, members: list[str]) -> None:
+        for member in members:
+            self._indexes.get(index, {}).pop(member, None)
+
+    async def list_index(self, index: str) -> list[tuple[str, float]]:
+        now = time.time()
+        return sorted(((m, t) for m, t in self._indexes.get(index, {}).items() if t > now),
+                      key=lambda item: (item[1], item[0]))
 
     async def close(self) -> None:
         return None

@@ -5,6 +5,8 @@ Layout under ``[store] prefix`` (default ``tokenproxy``):
 - ``{prefix}:tokens:{account}`` hash ``generation``, ``value`` (sealed token set), ``updated_at``;
 - ``{prefix}:lock:{account}`` the renewal lock: the owner's token, with a lease (PX);
 - ``{prefix}:meta:key_check`` proves every replica uses the same encryption key;
+- ``{prefix}:virtual:{digest}`` a sealed virtual-token record (PX until it lapses);
+- ``{prefix}:vindex:{account}`` sorted set of the account's virtual grants, scored by expiry;
 - channel ``{prefix}:rotations`` carries ``{"account", "generation"}`` after every write, so
   other replicas adopt a new pair at once instead of meeting a 401 with the old one.
 
@@ -75,6 +77,28 @@ if taken and ARGV[1] == '1' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[
 return taken
 """
 
+# A per-account index of virtual grants: a sorted set scored by expiry (Unix time). Add or move
+# the member, drop the expired, remove (and return) those expiring first beyond the cap; the
+# set itself lives as long as its latest member.
+INDEX_SCRIPT = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+local removed = {}
+local cap = tonumber(ARGV[4])
+if cap > 0 then
+  local excess = redis.call('ZCARD', KEYS[1]) - cap
+  if excess > 0 then
+    removed = redis.call('ZRANGE', KEYS[1], 0, excess - 1)
+    redis.call('ZREMRANGEBYRANK', KEYS[1], 0, excess - 1)
+  end
+end
+local latest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if latest[2] then
+  redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(latest[2]) * 1000))
+end
+return removed
+"""
+
 Listener = Callable[[str, int], None]
 
 
@@ -102,6 +126,7 @@ class RedisStore(TokenStore):
         self._reseal_hash = self._client.register_script(RESEAL_HASH_SCRIPT)
         self._reseal_string = self._client.register_script(RESEAL_STRING_SCRIPT)
         self._consume = self._client.register_script(CONSUME_SCRIPT)
+        self._index = self._client.register_script(INDEX_SCRIPT)
         self._watcher: asyncio.Task[None] | None = None
         self.where = _redacted(url)
 
@@ -225,6 +250,32 @@ class RedisStore(TokenStore):
         except RedisError as exc:
             raise self._error(exc) from None
         return bytes(taken) if taken is not None else None
+
+    async def index_virtual(self, index: str, member: str, expires_at: float,
+                            cap: int) -> list[str]:
+        try:
+            removed = await self._index(keys=[self._key("vindex", index)],
+                                        args=[member, repr(expires_at), repr(time.time()), cap])
+        except RedisError as exc:
+            raise self._error(exc) from None
+        return [bytes(m).decode() for m in removed]
+
+    async def unindex_virtual(self, index: str, members: list[str]) -> None:
+        if not members:
+            return
+        try:
+            await self._client.zrem(self._key("vindex", index), *members)
+        except RedisError as exc:
+            raise self._error(exc) from None
+
+    async def list_index(self, index: str) -> list[tuple[str, float]]:
+        try:
+            rows = await self._client.zrangebyscore(self._key("vindex", index),
+                                                    f"({time.time()!r}", "+inf",
+                                                    withscores=True)
+        except RedisError as exc:
+            raise self._error(exc) from None
+        return [(bytes(m).decode(), float(t)) for m, t in rows]
 
     async def watch(self, listener: Listener) -> None:
         """Call ``listener(account, generation)`` for every write any replica makes; after a

@@ -36,6 +36,12 @@ CREATE TABLE IF NOT EXISTS virtual_tokens (
     record BLOB NOT NULL,
     expires_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS virtual_index (
+    name TEXT NOT NULL,
+    member TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (name, member)
+);
 """
 
 
@@ -174,6 +180,40 @@ class SQLiteStore(TokenStore):
             raise
         return bytes(row[0]) if row else None
 
+    def _index_virtual(self, index: str, member: str, expires_at: float,
+                       cap: int) -> list[str]:
+        db = self._connect()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("INSERT OR REPLACE INTO virtual_index (name, member, expires_at) "
+                       "VALUES (?, ?, ?)", (index, member, expires_at))
+            db.execute("DELETE FROM virtual_index WHERE name = ? AND expires_at <= ?",
+                       (index, time.time()))
+            removed: list[str] = []
+            if cap > 0:
+                (count,) = db.execute("SELECT COUNT(*) FROM virtual_index WHERE name = ?",
+                                      (index,)).fetchone()
+                if count > cap:
+                    removed = [row[0] for row in db.execute(
+                        "SELECT member FROM virtual_index WHERE name = ? "
+                        "ORDER BY expires_at, member LIMIT ?", (index, count - cap))]
+                    db.executemany("DELETE FROM virtual_index WHERE name = ? AND member = ?",
+                                   [(index, m) for m in removed])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return removed
+
+    def _unindex_virtual(self, index: str, members: list[str]) -> None:
+        self._connect().executemany("DELETE FROM virtual_index WHERE name = ? AND member = ?",
+                                    [(index, m) for m in members])
+
+    def _list_index(self, index: str) -> list[tuple[str, float]]:
+        return [(str(m), float(t)) for m, t in self._connect().execute(
+            "SELECT member, expires_at FROM virtual_index WHERE name = ? AND expires_at > ? "
+            "ORDER BY expires_at, member", (index, time.time()))]
+
     def _close(self) -> None:
         if self._db is not None:
             self._db.close()
@@ -217,6 +257,19 @@ class SQLiteStore(TokenStore):
                               expires_at: float) -> bytes | None:
         result: bytes | None = await self._run(self._consume_virtual, digest, replacement,
                                                expires_at)
+        return result
+
+    async def index_virtual(self, index: str, member: str, expires_at: float,
+                            cap: int) -> list[str]:
+        result: list[str] = await self._run(self._index_virtual, index, member, expires_at,
+                                            cap)
+        return result
+
+    async def unindex_virtual(self, index: str, members: list[str]) -> None:
+        await self._run(self._unindex_virtual, index, members)
+
+    async def list_index(self, index: str) -> list[tuple[str, float]]:
+        result: list[tuple[str, float]] = await self._run(self._list_index, index)
         return result
 
     async def close(self) -> None:

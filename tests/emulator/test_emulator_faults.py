@@ -253,12 +253,14 @@ def test_policy_endpoint(make_emulator: Make) -> None:
             "token_delay": 0.0,
             "revoke_issued": 0,
             "compress": "off",
+            "chunk_bytes": 0,
         }
         changed = emu.set_policy(access_ttl=2, auth_rate=0)
         assert (changed["access_ttl"], changed["auth_rate"]) == (2.0, 0)
         assert jwt_login(c)["expires_in"] == 2
         for bad in ({"access_ttl": -5}, {"nope": 1}, {"session_cap_policy": "x"},
-                    {"revoke_issued": -1}, {"compress": "lzma"}):
+                    {"revoke_issued": -1}, {"compress": "lzma"}, {"chunk_bytes": -1},
+                    {"chunk_bytes": 1.5}):
             response = c.post("/_emulator/policy", json=bad)
             assert response.status_code == 400
             assert "error" in response.json()

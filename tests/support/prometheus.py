@@ -1,7 +1,10 @@
 """A real Prometheus (Debian package) scraping tokenproxy every second, for tests.
 
 Started with its own config and data directory on a free loopback port, the project's alert
-rules loaded, scrape and evaluation every 1 s; queried through its HTTP API.
+rules loaded, scrape and evaluation every 1 s; queried through its HTTP API. With
+``credentials_file`` the ``tokenproxy`` job sends that file's bearer token (the proxy's
+``[proxy] admin_token_env``), as deploy/compose/prometheus.yml does; ``unauthenticated_job``
+adds a job scraping the same targets without it.
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ class Prometheus:
         active = data.get("activeTargets", [])
         return bool(active) and all(t.get("health") == "up" for t in active)
 
+    def target_health(self) -> dict[str, tuple[str, str]]:
+        """{job: (health, lastError)} of the active targets (one target per job here)."""
+        data = httpx.get(f"{self.url}/api/v1/targets", timeout=30).json()["data"]
+        return {t["labels"]["job"]: (t.get("health", ""), t.get("lastError", ""))
+                for t in data.get("activeTargets", [])}
+
     def log(self) -> str:
         path = self.directory / "prometheus.log"
         return path.read_text(errors="replace") if path.exists() else ""
@@ -51,7 +60,9 @@ class Prometheus:
         stop_process(self.proc, 15)
 
 
-def start_prometheus(directory: Path, targets: list[str], rule_files: list[Path]) -> Prometheus:
+def start_prometheus(directory: Path, targets: list[str], rule_files: list[Path], *,
+                     credentials_file: Path | None = None,
+                     unauthenticated_job: bool = False) -> Prometheus:
     """``targets``: host:port of each proxy's metrics listener."""
     if not Path(PROMETHEUS).exists():
         raise RuntimeError("prometheus is not installed: `make test` installs it "
@@ -60,11 +71,17 @@ def start_prometheus(directory: Path, targets: list[str], rule_files: list[Path]
     rules = "\n".join(f"  - {path.resolve()}" for path in rule_files)
     target_list = ", ".join(f"'{t}'" for t in targets)
     config = directory / "prometheus.yml"
+    auth = ("" if credentials_file is None else "    authorization:\n      type: Bearer\n"
+            f"      credentials_file: {credentials_file.resolve()}\n")
+    jobs = [("tokenproxy", auth)] + ([("tokenproxy-unauthenticated", "")]
+                                     if unauthenticated_job else [])
     config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         f"rule_files:\n{rules}\n"
-        "scrape_configs:\n  - job_name: tokenproxy\n    metrics_path: /metrics\n"
-        f"    static_configs:\n      - targets: [{target_list}]\n")
+        "scrape_configs:\n" + "".join(
+            f"  - job_name: {job}\n    metrics_path: /metrics\n{job_auth}"
+            f"    static_configs:\n      - targets: [{target_list}]\n"
+            for job, job_auth in jobs))
     port = free_port()
     log = (directory / "prometheus.log").open("wb")
     proc = subprocess.Popen(

@@ -1,5 +1,5 @@
 # tokenproxy container image. The default target is the product: the proxy without the bundled
-# platform emulator (proxy_addon/emulator), which a production image has no use for. The `demo`
+# platform emulator (emulator/, its own distribution), which a production image has no use for. The `demo`
 # target adds it, for the compose demo (deploy/compose builds both).
 #
 #   docker build -t tokenproxy:0.1.0 .
@@ -10,16 +10,17 @@
 # environment at run time (deploy/config/tokenproxy.toml reads them as ${VAR}); .dockerignore
 # keeps var/, keys and .env files out of the build context. See deploy/README.md.
 
-# -- build: install the package (no dev extras) into /install, the emulator set aside -----------
+# -- build: install the package (no dev extras) into /install, the emulator into /emulator ------
 FROM python:3.13-slim AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proxy_addon ./proxy_addon
-# The emulator moves out of the source before pip sees it: the product's files (and its RECORD)
-# never hold it; the demo stage copies it back beside the installed package.
-RUN mv proxy_addon/emulator /emulator && pip install --prefix=/install .
+COPY emulator ./emulator
+# The emulator is a distribution of its own: the product's files (and its RECORD) never hold
+# it; only the demo stage adds it.
+RUN pip install --prefix=/install . && pip install --no-deps --prefix=/emulator ./emulator
 
 # -- runtime: what both images share -------------------------------------------------------------
 FROM python:3.13-slim AS runtime
@@ -49,7 +50,7 @@ CMD ["run", "--config", "/etc/tokenproxy/tokenproxy.toml"]
 
 # -- demo: the runtime plus the bundled emulator (compose's emulator service) --------------------
 FROM runtime AS demo
-COPY --from=build /emulator /usr/local/lib/python3.13/site-packages/proxy_addon/emulator
+COPY --from=build /emulator /usr/local
 
 # -- production (default, last): the runtime as it is, no emulator -------------------------------
 FROM runtime AS production

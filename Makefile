@@ -35,7 +35,7 @@ help:
 	@echo "make soak   long variants: 1M requests memory run, 500 crash trials per store"
 	@echo "make clean  remove the venv and runtime state"
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml emulator/pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then \
 	  echo "error: no Python >= 3.12 found (mitmproxy 12 needs it)."; \
 	  echo "  looked for python3.13/python3.12 on PATH and in ~/.pyenv/versions/3.1[23]*;"; \
@@ -44,7 +44,7 @@ $(VENV)/.installed: pyproject.toml
 	@echo "using $(PYTHON) ($$($(PYTHON) --version))"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' -e ./emulator  # the emulator: dev and demo only
 	@touch $@
 
 venv: $(VENV)/.installed

@@ -4,7 +4,7 @@ The pool writes a new token set here *before* using it (refresh tokens are singl
 pair locks the account out) and reads it at start-up, so a restarted proxy reuses its session.
 Backends: ``memory`` (tests, single process), ``sqlite`` (the embedded default, shared by
 processes on one host) and ``redis`` (replicas on several hosts). Values are encrypted by
-:mod:`proxy_addon.crypto`.
+:mod:`proxy_addon.store.crypto`.
 """
 
 from .base import CorruptRecord, StoredTokens, StoreError, StoreKeyMismatch, TokenStore

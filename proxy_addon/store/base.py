@@ -6,8 +6,8 @@ import abc
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..crypto import TokenCipher, UnreadableRecord
-from ..tokens import TokenSet
+from ..tokens.token_set import TokenSet
+from .crypto import TokenCipher, UnreadableRecord
 
 KEY_CHECK_PLAINTEXT = b"tokenproxy-key-check-v1"
 

@@ -6,8 +6,8 @@ import logging
 import os
 
 from ..config import StoreConfig
-from ..crypto import TokenCipher
 from .base import RecordCodec, TokenStore
+from .crypto import TokenCipher
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
 

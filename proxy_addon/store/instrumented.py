@@ -8,8 +8,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from ..metrics import Metrics
-from ..tokens import TokenSet
+from ..ops.metrics import Metrics
+from ..tokens.token_set import TokenSet
 from .base import StoredTokens, StoreError, TokenStore
 
 T = TypeVar("T")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ..tokens import TokenSet
+from ..tokens.token_set import TokenSet
 from .base import RecordCodec, StoredTokens, TokenStore
 
 

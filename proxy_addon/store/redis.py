@@ -31,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 
-from ..tokens import TokenSet
+from ..tokens.token_set import TokenSet
 from .base import RecordCodec, StoredTokens, StoreError, TokenStore
 
 log = logging.getLogger("tokenproxy.store")

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..tokens import TokenSet
+from ..tokens.token_set import TokenSet
 from .base import RecordCodec, StoredTokens, StoreError, TokenStore
 
 SCHEMA = """

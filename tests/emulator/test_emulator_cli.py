@@ -20,7 +20,7 @@ Make = Callable[..., Emulator]
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "proxy_addon.emulator", *args],
+        [sys.executable, "-m", "rc_emulator", *args],
         capture_output=True,
         text=True,
         timeout=30,
@@ -205,6 +205,6 @@ def test_listening_line_with_fixed_port() -> None:
 
 
 def test_server_main_is_importable() -> None:
-    from proxy_addon.emulator import server
+    from rc_emulator import server
 
     assert server.main(["--access-ttl", "-1"]) == 2

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from rc_emulator.tokens import token_kind
 
-from proxy_addon.emulator.tokens import token_kind
 from tests.emulator.emu_client import (
     BASIC,
     EXT,

@@ -11,10 +11,10 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from mitmproxy.net import encoding
+from rc_emulator.app import choose_coding
+from rc_emulator.state import pkce_s256
+from rc_emulator.tokens import new_token
 
-from proxy_addon.emulator.app import choose_coding
-from proxy_addon.emulator.state import pkce_s256
-from proxy_addon.emulator.tokens import new_token
 from tests.emulator.emu_client import (
     BASIC,
     EXT,

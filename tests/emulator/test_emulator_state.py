@@ -1,4 +1,4 @@
-"""Unit tests of the emulator's platform logic (proxy_addon.emulator.state) with a fake clock."""
+"""Unit tests of the emulator's platform logic (rc_emulator.state) with a fake clock."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from rc_emulator import errors
+from rc_emulator.errors import PlatformError
+from rc_emulator.media import content_sha256
+from rc_emulator.policy import Policy, PolicyError
+from rc_emulator.seed import JWT_GRANT_URN
+from rc_emulator.state import DEAD_RETENTION, Platform, pkce_s256
+from rc_emulator.tokens import new_token, token_kind
 
-from proxy_addon.emulator import errors
-from proxy_addon.emulator.errors import PlatformError
-from proxy_addon.emulator.media import content_sha256
-from proxy_addon.emulator.policy import Policy, PolicyError
-from proxy_addon.emulator.seed import JWT_GRANT_URN
-from proxy_addon.emulator.state import DEAD_RETENTION, Platform, pkce_s256
-from proxy_addon.emulator.tokens import new_token, token_kind
 from tests.emulator.emu_client import TOKEN_FIELDS
 from tests.support.emulator import recording_sha256
 

@@ -1,6 +1,6 @@
 """Test helper: run the bundled RingCentral platform emulator as a subprocess and drive it.
 
-``start_emulator(*args)`` starts ``python -m proxy_addon.emulator --listen 127.0.0.1:0 *args``
+``start_emulator(*args)`` starts ``python -m rc_emulator --listen 127.0.0.1:0 *args``
 and returns an :class:`Emulator` whose methods call the ``/_emulator`` admin endpoints.
 ``recording_sha256`` computes the digest of a recording's content without the server.
 """
@@ -111,7 +111,7 @@ def _read_file(f: IO[bytes] | None) -> str:
 
 
 def start_emulator(*args: str, timeout: float = 15.0, compress: str = "off") -> Emulator:
-    """Start `python -m proxy_addon.emulator --listen 127.0.0.1:0 *args` (sys.executable), wait for
+    """Start `python -m rc_emulator --listen 127.0.0.1:0 *args` (sys.executable), wait for
     the 'emulator listening on URL' line (bounded by timeout; on failure raise with the process's
     stderr), return it. ``compress`` other than "off" adds ``--compress COMPRESS`` unless the
     arguments choose a compression themselves."""
@@ -121,7 +121,7 @@ def start_emulator(*args: str, timeout: float = 15.0, compress: str = "off") -> 
     stderr_file = tempfile.NamedTemporaryFile(prefix="emulator-", suffix=".log")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy_addon.emulator", "--listen", "127.0.0.1:0", *args],
+        [sys.executable, "-m", "rc_emulator", "--listen", "127.0.0.1:0", *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=stderr_file,

@@ -1,0 +1,288 @@
+"""Command line entry point: parse options, bind, serve until SIGTERM/SIGINT.
+
+Once listening, prints exactly one line to stdout: ``emulator listening on http://HOST:PORT``.
+Bad input (option values, listen address, seed file, bind failure) exits 2 with one line on
+stderr naming the option or file and the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from typing import NoReturn
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from .app import URLS, AccessLogger, build_app
+from .policy import (
+    CAP_POLICIES,
+    COMPRESSIONS,
+    EXPIRED_CODES,
+    EXPIRED_ENVELOPES,
+    Policy,
+    PolicyError,
+)
+from .seed import DEFAULT_SEED, SeedError, load_seed
+from .state import Platform
+
+PROG = "emulator"
+log = logging.getLogger("rc_emulator")
+
+
+class UsageError(Exception):
+    """Bad command-line input; exits 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="RingCentral platform emulator (test/demo server).")
+    d = Policy()
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="address to bind; port 0 picks a free port (default %(default)s)",
+    )
+    p.add_argument(
+        "--access-ttl",
+        type=float,
+        default=d.access_ttl,
+        metavar="S",
+        help="access token lifetime when the client asks none (default 3600)",
+    )
+    p.add_argument(
+        "--refresh-ttl",
+        type=float,
+        default=d.refresh_ttl,
+        metavar="S",
+        help="refresh token lifetime (default 604800)",
+    )
+    p.add_argument(
+        "--auth-rate",
+        type=int,
+        default=d.auth_rate,
+        metavar="N",
+        help="token calls per window per client_id, 0 = unlimited (default 5)",
+    )
+    p.add_argument(
+        "--auth-window",
+        type=float,
+        default=d.auth_window,
+        metavar="S",
+        help="rate-limit window (default 60)",
+    )
+    p.add_argument(
+        "--auth-penalty",
+        type=float,
+        default=d.auth_penalty,
+        metavar="S",
+        help="lock-out after exceeding the rate, restarted by each call (default 60)",
+    )
+    p.add_argument(
+        "--session-cap",
+        type=int,
+        default=d.session_cap,
+        metavar="N",
+        help="live sessions per (user, client id) (default 5)",
+    )
+    p.add_argument(
+        "--session-cap-policy",
+        choices=CAP_POLICIES,
+        default=d.session_cap_policy,
+        help="over the cap: evict the oldest session or refuse the login",
+    )
+    p.add_argument(
+        "--refresh-grace",
+        type=float,
+        default=d.refresh_grace,
+        metavar="S",
+        help="seconds a used refresh token may be replayed for the same pair",
+    )
+    p.add_argument(
+        "--expired-envelope",
+        choices=EXPIRED_ENVELOPES,
+        default=d.expired_envelope,
+        help="401 body for an expired access token",
+    )
+    p.add_argument(
+        "--expired-code",
+        choices=EXPIRED_CODES,
+        default=d.expired_code,
+        help="error code for an expired access token",
+    )
+    p.add_argument(
+        "--token-delay",
+        type=float,
+        default=d.token_delay,
+        metavar="S",
+        help="fault: the token endpoint waits this long before answering",
+    )
+    p.add_argument(
+        "--compress",
+        choices=COMPRESSIONS,
+        default=d.compress,
+        help="compress every answer, error bodies included, as a compressing front end does, "
+        "when the client's Accept-Encoding accepts the coding; 'any' picks per request "
+        "(q-values honoured, br > zstd > gzip > deflate); streamed recording content only in "
+        "gzip or deflate. RingCentral's docs say nothing about response compression "
+        "(ringcentral-api-docs docs/basics/formats/objects.md lists the API's headers): a front "
+        "end may compress (default off)",
+    )
+    p.add_argument(
+        "--chunk-bytes",
+        type=int,
+        default=d.chunk_bytes,
+        metavar="N",
+        help="send every buffered answer chunked in pieces of N bytes (after compression), a "
+        "short pause between them, so clients see bodies split anywhere, as over any network "
+        "(RFC 9112 section 7.1: chunk boundaries carry no meaning). 0 (default): one piece",
+    )
+    p.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="base of absolute URLs in API responses (default http://HOST:PORT)",
+    )
+    p.add_argument(
+        "--media-url",
+        metavar="URL",
+        help="base of recording content URLs (default PUBLIC-URL/media)",
+    )
+    p.add_argument("--seed-file", metavar="FILE", help="apps and users (TOML or JSON)")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error", "critical"],
+        help="stderr log level (default info; debug adds an access log)",
+    )
+    return p
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` → (host, port)."""
+    host, sep, port_s = value.rpartition(":")
+    if not sep or not host or not port_s.isdigit():
+        raise UsageError(f"--listen: expected HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    port = int(port_s)
+    if port > 65535:
+        raise UsageError(f"--listen: port {port} out of range")
+    return host, port
+
+
+def _check_url(option: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise UsageError(f"{option}: expected an http(s) URL without query, got {value!r}")
+    return value.rstrip("/")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(f"--listen: cannot resolve {host!r}: {exc.strerror}") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"--listen: cannot bind {host}:{port}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _configure(args: argparse.Namespace) -> tuple[Platform, str, str | None, str | None]:
+    try:
+        policy = Policy().updated(
+            {
+                "access_ttl": args.access_ttl,
+                "refresh_ttl": args.refresh_ttl,
+                "auth_rate": args.auth_rate,
+                "auth_window": args.auth_window,
+                "auth_penalty": args.auth_penalty,
+                "session_cap": args.session_cap,
+                "session_cap_policy": args.session_cap_policy,
+                "refresh_grace": args.refresh_grace,
+                "expired_envelope": args.expired_envelope,
+                "expired_code": args.expired_code,
+                "token_delay": args.token_delay,
+                "compress": args.compress,
+                "chunk_bytes": args.chunk_bytes,
+            }
+        )
+    except PolicyError as exc:
+        raise UsageError(f"--{exc.field.replace('_', '-')}: {exc.reason}") from None
+    try:
+        seed = load_seed(args.seed_file) if args.seed_file else DEFAULT_SEED
+    except SeedError as exc:
+        raise UsageError(str(exc)) from None
+    public = _check_url("--public-url", args.public_url) if args.public_url else None
+    media = _check_url("--media-url", args.media_url) if args.media_url else None
+    return Platform(seed, policy), args.listen, public, media
+
+
+async def _serve(
+    platform: Platform, sock: socket.socket, public: str | None, media: str | None
+) -> None:
+    app = build_app(platform)
+    host, port = sock.getsockname()[:2]
+    url_host = f"[{host}]" if ":" in host else host
+    base = f"http://{url_host}:{port}"
+    app[URLS].public = public or base
+    app[URLS].media = media or f"{app[URLS].public}/media"
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log_class=AccessLogger, shutdown_timeout=0.5
+    )
+    await runner.setup()
+    site = web.SockSite(runner, sock)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    log.info("public url %s, media url %s", app[URLS].public, app[URLS].media)
+    with contextlib.suppress(BrokenPipeError, OSError):
+        print(f"emulator listening on {base}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the emulator; returns the exit status (0 on a clean stop, 2 on bad input)."""
+    try:
+        args = _parser().parse_args(argv)
+        platform, listen, public, media = _configure(args)
+        host, port = parse_listen(listen)
+        sock = _bind(host, port)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiohttp.access").setLevel(args.log_level.upper())
+    try:
+        asyncio.run(_serve(platform, sock, public, media))
+    except KeyboardInterrupt:
+        pass
+    return 0

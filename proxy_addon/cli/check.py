@@ -1,0 +1,468 @@
+"""``tokenproxy check-config``: is this config ready to run, here and now, against its platform?
+
+Role: the pre-flight check an operator runs before (or beside) ``tokenproxy run``. The file
+itself is validated by :mod:`proxy_addon.config` (exit 2 with file, key and reason, in cli.py);
+this module then checks what the file cannot tell by itself and prints one line per check:
+``OK`` or ``FAIL`` with a hint (``WARN`` and ``SKIP`` lines do not fail the run).
+
+* **store**: the key in ``[store] key_env`` is usable, the backend opens, the key matches
+  (StoreKeyMismatch). A SQLite file that does not exist yet is not created.
+* **listen**, **metrics_listen**: free to bind, or held by a running tokenproxy (identified by
+  its answers), or held by something else.
+* **upstream** (not with ``--offline``): reachable, TLS certificate verified.
+* **accounts** (token calls only without ``--offline``):
+
+  - ``jwt``/``password``: one login with the account's grant; the new session is revoked at
+    once, so the check leaves the platform's 5-session cap as it found it;
+  - ``refresh_token``/``authorization_code``: the single-use refresh token or code is never
+    spent. The client id/secret are probed with a refresh grant carrying a deliberately invalid
+    token: the platform authenticates the client first (``invalid_client``, OAU-153) and only
+    then refuses the token (``invalid_grant``); no session is created or used;
+  - every account: the stored session's state (none / live / expired / revoked: needs
+    ``tokenproxy authorize``) and, while its access token lives, one read-only API call
+    showing whether the platform still knows the session.
+
+Nothing printed carries a secret: every line passes through the log redaction
+(:data:`proxy_addon.ops.logs.SECRETS`), which knows the config's credentials and every token seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from ..config import AccountConfig, Config, HostPort
+from ..ops.admin import admin_token
+from ..ops.logs import SECRETS, remember
+from ..store import CorruptRecord, StoreError, StoreKeyMismatch, TokenStore, open_store
+from ..store.factory import StoreConfigError
+from ..tokens.token_set import TokenSet
+from ..upstream.platform_errors import TokenEndpointError, error_codes
+from ..upstream.token_endpoint import TokenEndpoint, UpstreamUnreachable
+from .revoke import describe, is_tombstone
+
+OK, FAIL, WARN, SKIP = "OK", "FAIL", "WARN", "SKIP"
+EXIT_OK, EXIT_FAILED = 0, 1
+
+REACHABILITY_PATH = "/restapi"  # lists the API versions; answers without credentials
+API_PROBE_PATH = "/restapi/v1.0/account/~/extension/~"  # read-only, any session may call it
+# Sent as a refresh token to test client credentials: no platform can have issued it.
+PROBE_REFRESH_TOKEN = "tokenproxy-check-config-probe-not-a-token"
+LOCAL_TIMEOUT = 3.0  # s to identify what holds a local port
+UPSTREAM_CHECK_TIMEOUT = 15.0  # s at most for the reachability check
+
+
+@dataclass(frozen=True)
+class Result:
+    status: str  # OK | FAIL | WARN | SKIP
+    name: str
+    detail: str
+    hint: str = ""
+
+    def line(self) -> str:
+        text = f"{self.status:<4} {self.name}: {self.detail}"
+        if self.hint:
+            text += f" — hint: {self.hint}"
+        return SECRETS.redact(text)
+
+
+# -- hints ----------------------------------------------------------------------------------
+
+
+def endpoint_hint(exc: TokenEndpointError, account: AccountConfig) -> str:
+    """What the operator should do about a token-endpoint refusal."""
+    if exc.rate_limited:
+        wait = f"{exc.retry_after:g} s" if exc.retry_after is not None else "a minute"
+        return (f"rate limited (CMN-301): wait Retry-After ({wait}) before checking again; "
+                "every call meanwhile restarts the platform's penalty for this app")
+    if exc.code == "OAU-153" or exc.error == "invalid_client":
+        return "client_id/client_secret wrong for this server (sandbox vs production?)"
+    if exc.code == "OAU-251" or exc.error == "unauthorized_client":
+        return (f"the app does not allow the {account.grant} grant: enable it in the app's "
+                "settings in the developer console")
+    if exc.code == "OAU-140" or exc.error == "invalid_grant":
+        if account.grant == "jwt":
+            return "JWT expired or revoked, or issued for another app"
+        if account.grant == "password":
+            return ("username/extension/password wrong (the sandbox account's credentials, not "
+                    "the developer-portal login)")
+    if exc.status >= 500:
+        return "the platform's token endpoint failed: try again later"
+    return exc.hint
+
+
+def transport_hint(exc: Exception, config: Config) -> str:
+    text = str(exc)
+    upstream = config.proxy.upstream
+    if isinstance(exc, httpx.TimeoutException) or "timed out" in text:
+        return f"upstream did not answer in time: check [proxy] upstream ({upstream}), " \
+               "firewalls and HTTPS_PROXY"
+    if "CERTIFICATE" in text.upper() or "SSL" in text.upper() or "TLS" in text.upper():
+        return ("TLS failed: the upstream's certificate is not trusted here (a TLS-inspecting "
+                "proxy? point SSL_CERT_FILE at its CA bundle), or the port does not speak TLS "
+                "(http vs https in [proxy] upstream)")
+    if "Name or service not known" in text or "nodename" in text or "getaddrinfo" in text \
+            or "Temporary failure in name resolution" in text:
+        return f"cannot resolve the upstream's host name: check [proxy] upstream ({upstream})"
+    if config.emulator.enabled:
+        return ("upstream unreachable: it is the bundled emulator ([emulator] enabled), which "
+                "only runs inside `tokenproxy run`; start that, or use --offline")
+    return f"upstream unreachable: check [proxy] upstream ({upstream})"
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+# -- local checks ---------------------------------------------------------------------------
+
+
+def check_port(name: str, where: HostPort, identify: str, token: str | None = None) -> Result:
+    """Can the proxy bind ``where``? ``identify``: "status" (metrics) or "proxy" (listen);
+    ``token``: the admin token ``/status`` requires, if any."""
+    if where.port == 0:
+        return Result(OK, name, f"{where}: port 0, the OS picks a free port at start")
+    try:
+        infos = socket.getaddrinfo(where.host, where.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return Result(FAIL, name, f"cannot resolve {where.host!r}: {exc.strerror}",
+                      f"use an IP address of this host in [proxy] {name}")
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                who = _identify(where, identify, token)
+                if who:
+                    return Result(OK, name, f"{where} is in use by {who}")
+                return Result(FAIL, name, f"{where} is in use by another program",
+                              f"stop it, or choose another port for [proxy] {name}")
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return Result(FAIL, name, f"{where.host} is not an address of this host",
+                              f"use one of this host's addresses in [proxy] {name}")
+            if exc.errno == errno.EACCES:
+                return Result(FAIL, name, f"binding {where} is not permitted",
+                              "ports below 1024 need privileges: use a higher port")
+            return Result(FAIL, name, f"cannot bind {where}: {exc.strerror or exc}")
+    return Result(OK, name, f"{where} is free")
+
+
+def _identify(where: HostPort, kind: str, token: str | None = None) -> str:
+    """A running tokenproxy on ``where``, in words, or "" if it is something else."""
+    base = f"http://{where}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with httpx.Client(timeout=LOCAL_TIMEOUT, trust_env=False, headers=headers) as client:
+            if kind == "status":
+                body = client.get(base + "/status").json()
+                names = [a["account"] for a in body["accounts"]]
+                return f"a running tokenproxy (accounts: {', '.join(names)})"
+            response = client.get(base + "/")
+            if "x-tokenproxy-error" in response.headers:
+                return "a running tokenproxy"
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        pass
+    return ""
+
+
+def _sqlite_missing(config: Config) -> Result | None:
+    """A SQLite file that does not exist yet is not created by a check."""
+    if config.store.backend != "sqlite":
+        return None
+    path = Path(config.store.path)
+    if path.exists():
+        return None
+    parent = path.parent.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return Result(FAIL, "store", f"sqlite {path} does not exist and {parent} is not "
+                                     "writable by this user",
+                      "create the directory for [store] path, owned by the proxy's user")
+    return Result(OK, "store", f"sqlite {path} does not exist yet: created (mode 0600) on the "
+                               f"first start; the key in {config.store.key_env} is well-formed")
+
+
+async def check_store(config: Config) -> tuple[Result, TokenStore | None]:
+    """The store check; returns the opened store for the account checks (or None)."""
+    sc = config.store
+    try:
+        store = open_store(sc)
+    except StoreConfigError as exc:
+        return Result(FAIL, "store", str(exc),
+                      "`tokenproxy run` refuses to start without a usable key"), None
+    missing = _sqlite_missing(config)
+    if missing is not None:
+        return missing, None
+    where = {"sqlite": f"sqlite {sc.path}", "memory": "memory (nothing persists: tests only)",
+             "redis": f"redis (prefix {sc.prefix})"}.get(sc.backend, sc.backend)
+    try:
+        await store.open()
+    except StoreKeyMismatch as exc:
+        await _close(store)
+        return Result(FAIL, "store", f"{where}: {exc}",
+                      f"{sc.key_env} must hold the key the store was written with (during a "
+                      "rotation \"new,old\"); if that key is lost, move the store away: jwt/"
+                      "password accounts log in again, the others need `tokenproxy "
+                      "authorize`"), None
+    except StoreError as exc:
+        await _close(store)
+        return Result(FAIL, "store", f"{where}: {exc}",
+                      "the store is unreachable: check [store] path/url and permissions"), None
+    keyed = (f"opens with the key in {sc.key_env}" if store.codec.cipher.encrypts
+             else "opens UNENCRYPTED ([store] allow_plaintext)")
+    return Result(OK, "store", f"{where} {keyed}"), store
+
+
+async def _close(store: TokenStore) -> None:
+    with contextlib.suppress(Exception):
+        await store.close()
+
+
+# -- upstream -------------------------------------------------------------------------------
+
+
+async def check_upstream(config: Config, http: httpx.AsyncClient) -> Result:
+    upstream = config.proxy.upstream
+    parts = urlsplit(upstream)
+    started = time.monotonic()
+    try:
+        response = await http.get(upstream + REACHABILITY_PATH,
+                                  timeout=min(config.proxy.upstream_timeout,
+                                              UPSTREAM_CHECK_TIMEOUT))
+    except httpx.HTTPError as exc:
+        return Result(FAIL, "upstream", f"cannot reach {upstream}: {_reason(exc)}",
+                      transport_hint(exc, config))
+    elapsed = (time.monotonic() - started) * 1000
+    if parts.scheme == "https":
+        tls = ("TLS certificate verified" if config.proxy.verify_upstream_tls
+               else "TLS verification OFF (tests only)")
+    else:
+        tls = "plain HTTP"
+    detail = f"{upstream} answered (HTTP {response.status_code}, {elapsed:.0f} ms, {tls})"
+    host = parts.hostname or ""
+    if parts.scheme == "http" and not HostPort(host, 0).is_loopback:
+        return Result(WARN, "upstream", detail,
+                      "plain HTTP beyond this host: credentials and tokens travel in clear")
+    return Result(OK, "upstream", detail)
+
+
+# -- accounts -------------------------------------------------------------------------------
+
+
+async def check_login(account: AccountConfig, endpoint: TokenEndpoint) -> Result:
+    """jwt/password: log in, then revoke the new session at once."""
+    name = f"account {account.name}"
+    try:
+        tokens = await endpoint.login(account)
+    except TokenEndpointError as exc:
+        return Result(FAIL, name, f"{account.grant} grant refused: {exc}",
+                      endpoint_hint(exc, account))
+    except UpstreamUnreachable as exc:
+        return Result(FAIL, name, str(exc), f"upstream unreachable: check [proxy] upstream "
+                                            f"({endpoint.upstream})")
+    remember(tokens.access_token, tokens.refresh_token)
+    try:
+        await endpoint.revoke(account, tokens.refresh_token or tokens.access_token)
+    except (TokenEndpointError, UpstreamUnreachable) as exc:
+        return Result(FAIL, name, f"{account.grant} grant accepted, but revoking the test "
+                                  f"session failed: {exc}",
+                      "the test session holds one of the user+app's 5 sessions until it "
+                      "expires")
+    return Result(OK, name, f"{account.grant} grant accepted by the platform (owner id "
+                            f"{tokens.owner_id or '?'}); the test session was revoked at once")
+
+
+async def check_client(account: AccountConfig, endpoint: TokenEndpoint) -> Result:
+    """refresh_token/authorization_code: client credentials, without spending anything."""
+    name = f"account {account.name} client"
+    how = ("probe: a refresh grant with a deliberately invalid token, never the account's "
+           "own; no session created or used")
+    try:
+        tokens = await endpoint.refresh(account, PROBE_REFRESH_TOKEN)
+    except UpstreamUnreachable as exc:
+        return Result(FAIL, name, str(exc), f"upstream unreachable: check [proxy] upstream "
+                                            f"({endpoint.upstream})")
+    except TokenEndpointError as exc:
+        if exc.rate_limited or exc.status >= 500 or exc.code == "OAU-153" \
+                or exc.error in ("invalid_client", "unauthorized_client"):
+            if exc.error == "unauthorized_client" or exc.code == "OAU-251":
+                return Result(FAIL, name, f"client accepted, but the app may not use the "
+                                          f"refresh_token grant: {exc}",
+                              "enable Refresh Token for the app in the developer console: "
+                              "without it the proxy cannot keep the session alive")
+            return Result(FAIL, name, f"{exc} ({how})", endpoint_hint(exc, account))
+        if exc.error == "invalid_grant":
+            return Result(OK, name, f"client_id/client_secret accepted: the platform "
+                                    f"authenticated the client, then refused the token ({how})")
+        return Result(WARN, name, f"cannot tell whether the client credentials are right: "
+                                  f"{exc} ({how})",
+                      "no other call checks them without a session; they are checked for "
+                      f"real at the next `tokenproxy authorize {account.name}` or refresh")
+    remember(tokens.access_token, tokens.refresh_token)  # cannot happen; do not leak a session
+    with contextlib.suppress(TokenEndpointError, UpstreamUnreachable):
+        await endpoint.revoke(account, tokens.refresh_token or tokens.access_token)
+    return Result(WARN, name, "the platform accepted an invalid refresh token (session "
+                              "revoked at once)", "is [proxy] upstream really the platform?")
+
+
+async def check_session(account: AccountConfig, store: TokenStore | None, store_ok: bool,
+                        http: httpx.AsyncClient | None, upstream: str) -> Result:
+    """The stored session's state; while its access token lives, ask the platform."""
+    name = f"account {account.name} session"
+    login = account.can_login
+    authorize = f"run `tokenproxy authorize {account.name}`"
+    if store is None:
+        if store_ok:  # a SQLite file not created yet
+            return _no_session(account, name)
+        return Result(SKIP, name, "the store is not usable (see above)")
+    try:
+        record = await store.load(account.name)
+    except CorruptRecord as exc:
+        return Result(WARN if login else FAIL, name, str(exc),
+                      "the proxy logs in again and overwrites it" if login else authorize)
+    except StoreError as exc:
+        return Result(FAIL, name, f"reading the store: {exc}")
+    if record is None:
+        return _no_session(account, name)
+    if is_tombstone(record.tokens):
+        detail = f"revoked by `tokenproxy revoke` (generation {record.generation})"
+        if login:
+            return Result(OK, name, detail + ": the proxy logs in again on first use")
+        return Result(FAIL, name, detail, authorize)
+    now = time.time()
+    tokens = record.tokens
+    remember(tokens.access_token, tokens.refresh_token)
+    detail = f"stored, {describe(record, now)}"
+    if not (tokens.access_alive(now) or tokens.refresh_alive(now)):
+        if login:
+            return Result(OK, name, detail + ": the proxy logs in again on first use")
+        return Result(FAIL, name, detail + ": the session has expired", authorize)
+    if http is None or not tokens.access_alive(now):
+        note = "" if http is None else (
+            " (not asked on the platform: that would spend the single-use refresh token; "
+            "the proxy refreshes it on first use)")
+        return Result(OK, name, detail + note)
+    return await _ask_platform(account, name, detail, tokens, http, upstream)
+
+
+def _no_session(account: AccountConfig, name: str) -> Result:
+    if account.can_login:
+        return Result(OK, name, "none stored: the proxy logs in on first use")
+    if account.grant == "refresh_token":
+        return Result(WARN, name, "none stored: the proxy redeems the config's refresh_token on "
+                                  "first use (single-use: it cannot be checked without "
+                                  "spending it)",
+                      f"if it was used elsewhere already, run `tokenproxy authorize "
+                      f"{account.name}`")
+    return Result(WARN, name, "none stored: the proxy tries the config's auth_code once on "
+                              "first use (codes work once and live 60 s)",
+                  f"most likely you need `tokenproxy authorize {account.name}`")
+
+
+async def _ask_platform(account: AccountConfig, name: str, detail: str, tokens: TokenSet,
+                        http: httpx.AsyncClient, upstream: str) -> Result:
+    try:
+        response = await http.get(upstream + API_PROBE_PATH,
+                                  headers={"Authorization": f"Bearer {tokens.access_token}"})
+    except httpx.HTTPError as exc:
+        return Result(WARN, name, f"{detail}; could not ask the platform: {_reason(exc)}")
+    if response.status_code != 401:
+        return Result(OK, name, f"{detail}; the platform accepts it "
+                                f"(HTTP {response.status_code})")
+    codes = [c for c in error_codes(response.content) if c != "TokenInvalid"]
+    code = codes[0] if codes else "401"
+    if code in ("OAU-210", "OAU-128"):
+        return Result(WARN, name, f"{detail}; the platform says it expired ({code})",
+                      "clocks disagree? the proxy renews it on first use")
+    dead = f"{detail}; the platform no longer knows the session ({code}: revoked or evicted)"
+    if account.can_login:
+        return Result(OK, name, dead + ": the proxy logs in again on first use")
+    return Result(FAIL, name, dead, f"run `tokenproxy authorize {account.name}`")
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+async def run_checks(config: Config, offline: bool) -> list[Result]:
+    """Every check, printed as it completes; returns the results."""
+    results: list[Result] = []
+
+    def emit(result: Result) -> None:
+        results.append(result)
+        print(result.line(), flush=True)
+
+    proxy = config.proxy
+    emit(Result(OK, "config", f"{config.source} ({len(config.accounts)} account(s), "
+                              f"{len(config.clients)} client(s), upstream {proxy.upstream})"))
+    store_result, store = await check_store(config)
+    emit(store_result)
+    emit(check_port("listen", proxy.listen, "proxy"))
+    if proxy.metrics_listen is not None:
+        emit(check_port("metrics_listen", proxy.metrics_listen, "status", admin_token(proxy)))
+    else:
+        emit(Result(OK, "metrics_listen", "off (no /metrics, /status, /readyz)"))
+    try:
+        if offline:
+            emit(Result(SKIP, "upstream", "--offline: no call to the platform"))
+            for account in config.accounts:
+                emit(Result(SKIP, f"account {account.name}", "--offline: credentials not tried"))
+                emit(await check_session(account, store, store_result.status == OK, None,
+                                         proxy.upstream))
+            return results
+        async with httpx.AsyncClient(timeout=proxy.upstream_timeout,
+                                     verify=proxy.verify_upstream_tls,
+                                     follow_redirects=False) as http:
+            upstream = await check_upstream(config, http)
+            emit(upstream)
+            endpoint = TokenEndpoint(proxy.upstream, http)
+            calls: Counter[str] = Counter()
+            # leave one call of the app's budget to running proxies (0 = no budget)
+            allowed = max(1, proxy.auth_budget_calls - 1) if proxy.auth_budget_calls else 0
+            for account in config.accounts:
+                label = f"account {account.name}" + ("" if account.can_login else " client")
+                if upstream.status == FAIL:
+                    emit(Result(SKIP, label, "upstream unreachable"))
+                elif allowed and calls[account.client_id] >= allowed:
+                    emit(Result(SKIP, label, f"not tried: {allowed} token call(s) for client id "
+                                             f"{account.client_id} already made by this check",
+                                f"the platform allows about 5 a minute per app "
+                                f"([proxy] auth_budget_calls = {proxy.auth_budget_calls})"))
+                else:
+                    calls[account.client_id] += 1
+                    emit(await (check_login(account, endpoint) if account.can_login
+                                else check_client(account, endpoint)))
+                emit(await check_session(account, store, store_result.status == OK,
+                                         None if upstream.status == FAIL else http,
+                                         proxy.upstream))
+    finally:
+        if store is not None:
+            await _close(store)
+    return results
+
+
+def main(config: Config, offline: bool) -> int:
+    try:
+        results = asyncio.run(run_checks(config, offline))
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+    failed = [r for r in results if r.status == FAIL]
+    if failed:
+        print(f"{len(failed)} check(s) failed: "
+              f"{', '.join(r.name for r in failed)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK

@@ -1,0 +1,187 @@
+"""``tokenproxy run``: wire config, token pool, addon and mitmproxy master, and serve.
+
+When the config enables ``[emulator]`` (the demo), the bundled platform emulator is started
+first as a child process and stopped with the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+
+from ..config import Config
+from ..gateway.addon import TokenInjector
+from ..gateway.master import build_master, enable_reuse_port
+from ..gateway.replay_buffer import ReplayBuffer
+from ..gateway.throttle import BadKeyThrottle
+from ..ops.admin import AdminServer
+from ..ops.metrics import Metrics
+from ..store import StoreError, StoreKeyMismatch, open_store
+from ..store.factory import StoreConfigError, make_cipher
+from ..store.instrumented import InstrumentedStore
+from ..tokens.pool import TokenPool
+from ..upstream.replay_sender import Replayer
+from ..upstream.token_endpoint import TokenEndpoint
+from ..virtual.grants import VirtualTokens
+from ..virtual.login import LoginInterceptor
+
+log = logging.getLogger("tokenproxy")
+
+
+class StartupError(Exception):
+    """The proxy cannot start (the message says why)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _raise_file_limit() -> None:
+    """A proxy holds two sockets per client connection: use the whole allowed fd budget."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def run(config: Config, worker: bool = False) -> int:
+    """Serve until stopped; ``worker``: one of several processes sharing the listen address
+    (``--workers``): it binds with SO_REUSEPORT and leaves the emulator to the supervisor."""
+    _raise_file_limit()
+    try:
+        make_cipher(config.store)  # fail fast on key problems, before starting anything
+    except StoreConfigError as exc:
+        raise StartupError(f"store: {exc}", exit_code=2) from None
+    if worker:
+        enable_reuse_port()
+    emulator = _emulator(config) if not worker else contextlib.nullcontext()
+    with emulator, _combined_pem(config) as tls_pem:
+        return asyncio.run(_serve(config, tls_pem))
+
+
+async def _serve(config: Config, tls_pem: str | None = None) -> int:
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+    async with httpx.AsyncClient(timeout=config.proxy.upstream_timeout, limits=limits,
+                                 verify=config.proxy.verify_upstream_tls,
+                                 follow_redirects=False) as http_client:
+        metrics = Metrics()
+        endpoint = TokenEndpoint(config.proxy.upstream, http_client, metrics)
+        store = InstrumentedStore(open_store(config.store), metrics)
+        try:
+            await store.open()
+        except (StoreKeyMismatch, StoreError) as exc:
+            raise StartupError(f"store {config.store.backend}: {exc}", exit_code=2) from None
+        metrics.prepare(config, store.backend)
+        pool = TokenPool.build(config, endpoint, store, metrics=metrics)
+        metrics.watch_pool(pool)
+        await pool.start()
+        virtual = VirtualTokens(store)
+        throttle = BadKeyThrottle(config.proxy.bad_key_limit)  # guesses of keys and logins
+        login = LoginInterceptor(config, pool, virtual, endpoint, throttle=throttle)
+        # request bodies and replayed answers held for replay share one process-wide budget
+        buffer = ReplayBuffer(config.proxy.replay_body_limit, config.proxy.replay_buffer_total)
+        injector = TokenInjector(config, pool, Replayer(http_client, buffer), metrics, login,
+                                 virtual, throttle=throttle, buffer=buffer)
+        injector.on_listening = lambda urls: _print_banner(config, urls)
+        master = build_master(config, injector, tls_pem=tls_pem)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, master.shutdown)
+        admin = AdminServer(config, pool, store, metrics)
+        try:
+            await admin.start()
+            await master.run()
+        finally:
+            pool.close()
+            await admin.stop()
+            await store.close()
+    return 0
+
+
+def _print_banner(config: Config, urls: list[str]) -> None:
+    if not config.emulator.enabled or not urls:
+        return
+    url = urls[0]
+    client = config.clients[0] if config.clients else None
+    print(f"\nDemo: the proxy at {url} manages tokens against the bundled emulator at "
+          f"{config.proxy.upstream}.", flush=True)
+    if client is not None:
+        # The demo config's client key is a published demo value, not a secret.
+        print("Try it:\n  curl -s -H 'Authorization: Bearer "
+              f"{client.key.reveal()}' {url}/restapi/v1.0/account/~/extension/~\n", flush=True)
+
+
+@contextlib.contextmanager
+def _emulator(config: Config) -> Iterator[None]:
+    if not config.emulator.enabled:
+        yield
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("rc_emulator") is None:
+        raise StartupError("[emulator] enabled = true, but the bundled emulator is not installed "
+                           "(the production image and package leave it out): run the demo "
+                           "image (docker build --target demo) or from the source tree, or set "
+                           "[emulator] enabled = false and [proxy] upstream to the platform")
+    listen = str(config.emulator.listen)
+    command = [sys.executable, "-m", "rc_emulator", "--listen", listen,
+               *config.emulator.args]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        line = _read_ready_line(proc, timeout=20.0)
+        print(line, flush=True)
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _read_ready_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("emulator listening on"):
+            return line.strip()
+        if not line and proc.poll() is not None:
+            raise StartupError(f"the bundled emulator exited with code {proc.returncode} "
+                               "(is its port already in use? see the message above)")
+    raise StartupError(f"the bundled emulator did not start within {timeout:g} s")
+
+
+@contextlib.contextmanager
+def _combined_pem(config: Config) -> Iterator[str | None]:
+    """mitmproxy wants certificate and key in one PEM file: a private (0600) temporary one,
+    removed on exit."""
+    cert, key = config.proxy.tls_cert, config.proxy.tls_key
+    if cert is None or key is None:
+        yield None
+        return
+    import os
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="tokenproxy-tls-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for source in (cert, key):
+                with open(source, "rb") as part:
+                    out.write(part.read().rstrip(b"\n") + b"\n")
+        yield path
+    finally:
+        os.unlink(path)

@@ -1,0 +1,98 @@
+"""``tokenproxy run --workers N``: N proxy processes serving one listen address.
+
+The supervisor (this module) picks the port, starts the bundled emulator if the config asks for
+it, and runs N copies of ``tokenproxy run`` as workers. Each worker binds the same address with
+SO_REUSEPORT (the kernel spreads connections over them) and shares the token store, so the
+workers renew each account once between them, like replicas. Each worker serves its own
+metrics listener: ``metrics_listen`` port + worker index (or a free port when it is 0), one
+Prometheus target per worker. A worker that dies is restarted (at most 5 times a minute).
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import replace
+
+from ..config import Config, HostPort
+
+RESTARTS_PER_MINUTE = 5
+
+
+def for_worker(config: Config, index: int, port: int) -> Config:
+    """The config one worker runs with: the shared listen port, its own metrics port."""
+    proxy = config.proxy
+    metrics = proxy.metrics_listen
+    if metrics is not None and metrics.port:
+        metrics = HostPort(metrics.host, metrics.port + index)
+    proxy = replace(proxy, listen=HostPort(proxy.listen.host, port), metrics_listen=metrics)
+    return replace(config, proxy=proxy)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def supervise(config: Config, config_path: str, workers: int, extra_args: list[str]) -> int:
+    from .run import _emulator  # the demo's emulator runs once, in the supervisor
+
+    port = config.proxy.listen.port or _free_port(config.proxy.listen.host)
+    stopping = threading.Event()
+
+    def command(index: int) -> list[str]:
+        return [sys.executable, "-m", "proxy_addon", "run", "--config", config_path,
+                *extra_args, "--worker", str(index), "--listen-port", str(port)]
+
+    def forward(proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+
+    def start(index: int) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(command(index), stdout=subprocess.PIPE, text=True)
+        threading.Thread(target=forward, args=(proc,), daemon=True).start()
+        return proc
+
+    def stop(*_: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    with _emulator(config):
+        procs = [start(i) for i in range(workers)]
+        restarts: deque[float] = deque()
+        try:
+            while not stopping.wait(0.5):
+                for index, proc in enumerate(procs):
+                    code = proc.poll()
+                    if code is None:
+                        continue
+                    now = time.monotonic()
+                    while restarts and restarts[0] < now - 60:
+                        restarts.popleft()
+                    if code == 2 or len(restarts) >= RESTARTS_PER_MINUTE:
+                        print(f"tokenproxy: worker {index} exited ({code}); stopping",
+                              file=sys.stderr, flush=True)
+                        stopping.set()
+                        break
+                    print(f"tokenproxy: worker {index} exited ({code}); restarting",
+                          file=sys.stderr, flush=True)
+                    restarts.append(now)
+                    procs[index] = start(index)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    return 0

@@ -1,0 +1,18 @@
+"""Configuration: the model (:mod:`.model`) and its loader (:mod:`.load`); the first room of
+the data flow, read by every other."""
+
+from .load import load_config, parse_config
+from .model import (
+    AccountConfig,
+    ClientConfig,
+    Config,
+    ConfigError,
+    EmulatorConfig,
+    HostPort,
+    ProxyConfig,
+    Secret,
+    StoreConfig,
+)
+
+__all__ = ["AccountConfig", "ClientConfig", "Config", "ConfigError", "EmulatorConfig",
+           "HostPort", "ProxyConfig", "Secret", "StoreConfig", "load_config", "parse_config"]

@@ -1,0 +1,452 @@
+"""Configuration loading: read the TOML file, interpolate ``${ENV}``, validate every key and
+freeze the result into the dataclasses of :mod:`.model`.
+
+First step of the data flow. Every problem is a :class:`~.model.ConfigError` naming the file,
+the key path (``accounts[0].grant``) and the reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .model import (
+    GRANTS,
+    LOG_FORMATS,
+    MAX_LIVE_TOKENS_CAP,
+    REDIS_SCHEMES,
+    STORE_BACKENDS,
+    AccountConfig,
+    ClientConfig,
+    Config,
+    ConfigError,
+    EmulatorConfig,
+    HostPort,
+    ProxyConfig,
+    Secret,
+    StoreConfig,
+)
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Config:
+    """Read, interpolate and validate the config file at ``path``."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read file: {exc.strerror or exc}") from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(source, "", "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "", f"invalid TOML: {exc}") from None
+    return parse_config(doc, source, os.environ if environ is None else environ)
+
+
+def parse_config(doc: dict[str, Any], source: str, environ: Any) -> Config:
+    reader = _Reader(source, environ)
+    return reader.config(doc)
+
+
+class _Reader:
+    """Walks the parsed TOML, tracking the key path for error messages."""
+
+    def __init__(self, source: str, environ: Any) -> None:
+        self.source = source
+        self.environ = environ
+
+    def fail(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(self.source, key, reason)
+
+    # -- primitives ----------------------------------------------------------------------
+
+    def table(self, value: Any, key: str, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a table, got {_kind(value)}")
+        for name in value:
+            if name not in allowed:
+                hint = ", ".join(sorted(allowed))
+                raise self.fail(_join(key, name), f"unknown key (allowed here: {hint})")
+        return value
+
+    def interpolate(self, text: str, key: str) -> str:
+        def sub(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            value = self.environ.get(name)
+            if value is None or (value == "" and default is not None):
+                if default is not None:
+                    return default
+                raise self.fail(key, f"environment variable {name} is not set")
+            return value
+
+        return _ENV_REF.sub(sub, text)
+
+    def string(self, table: dict[str, Any], name: str, key: str, *, required: bool = False,
+               default: str | None = None) -> str | None:
+        full = _join(key, name)
+        if name not in table:
+            if required:
+                raise self.fail(full, "required key is missing")
+            return default
+        value = table[name]
+        if not isinstance(value, str):
+            raise self.fail(full, f"expected a string, got {_kind(value)}")
+        value = self.interpolate(value, full)
+        if required and not value:
+            raise self.fail(full, "must not be empty")
+        return value
+
+    def secret(self, table: dict[str, Any], name: str, key: str, *,
+               required: bool = False) -> Secret | None:
+        value = self.string(table, name, key, required=required)
+        return Secret(value) if value else None
+
+    def number(self, table: dict[str, Any], name: str, key: str, default: float, *,
+               minimum: float, maximum: float | None = None, integer: bool = False) -> float:
+        full = _join(key, name)
+        if name not in table:
+            return default
+        value = table[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(full, f"expected a number, got {_kind(value)}")
+        if integer and not isinstance(value, int):
+            raise self.fail(full, "expected a whole number")
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise self.fail(full, f"must be {bound}, got {value}")
+        return value
+
+    def boolean(self, table: dict[str, Any], name: str, key: str, default: bool) -> bool:
+        if name not in table:
+            return default
+        value = table[name]
+        if not isinstance(value, bool):
+            raise self.fail(_join(key, name), f"expected true or false, got {_kind(value)}")
+        return value
+
+    def host_port(self, text: str, key: str) -> HostPort:
+        host, sep, port = text.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise self.fail(key, f"expected HOST:PORT (e.g. 127.0.0.1:8080), got {text!r}")
+        return HostPort(host, int(port))
+
+    # -- sections ------------------------------------------------------------------------
+
+    def config(self, doc: dict[str, Any]) -> Config:
+        self.table(doc, "", {"proxy", "accounts", "clients", "emulator", "store"})
+        proxy = self.proxy(doc.get("proxy", {}))
+        emulator = self.emulator(doc.get("emulator", {}))
+        if emulator.enabled and "upstream" not in doc.get("proxy", {}):
+            # the upstream is never implied: a demo names the emulator it starts
+            raise self.fail("proxy.upstream", "required while [emulator] is enabled: name the "
+                            f"emulator explicitly (upstream = \"http://{emulator.listen}\")")
+        upstream_host = urlsplit(proxy.upstream).hostname or ""
+        if not proxy.verify_upstream_tls and proxy.upstream.startswith("https://") \
+                and not _is_loopback(upstream_host):
+            raise self.fail("proxy.verify_upstream_tls", "may only be false for an upstream on "
+                            "this host (tests): the platform's certificate is always verified")
+        if (proxy.tls_cert is None) != (proxy.tls_key is None):
+            raise self.fail("proxy.tls_cert", "tls_cert and tls_key go together")
+        if not proxy.allow_plaintext_listen and proxy.tls_cert is None \
+                and not _is_loopback(proxy.listen.host):
+            raise self.fail("proxy.listen", f"refusing to serve plain HTTP on the non-loopback "
+                            f"address {proxy.listen.host!r}: apps would send their credentials "
+                            "in clear. Listen on 127.0.0.1 behind a TLS terminator, or set "
+                            "[proxy] allow_plaintext_listen = true if the network is trusted")
+        if proxy.public_url is None and not _is_loopback(proxy.listen.host):
+            raise self.fail("proxy.public_url", f"required when listening on the non-loopback "
+                            f"address {proxy.listen.host!r}: links in answers must name the "
+                            "proxy as apps reach it (scheme, host, port), which the local socket "
+                            "address does not tell behind a load balancer or a DNS name. Set "
+                            "[proxy] public_url = \"https://tokenproxy.internal\"")
+        admin = proxy.metrics_listen
+        if admin is not None and not admin.is_loopback and proxy.admin_token_env is None:
+            raise self.fail("proxy.metrics_listen", f"refusing to serve /metrics and /status "
+                            f"without authentication on the non-loopback address {admin.host!r}: "
+                            "set [proxy] admin_token_env to the name of an environment variable "
+                            "holding a bearer token (openssl rand -hex 24), or listen on "
+                            "127.0.0.1")
+        accounts = self.accounts(doc.get("accounts"))
+        clients = self.clients(doc.get("clients", []), {a.name for a in accounts})
+        store = self.store(doc.get("store", {}))
+        return Config(self.source, proxy, accounts, clients, emulator, store)
+
+    def store(self, value: Any) -> StoreConfig:
+        key = "store"
+        table = self.table(value, key, {"backend", "path", "key_env", "allow_plaintext", "url",
+                                        "prefix", "lock_lease", "tls_ca_file"})
+        defaults = StoreConfig()
+        backend = self.string(table, "backend", key, default=defaults.backend) or ""
+        if backend not in STORE_BACKENDS:
+            raise self.fail("store.backend", f"unknown backend {backend!r} (expected one of "
+                                             f"{', '.join(STORE_BACKENDS)})")
+        key_env = self.string(table, "key_env", key, default=defaults.key_env) or ""
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key_env):
+            raise self.fail("store.key_env", "must be the name of an environment variable")
+        url = self.secret(table, "url", key, required=backend == "redis")
+        if url is not None and not url.reveal().startswith(REDIS_SCHEMES):
+            raise self.fail("store.url", "expected a redis://, rediss:// (TLS) or unix:// URL")
+        prefix = self.string(table, "prefix", key, default=defaults.prefix) or ""
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", prefix):
+            raise self.fail("store.prefix", "expected 1-64 letters, digits or _.:-")
+        return StoreConfig(
+            backend=backend,
+            path=self.string(table, "path", key, default=defaults.path) or defaults.path,
+            key_env=key_env,
+            allow_plaintext=self.boolean(table, "allow_plaintext", key,
+                                         defaults.allow_plaintext),
+            url=url,
+            prefix=prefix,
+            tls_ca_file=self.string(table, "tls_ca_file", key),
+            lock_lease=self.number(table, "lock_lease", key, defaults.lock_lease, minimum=1.0,
+                                   maximum=300.0),
+        )
+
+    def proxy(self, value: Any) -> ProxyConfig:
+        key = "proxy"
+        allowed = {"listen", "metrics_listen", "upstream", "token_wait_timeout",
+                   "upstream_timeout", "refresh_ahead",
+                   "drain_timeout", "stream_threshold", "verify_upstream_tls",
+                   "auth_budget_calls", "auth_budget_window", "log_format",
+                   "media_upstream", "public_url", "allow_plaintext_listen", "bad_key_limit",
+                   "replay_body_limit", "replay_buffer_total", "tls_cert", "tls_key",
+                   "admin_token_env", "login_failure_limit", "virtual_access_ttl",
+                   "virtual_grants_per_account"}
+        table = self.table(value, key, allowed)
+        defaults = ProxyConfig()
+        log_format = self.string(table, "log_format", key, default=defaults.log_format)
+        if log_format not in LOG_FORMATS:
+            raise self.fail("proxy.log_format", f"expected one of {', '.join(LOG_FORMATS)}, "
+                                                f"got {log_format!r}")
+        listen = self.string(table, "listen", key)
+        metrics = self.string(table, "metrics_listen", key)
+        upstream = self.string(table, "upstream", key, default=defaults.upstream) or ""
+        parts = urlsplit(upstream)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise self.fail("proxy.upstream", f"expected an http(s) URL, got {upstream!r}")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise self.fail("proxy.upstream", "must be a bare origin like https://host[:port]")
+        try:
+            parts.port  # noqa: B018 - validates the port
+        except ValueError:
+            raise self.fail("proxy.upstream", f"invalid port in {upstream!r}") from None
+        return ProxyConfig(
+            listen=self.host_port(listen, "proxy.listen") if listen else defaults.listen,
+            metrics_listen=(defaults.metrics_listen if metrics is None else
+                            None if metrics == "" else
+                            self.host_port(metrics, "proxy.metrics_listen")),
+            upstream=upstream.rstrip("/"),
+            token_wait_timeout=self.number(table, "token_wait_timeout", key,
+                                           defaults.token_wait_timeout, minimum=0.1),
+            upstream_timeout=self.number(table, "upstream_timeout", key,
+                                         defaults.upstream_timeout, minimum=0.1),
+            refresh_ahead=self.number(table, "refresh_ahead", key, defaults.refresh_ahead,
+                                      minimum=0),
+            drain_timeout=self.number(table, "drain_timeout", key, defaults.drain_timeout,
+                                      minimum=0),
+            stream_threshold=int(self.number(table, "stream_threshold", key,
+                                             defaults.stream_threshold, minimum=0, integer=True)),
+            verify_upstream_tls=self.boolean(table, "verify_upstream_tls", key,
+                                             defaults.verify_upstream_tls),
+            auth_budget_calls=int(self.number(table, "auth_budget_calls", key,
+                                              defaults.auth_budget_calls, minimum=0,
+                                              integer=True)),
+            auth_budget_window=self.number(table, "auth_budget_window", key,
+                                           defaults.auth_budget_window, minimum=1),
+            log_format=log_format or defaults.log_format,
+            allow_plaintext_listen=self.boolean(table, "allow_plaintext_listen", key,
+                                                defaults.allow_plaintext_listen),
+            tls_cert=self.readable_file(table, "tls_cert", key),
+            tls_key=self.readable_file(table, "tls_key", key),
+            bad_key_limit=int(self.number(table, "bad_key_limit", key, defaults.bad_key_limit,
+                                          minimum=0, integer=True)),
+            login_failure_limit=int(self.number(table, "login_failure_limit", key,
+                                                defaults.login_failure_limit, minimum=0,
+                                                integer=True)),
+            virtual_access_ttl=int(self.number(table, "virtual_access_ttl", key,
+                                               defaults.virtual_access_ttl, minimum=1,
+                                               maximum=3600, integer=True)),
+            virtual_grants_per_account=int(self.number(
+                table, "virtual_grants_per_account", key, defaults.virtual_grants_per_account,
+                minimum=0, integer=True)),
+            replay_body_limit=int(self.number(table, "replay_body_limit", key,
+                                              defaults.replay_body_limit, minimum=0,
+                                              integer=True)),
+            replay_buffer_total=int(self.number(table, "replay_buffer_total", key,
+                                                defaults.replay_buffer_total, minimum=0,
+                                                integer=True)),
+            media_upstream=self.origin_url(table, "media_upstream", key),
+            public_url=self.origin_url(table, "public_url", key),
+            admin_token_env=self.admin_token_env(table, key),
+        )
+
+    def admin_token_env(self, table: dict[str, Any], key: str) -> str | None:
+        """The variable's name, read as written (not interpolated: a ``${NAME}`` here would
+        turn the token into a name); it must hold a token of at least 16 characters."""
+        full = _join(key, "admin_token_env")
+        if "admin_token_env" not in table:
+            return None
+        name = table["admin_token_env"]
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise self.fail(full, "must be the name of an environment variable (write NAME, "
+                                  "not ${NAME})")
+        token = self.environ.get(name)
+        if token is None:
+            raise self.fail(full, f"environment variable {name} is not set (it holds the "
+                                  "bearer token /metrics and /status require)")
+        if not token:
+            raise self.fail(full, f"environment variable {name} is empty")
+        if len(token) < 16:
+            raise self.fail(full, f"the token in {name} is too short: use at least 16 "
+                                  "characters (openssl rand -hex 24)")
+        return name
+
+    def readable_file(self, table: dict[str, Any], name: str, key: str) -> str | None:
+        value = self.string(table, name, key)
+        if value is None:
+            return None
+        try:
+            with open(value, "rb") as handle:
+                handle.read(1)
+        except OSError as exc:
+            raise self.fail(f"{key}.{name}", f"cannot read {value!r}: {exc.strerror}") from None
+        return value
+
+    def origin_url(self, table: dict[str, Any], name: str, key: str) -> str | None:
+        value = self.string(table, name, key)
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname \
+                or parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise self.fail(f"{key}.{name}", f"expected a bare http(s) origin like "
+                                             f"https://host[:port], got {value!r}")
+        return value.rstrip("/")
+
+    def emulator(self, value: Any) -> EmulatorConfig:
+        key = "emulator"
+        table = self.table(value, key, {"enabled", "listen", "args"})
+        listen = self.string(table, "listen", key)
+        args = table.get("args", [])
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise self.fail("emulator.args", "expected a list of strings")
+        return EmulatorConfig(
+            enabled=self.boolean(table, "enabled", key, False),
+            listen=self.host_port(listen, "emulator.listen") if listen else HostPort(
+                "127.0.0.1", 9000),
+            args=tuple(self.interpolate(a, "emulator.args") for a in args),
+        )
+
+    def accounts(self, value: Any) -> tuple[AccountConfig, ...]:
+        if value is None:
+            raise self.fail("accounts", "at least one [[accounts]] table is required")
+        if not isinstance(value, list) or not value:
+            raise self.fail("accounts", "expected one or more [[accounts]] tables")
+        accounts: list[AccountConfig] = []
+        for index, item in enumerate(value):
+            account = self.account(item, f"accounts[{index}]")
+            if any(a.name == account.name for a in accounts):
+                raise self.fail(f"accounts[{index}].name", f"duplicate account {account.name!r}")
+            accounts.append(account)
+        return tuple(accounts)
+
+    def account(self, value: Any, key: str) -> AccountConfig:
+        allowed = {"name", "client_id", "client_secret", "grant", "jwt", "username", "extension",
+                   "password", "refresh_token", "auth_code", "redirect_uri", "code_verifier",
+                   "access_token_ttl", "max_live_tokens"}
+        table = self.table(value, key, allowed)
+        name = self.string(table, "name", key, required=True) or ""
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+            raise self.fail(_join(key, "name"),
+                            "use 1-64 letters, digits, '.', '_' or '-' (it is a metric label)")
+        grant = self.string(table, "grant", key, required=True) or ""
+        if grant not in GRANTS:
+            raise self.fail(_join(key, "grant"),
+                            f"unknown grant {grant!r} (expected one of {', '.join(GRANTS)})")
+        needed = {
+            "jwt": ("jwt",),
+            "password": ("username", "password"),
+            "refresh_token": ("refresh_token",),
+            "authorization_code": ("auth_code", "redirect_uri"),
+        }[grant]
+        for name_needed in needed:
+            if name_needed not in table:
+                raise self.fail(_join(key, name_needed), f"required for grant {grant!r}")
+        ttl = table.get("access_token_ttl")
+        max_live = self.number(table, "max_live_tokens", key, 1, minimum=1, integer=True)
+        if max_live > MAX_LIVE_TOKENS_CAP:
+            raise self.fail(
+                _join(key, "max_live_tokens"),
+                f"must be at most {MAX_LIVE_TOKENS_CAP}: the platform evicts the oldest session "
+                f"beyond {MAX_LIVE_TOKENS_CAP} per user and client id, got {max_live}")
+        return AccountConfig(
+            name=name,
+            client_id=self.string(table, "client_id", key, required=True) or "",
+            client_secret=self.secret(table, "client_secret", key),
+            grant=grant,
+            jwt=self.secret(table, "jwt", key, required=grant == "jwt"),
+            username=self.string(table, "username", key, required=grant == "password"),
+            extension=self.string(table, "extension", key),
+            password=self.secret(table, "password", key, required=grant == "password"),
+            refresh_token=self.secret(table, "refresh_token", key,
+                                      required=grant == "refresh_token"),
+            auth_code=self.secret(table, "auth_code", key,
+                                  required=grant == "authorization_code"),
+            redirect_uri=self.string(table, "redirect_uri", key,
+                                     required=grant == "authorization_code"),
+            code_verifier=self.secret(table, "code_verifier", key),
+            access_token_ttl=None if ttl is None else int(self.number(
+                table, "access_token_ttl", key, 3600, minimum=1, maximum=3600, integer=True)),
+            max_live_tokens=int(max_live),
+        )
+
+    def clients(self, value: Any, account_names: set[str]) -> tuple[ClientConfig, ...]:
+        if not isinstance(value, list):
+            raise self.fail("clients", "expected [[clients]] tables")
+        clients: list[ClientConfig] = []
+        for index, item in enumerate(value):
+            key = f"clients[{index}]"
+            table = self.table(item, key, {"name", "account", "key"})
+            name = self.string(table, "name", key, required=True) or ""
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+                raise self.fail(_join(key, "name"),
+                                "use 1-64 letters, digits, '.', '_' or '-' (it is a metric label)")
+            account = self.string(table, "account", key, required=True) or ""
+            if account not in account_names:
+                raise self.fail(_join(key, "account"), f"no [[accounts]] named {account!r}")
+            secret = self.secret(table, "key", key, required=True)
+            assert secret is not None
+            if len(secret.reveal()) < 16:
+                raise self.fail(_join(key, "key"), "too short: use at least 16 characters")
+            if any(c.name == name for c in clients):
+                raise self.fail(_join(key, "name"), f"duplicate client {name!r}")
+            if any(c.key == secret for c in clients):
+                raise self.fail(_join(key, "key"), "the same key is used by another client")
+            clients.append(ClientConfig(name=name, account=account, key=secret))
+        return tuple(clients)
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a table", list: "an array", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,194 @@
+"""The configuration's model: frozen dataclasses for upstream, accounts, clients and store.
+
+What :mod:`.load` produces and every other room reads. Secrets are wrapped in :class:`Secret`
+so that no ``repr`` or log line can print them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+GRANTS = ("jwt", "password", "refresh_token", "authorization_code")
+LOGIN_GRANTS = ("jwt", "password")
+MAX_LIVE_TOKENS_CAP = 5  # the platform evicts the oldest session beyond 5 per (user, client id)
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """A configuration problem; ``str()`` is the message shown to the operator."""
+
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        self.source, self.key, self.reason = source, key, reason
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {reason}")
+
+
+class Secret:
+    """A credential from the config. Its value is only reachable through :meth:`reveal`."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    name: str
+    client_id: str
+    client_secret: Secret | None
+    grant: str
+    jwt: Secret | None = None
+    username: str | None = None
+    extension: str | None = None
+    password: Secret | None = None
+    refresh_token: Secret | None = None
+    auth_code: Secret | None = None
+    redirect_uri: str | None = None
+    code_verifier: Secret | None = None
+    access_token_ttl: int | None = None
+    max_live_tokens: int = 1
+
+    @property
+    def can_login(self) -> bool:
+        """True when the proxy can start a new session by itself (no person needed)."""
+        return self.grant in LOGIN_GRANTS
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    name: str
+    account: str
+    key: Secret
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """The bundled platform emulator, started by ``tokenproxy run`` as the upstream (demo)."""
+
+    enabled: bool = False
+    listen: HostPort = HostPort("127.0.0.1", 9000)
+    args: tuple[str, ...] = ()
+
+
+LOG_FORMATS = ("text", "json")
+STORE_BACKENDS = ("sqlite", "redis", "memory")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    backend: str = "sqlite"
+    path: str = "var/tokens.db"  # relative to the working directory
+    key_env: str = "TOKENPROXY_STORE_KEY"
+    allow_plaintext: bool = False
+    url: Secret | None = None  # redis://[:password@]host:port/db or rediss:// (TLS)
+    prefix: str = "tokenproxy"  # Redis key prefix: one per deployment sharing a server
+    tls_ca_file: str | None = None  # CA bundle that signed a rediss:// server's certificate
+    lock_lease: float = 6.0  # seconds a crashed replica can hold an account's renewal lock
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    listen: HostPort = HostPort("127.0.0.1", 8080)
+    metrics_listen: HostPort | None = HostPort("127.0.0.1", 9464)
+    upstream: str = "https://platform.ringcentral.com"
+    token_wait_timeout: float = 10.0
+    upstream_timeout: float = 60.0
+    refresh_ahead: float = 60.0
+    drain_timeout: float = 2.0
+    stream_threshold: int = 1024 * 1024
+    verify_upstream_tls: bool = True
+    auth_budget_calls: int = 5
+    auth_budget_window: float = 60.0
+    log_format: str = "text"  # text | json (one object per line)
+    allow_plaintext_listen: bool = False  # listen beyond loopback without TLS (opt-in)
+    tls_cert: str | None = None  # PEM certificate (chain) the proxy serves TLS with ...
+    tls_key: str | None = None  # ... and its private key; then plain HTTP is refused
+    bad_key_limit: int = 20  # unknown client keys per address per minute before slowing down
+    # failed logins through the proxy per client id per minute before its logins get 429
+    login_failure_limit: int = 30
+    virtual_access_ttl: int = 3600  # seconds a virtual access token lives (apps' logins)
+    # outstanding virtual grants (logins through the proxy) per account; beyond, the least
+    # recently refreshed one ends. 0: no cap
+    virtual_grants_per_account: int = 1000
+    replay_body_limit: int = 64 * 1024 * 1024  # request bodies up to this are replayable
+    # request-body bytes buffered for replay by the whole process at once (a quarter of the
+    # 1 GiB memory limit of deploy/k8s); beyond it bodies stream
+    replay_buffer_total: int = 256 * 1024 * 1024
+    media_upstream: str | None = None  # media host of recordings, served under /_media
+    public_url: str | None = None  # the proxy's URL as apps see it (links in answers)
+    # environment variable holding the bearer token /metrics and /status require
+    admin_token_env: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    proxy: ProxyConfig
+    accounts: tuple[AccountConfig, ...]
+    clients: tuple[ClientConfig, ...]
+    emulator: EmulatorConfig = field(default_factory=EmulatorConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+    def secret_values(self) -> list[str]:
+        """Every credential in the config (for log redaction)."""
+        values = [c.key.reveal() for c in self.clients]
+        for account in self.accounts:
+            for item in (account.client_secret, account.jwt, account.password,
+                         account.refresh_token, account.auth_code, account.code_verifier):
+                if item:
+                    values.append(item.reveal())
+        if self.store.url:
+            values.append(self.store.url.reveal())
+        return values
+
+    def account(self, name: str) -> AccountConfig:
+        for account in self.accounts:
+            if account.name == name:
+                return account
+        raise KeyError(name)
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+

@@ -1,6 +1,0 @@
-"""RingCentral platform emulator: a real HTTP server implementing the platform's token rules.
-
-Run it with ``python -m proxy_addon.emulator`` (see :mod:`proxy_addon.emulator.server`).
-The platform logic lives in :mod:`.state` (no HTTP), the routes in :mod:`.api` and
-:mod:`.admin`, the application wiring in :mod:`.app`.
-"""

@@ -1,8 +1,0 @@
-"""``python -m proxy_addon.emulator``: run the platform emulator (see :mod:`.server`)."""
-
-import sys
-
-from .server import main
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,131 @@
+"""A lean mitmproxy master for tokenproxy: only the addons a reverse proxy needs.
+
+``mitmdump`` loads some 35 addons that every flow passes through; tokenproxy needs the core,
+the proxy server, layer selection and TLS, plus its own :class:`TokenInjector` (no DNS
+resolver addon: it serves mitmproxy's DNS mode only; upstream names resolve through the OS).
+Every hook event visits every addon, so each one left out saves work on every request. This
+module also makes mitmproxy's own error answers (e.g. the upstream refusing connections) JSON
+in the platform's envelope instead of HTML, so apps can parse them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from mitmproxy import addons as _unused  # noqa: F401 - import order: registers addon modules
+from mitmproxy import options
+from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
+from mitmproxy.http import Headers, Response
+from mitmproxy.master import Master
+from mitmproxy.net.http import http1
+from mitmproxy.proxy.layers.http import _http1
+
+from ..config import Config
+from . import early_answer, stream_abort
+from . import errors as proxy_errors
+
+log = logging.getLogger("tokenproxy.master")
+
+
+def build_master(config: Config, *extra_addons: object,
+                 tls_pem: str | None = None) -> Master:
+    """A master serving ``config.proxy.listen`` in reverse mode to ``config.proxy.upstream``;
+    with ``tls_pem`` (certificate and key in one PEM file), apps connect over TLS."""
+    opts = options.Options()
+    master = Master(opts)
+    master.addons.add(
+        core.Core(),
+        proxyserver.Proxyserver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
+        *extra_addons,
+    )
+    listen = config.proxy.listen
+    opts.update(
+        mode=[f"reverse:{config.proxy.upstream}"],
+        listen_host=listen.host,
+        listen_port=listen.port,
+        connection_strategy="lazy",  # unknown clients are refused before any upstream connect
+        ssl_insecure=not config.proxy.verify_upstream_tls,
+        keep_host_header=False,
+        http2=False,
+        # a backstop for what the addon decides per request: no body beyond the replay limit
+        # is ever buffered, in either direction (chunked ones included, once they grow past it)
+        stream_large_bodies=str(max(1, config.proxy.replay_body_limit)),
+    )
+    if tls_pem is not None:
+        opts.update(certs=[f"*={tls_pem}"])
+    install_json_error_pages()
+    skip_message_type_checks()
+    early_answer.install()  # refusals at request headers never read the body
+    stream_abort.install()  # a streamed answer that cannot go on cuts the app's connection
+    return master
+
+
+def _json_error_response(status_code: int, message: str = "") -> bytes:
+    if status_code == 502:
+        code, text = proxy_errors.UPSTREAM_UNREACHABLE, f"The platform is unreachable: {message}"
+    else:
+        code, text = proxy_errors.PROXY_ERROR, message or "proxy error"
+    response = Response.make(
+        status_code, proxy_errors.error_body(code, text),
+        Headers(Connection="close", Content_Type="application/json",
+                X_Tokenproxy_Error=code))
+    return http1.assemble_response(response)
+
+
+def install_json_error_pages() -> None:
+    """Replace mitmproxy's HTML error pages (HTTP/1) with JSON in the platform's envelope.
+
+    mitmproxy offers no hook for this answer: it is written by the HTTP/1 layer when the
+    upstream cannot be reached. The replacement keeps the original's signature; if a future
+    mitmproxy drops the function, the proxy keeps working with HTML error pages.
+    """
+    if hasattr(_http1, "make_error_response"):
+        _http1.make_error_response = _json_error_response
+    else:  # pragma: no cover - depends on the mitmproxy version
+        log.warning("mitmproxy has no make_error_response: error pages stay HTML")
+
+
+def skip_message_type_checks() -> None:
+    """Skip mitmproxy's debug-mode type check of every field of every request and response.
+
+    ``mitmproxy.http.MessageData.__post_init__`` runs ``typecheck.check_option_type`` on each
+    field of each message unless Python runs with ``-O`` (it sits under ``if __debug__``): about
+    8 % of the proxy's CPU per request in the benchmark's profile. The messages are built by
+    mitmproxy's HTTP/1 parser and by this package with the right types, and ``-O`` is no option
+    (it would also drop the state machines' event assertions, which guard the connections).
+    Version-guarded: without the hook there is nothing to skip.
+    """
+    from mitmproxy.http import MessageData
+
+    if "__post_init__" in vars(MessageData):
+        MessageData.__post_init__ = _no_check  # type: ignore[method-assign]
+
+
+def _no_check(self: object) -> None:
+    return None
+
+
+def enable_reuse_port() -> None:
+    """Bind the proxy's TCP listener with SO_REUSEPORT, so several worker processes serve one
+    address. mitmproxy has no option for it: its listener is rebound here (version-guarded)."""
+    from mitmproxy.proxy import mode_servers
+
+    server_class = getattr(mode_servers, "AsyncioServerInstance", None)
+    original = getattr(server_class, "listen", None)
+    if server_class is None or original is None:
+        raise RuntimeError("this mitmproxy version has no AsyncioServerInstance.listen: "
+                           "--workers is not supported with it")
+    if getattr(original, "tokenproxy_reuse_port", False):
+        return
+
+    async def listen(self, host, port):  # type: ignore[no-untyped-def]
+        if self.mode.transport_protocol == "tcp" and port:
+            return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)]
+        return await original(self, host, port)
+
+    listen.tokenproxy_reuse_port = True  # type: ignore[attr-defined]
+    server_class.listen = listen

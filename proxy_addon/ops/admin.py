@@ -1,0 +1,157 @@
+"""The operator's listener (``[proxy] metrics_listen``): ``/metrics`` (Prometheus),
+``/healthz``, ``/readyz`` and ``/status`` (every account's state as JSON, read by
+``tokenproxy status``). A background probe keeps ``tokenproxy_store_up`` current while no
+renewal touches the store.
+
+With ``[proxy] admin_token_env``, ``/metrics`` and ``/status`` answer only requests carrying
+``Authorization: Bearer <that variable's value>`` (compared in constant time; 401 otherwise);
+the probes ``/healthz`` and ``/readyz`` stay open for kubelets and load balancers, and tell a
+caller without the token no more than up / ready / degraded. The config refuses a
+non-loopback ``metrics_listen`` without a token.
+
+Runs on the proxy's own event loop, beside mitmproxy; never serves token values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..config import Config, ProxyConfig
+from ..store import StoreError, TokenStore
+from ..tokens.pool import AccountState, TokenPool
+from .logs import SECRETS
+from .metrics import Metrics
+
+log = logging.getLogger("tokenproxy.admin")
+
+HEALTHY_STATES = {AccountState.HEALTHY, AccountState.IDLE, AccountState.REFRESHING}
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def admin_token(proxy: ProxyConfig, environ: Mapping[str, str] | None = None) -> str | None:
+    """The bearer token the admin listener requires (``[proxy] admin_token_env``), or None."""
+    if proxy.admin_token_env is None:
+        return None
+    return (os.environ if environ is None else environ).get(proxy.admin_token_env) or None
+
+
+def bearer_matches(authorization: str | None, token: str) -> bool:
+    """``Authorization: Bearer <token>`` (scheme case-insensitive, RFC 9110 11.1), compared in
+    constant time."""
+    scheme, _, value = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(value.strip().encode(errors="replace"), token.encode())
+
+
+class AdminServer:
+    PROBE_EVERY = 5.0  # seconds between store probes
+
+    def __init__(self, config: Config, pool: TokenPool, store: TokenStore,
+                 metrics: Metrics | None = None) -> None:
+        self._config = config
+        self._pool = pool
+        self._store = store
+        self._metrics = metrics or Metrics()
+        self._runner: web.AppRunner | None = None
+        self._probe: asyncio.Task[None] | None = None
+        self._token = admin_token(config.proxy)
+        if self._token:
+            SECRETS.add([self._token], fixed=True)
+        self.url: str | None = None
+
+    async def start(self) -> None:
+        listen = self._config.proxy.metrics_listen
+        if listen is None:
+            return
+        app = web.Application()
+        app.router.add_get("/metrics", self._guarded(self._metrics_page))
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/status", self._guarded(self._status))
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, listen.host, listen.port)
+        await site.start()
+        server = site._server  # aiohttp exposes the bound sockets only here
+        port = server.sockets[0].getsockname()[1] if server and server.sockets else listen.port
+        self.url = f"http://{listen.host}:{port}"
+        self._probe = asyncio.get_running_loop().create_task(self._probe_store())
+        print(f"tokenproxy metrics on {self.url}", flush=True)
+
+    async def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _probe_store(self) -> None:
+        while True:
+            await asyncio.sleep(self.PROBE_EVERY)
+            await self.store_reachable()
+
+    def _authorized(self, request: web.Request) -> bool:
+        return self._token is None or bearer_matches(request.headers.get("Authorization"),
+                                                     self._token)
+
+    def _guarded(self, handler: Handler) -> Handler:
+        async def guarded(request: web.Request) -> web.Response:
+            if self._authorized(request):
+                return await handler(request)
+            return web.json_response(
+                {"error": "unauthorized",
+                 "message": f"{request.path} needs Authorization: Bearer <token>, the token in "
+                            "the environment variable named by [proxy] admin_token_env"},
+                status=401, headers={"WWW-Authenticate": 'Bearer realm="tokenproxy-admin"'})
+
+        return guarded
+
+    async def _metrics_page(self, _: web.Request) -> web.Response:
+        body = generate_latest(self._metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        """Ready while requests can be served. A store outage alone does not make a replica
+        unready (it serves the tokens it holds, and taking every replica out of a load
+        balancer at once would turn a store outage into a full one); the body says
+        ``degraded`` and which part is down (the store's error text only with the admin
+        token, when one is configured: it may name hosts)."""
+        store_ok, problem = await self.store_reachable()
+        serving = all(a.can_serve() for a in self._pool.accounts.values())
+        ready = store_ok or serving
+        store: dict[str, object] = {"backend": self._store.backend, "ok": store_ok}
+        if problem and self._authorized(request):
+            store["error"] = problem
+        body = {"ready": ready, "degraded": not store_ok, "store": store}
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def store_reachable(self) -> tuple[bool, str | None]:
+        first = next(iter(self._pool.accounts), "")
+        try:
+            await asyncio.wait_for(self._store.generation(first), 2.0)
+        except StoreError as exc:
+            problem = str(exc)
+        except TimeoutError:
+            problem = f"{self._store.backend} store: no answer within 2 s"
+        else:
+            self._metrics.store_up.labels(self._store.backend).set(1)
+            return True, None
+        self._metrics.store_up.labels(self._store.backend).set(0)
+        return False, problem
+
+    async def _status(self, _: web.Request) -> web.Response:
+        accounts = [a.snapshot() for a in self._pool.accounts.values()]
+        healthy = all(AccountState(a["state"]) in HEALTHY_STATES for a in accounts)
+        return web.json_response({"time": time.time(), "healthy": healthy,
+                                  "accounts": accounts})

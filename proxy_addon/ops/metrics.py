@@ -1,0 +1,197 @@
+"""Prometheus metrics: what the pool, the token endpoint client, the store and the addon report,
+served on ``[proxy] metrics_listen`` at ``/metrics``.
+
+Label values come only from bounded sets: account and client names from the config, grants,
+outcomes, states and error codes from the fixed tuples below (anything else becomes ``other``),
+status classes ``1xx``..``5xx``. Never token values, paths, query strings or client input.
+Per-account gauges (state, seconds left, sessions) are read from the pool at scrape time.
+Every series an account or client can have exists from start-up (at 0), so dashboards and
+alerts see a value instead of "no data".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..tokens.pool import TokenPool
+
+PREFIX = "tokenproxy"
+GRANTS = ("jwt", "password", "refresh_token", "authorization_code")
+TOKEN_CALL_OUTCOMES = ("success", "rejected", "rate_limited", "server_error", "unreachable")
+RENEWAL_OUTCOMES = ("refreshed", "logged_in", "adopted", "failed")
+TOKEN_ERROR_CODES = ("OAU-210", "OAU-128", "OAU-129", "OAU-213", "other")
+REPLAY_OUTCOMES = ("success", "failed", "abandoned")
+SESSION_LOSS_REASONS = ("revoked_or_evicted", "refresh_token_dead")
+STATES = ("idle", "healthy", "refreshing", "backing_off", "reauth_required", "misconfigured")
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+STORE_OPERATIONS = ("load", "generation", "compare_and_set", "acquire_lock", "release_lock",
+                    "put_virtual", "get_virtual", "delete_virtual")
+STORE_OUTCOMES = ("ok", "error")
+UNKNOWN_CLIENT = "unknown"  # requests without a configured client key
+NO_ACCOUNT = "none"
+
+disable_created_metrics()  # no *_created series: they double the scrape for no dashboard
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def bounded(value: str, allowed: Iterable[str]) -> str:
+    """``value`` if it is one of ``allowed``, else ``other``."""
+    return value if value in allowed else "other"
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status < 600 else "5xx"
+
+
+class Metrics:
+    """The proxy's metric objects, in a registry of their own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r, p = self.registry, PREFIX
+        self.token_calls = Counter(
+            f"{p}_token_endpoint_calls", "Calls to the platform's token endpoint.",
+            ["account", "grant", "outcome"], registry=r)
+        self.token_call_seconds = Histogram(
+            f"{p}_token_endpoint_duration_seconds", "Latency of token-endpoint calls.",
+            ["account"], buckets=LATENCY_BUCKETS, registry=r)
+        self.token_rate_limited = Counter(
+            f"{p}_token_endpoint_rate_limited", "429 answers from the token endpoint.",
+            ["account"], registry=r)
+        self.renewals = Counter(
+            f"{p}_refreshes", "Token renewals by how they ended: refreshed, logged in anew, "
+            "adopted from the store (another process renewed), failed.",
+            ["account", "outcome"], registry=r)
+        self.token_errors = Counter(
+            f"{p}_upstream_token_errors", "Token 401s the platform answered to proxied "
+            "requests, by error code.", ["account", "code"], registry=r)
+        self.replays = Counter(
+            f"{p}_replays", "Requests replayed after a token 401, by outcome.",
+            ["account", "outcome"], registry=r)
+        self.sessions_lost = Counter(
+            f"{p}_sessions_lost", "Sessions the account lost to something outside the "
+            "proxy: revoked or evicted (OAU-213), or a refresh token that died.",
+            ["account", "reason"], registry=r)
+        self.token_wait = Histogram(
+            f"{p}_token_wait_seconds", "Time requests waited for a token renewal.",
+            ["account"], buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            f"{p}_requests", "Requests answered to apps, by client, account and status class.",
+            ["client", "account", "status_class"], registry=r)
+        self.upstream_seconds = Histogram(
+            f"{p}_upstream_duration_seconds", "Time from sending a request upstream to the "
+            "first byte of its answer.", ["account"], buckets=LATENCY_BUCKETS, registry=r)
+        self.store_ops = Counter(
+            f"{p}_store_operations", "Token store operations by backend, operation, outcome.",
+            ["backend", "operation", "outcome"], registry=r)
+        self.store_lock_wait = Histogram(
+            f"{p}_store_lock_wait_seconds", "Time a renewal waited for the account's lock "
+            "(or for another process's newer tokens).", ["backend"], buckets=LATENCY_BUCKETS,
+            registry=r)
+        self.store_up = Gauge(
+            f"{p}_store_up", "1 while the token store answers, 0 while it does not.",
+            ["backend"], registry=r)
+
+    def prepare(self, config: Config, backend: str) -> None:
+        """Create every series the configured accounts and clients can have, at 0."""
+        for account in config.accounts:
+            name = account.name
+            self.token_call_seconds.labels(name)
+            self.token_rate_limited.labels(name)
+            self.token_wait.labels(name)
+            self.upstream_seconds.labels(name)
+            for grant in {account.grant, "refresh_token"}:
+                for outcome in TOKEN_CALL_OUTCOMES:
+                    self.token_calls.labels(name, grant, outcome)
+            for outcome in RENEWAL_OUTCOMES:
+                self.renewals.labels(name, outcome)
+            for code in TOKEN_ERROR_CODES:
+                self.token_errors.labels(name, code)
+            for outcome in REPLAY_OUTCOMES:
+                self.replays.labels(name, outcome)
+            for reason in SESSION_LOSS_REASONS:
+                self.sessions_lost.labels(name, reason)
+        for client in config.clients:
+            for klass in STATUS_CLASSES:
+                self.requests.labels(client.name, client.account, klass)
+        for account in config.accounts:  # apps that log in through the proxy
+            for klass in STATUS_CLASSES:
+                self.requests.labels(f"{account.name}-login", account.name, klass)
+        for klass in ("4xx", "5xx"):
+            self.requests.labels(UNKNOWN_CLIENT, NO_ACCOUNT, klass)
+        for operation in STORE_OPERATIONS:
+            for outcome in STORE_OUTCOMES:
+                self.store_ops.labels(backend, operation, outcome)
+        self.store_lock_wait.labels(backend)
+        self.store_up.labels(backend).set(1)
+
+    def watch_pool(self, pool: TokenPool) -> None:
+        self.registry.register(PoolCollector(pool))
+
+
+class PoolCollector(Collector):
+    """Per-account gauges, read from the pool's snapshots at scrape time."""
+
+    def __init__(self, pool: TokenPool) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        p = PREFIX
+        state = GaugeMetricFamily(f"{p}_account_state", "1 for the account's current state, "
+                                  "0 for the others.", labels=["account", "state"])
+        access = GaugeMetricFamily(f"{p}_access_token_remaining_seconds", "Seconds until the "
+                                   "held access token expires (0: none usable).",
+                                   labels=["account"])
+        refresh = GaugeMetricFamily(f"{p}_refresh_token_remaining_seconds", "Seconds until "
+                                    "the held refresh token expires (0: none).",
+                                    labels=["account"])
+        live = GaugeMetricFamily(f"{p}_live_sessions", "Platform sessions the account holds.",
+                                 labels=["account"])
+        budget = GaugeMetricFamily(f"{p}_max_live_sessions", "The account's session budget "
+                                   "(max_live_tokens).", labels=["account"])
+        last = GaugeMetricFamily(f"{p}_last_refresh_timestamp_seconds", "When the account's "
+                                 "tokens were last renewed (Unix time; 0: never).",
+                                 labels=["account"])
+        for tokens in self._pool.accounts.values():
+            snap = tokens.snapshot()
+            name = str(snap["account"])
+            for candidate in STATES:
+                state.add_metric([name, candidate], 1.0 if snap["state"] == candidate else 0.0)
+            access.add_metric([name], float(snap["access_expires_in"] or 0.0))
+            refresh_left = snap["refresh_expires_in"]
+            refresh.add_metric([name], float(refresh_left) if refresh_left is not None
+                               else (1e9 if snap["live_sessions"] else 0.0))
+            live.add_metric([name], float(snap["live_sessions"]))  # type: ignore[arg-type]
+            budget.add_metric([name], float(snap["max_live_tokens"]))  # type: ignore[arg-type]
+            last.add_metric([name], float(snap["last_refresh"] or 0.0))  # type: ignore[arg-type]
+        yield from (state, access, refresh, live, budget, last)
+
+
+# Every metric name a dashboard or alert may use (counters carry their _total suffix; the
+# histograms their _bucket/_sum/_count). Kept in step with the objects above by a test.
+EXPORTED = (
+    "tokenproxy_token_endpoint_calls_total", "tokenproxy_token_endpoint_duration_seconds",
+    "tokenproxy_token_endpoint_rate_limited_total", "tokenproxy_refreshes_total",
+    "tokenproxy_upstream_token_errors_total", "tokenproxy_replays_total",
+    "tokenproxy_sessions_lost_total", "tokenproxy_token_wait_seconds",
+    "tokenproxy_requests_total", "tokenproxy_upstream_duration_seconds",
+    "tokenproxy_store_operations_total", "tokenproxy_store_lock_wait_seconds",
+    "tokenproxy_store_up", "tokenproxy_account_state",
+    "tokenproxy_access_token_remaining_seconds", "tokenproxy_refresh_token_remaining_seconds",
+    "tokenproxy_live_sessions", "tokenproxy_max_live_sessions",
+    "tokenproxy_last_refresh_timestamp_seconds",
+)

@@ -1,0 +1,127 @@
+"""Client of the platform's token endpoint: log in with an account's grant, refresh, revoke.
+
+Called only by :mod:`proxy_addon.tokens.pool` (never on the request hot path). Answers become a
+:class:`~proxy_addon.tokens.token_set.TokenSet` or raise :class:`TokenEndpointError`
+(the platform said no) or :class:`UpstreamUnreachable` (no answer at all).
+Nothing here logs credentials.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import httpx
+
+from ..config import AccountConfig
+from ..ops.metrics import Metrics
+from ..tokens.token_set import MalformedTokenResponse, TokenSet
+from .platform_errors import TokenEndpointError
+
+TOKEN_PATH = "/restapi/oauth/token"
+REVOKE_PATH = "/restapi/oauth/revoke"
+JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+GRANT_LABELS = {JWT_GRANT: "jwt", "password": "password", "refresh_token": "refresh_token",
+                "authorization_code": "authorization_code"}
+
+
+class UpstreamUnreachable(Exception):
+    """The platform could not be reached (connection refused, DNS, TLS, timeout)."""
+
+
+class TokenEndpoint:
+    def __init__(self, upstream: str, http: httpx.AsyncClient,
+                 metrics: Metrics | None = None) -> None:
+        self.upstream = upstream.rstrip("/")
+        self._http = http
+        self._metrics = metrics or Metrics()
+
+    async def login(self, account: AccountConfig) -> TokenSet:
+        """Start a new session with the account's own grant (creates a platform session)."""
+        form: dict[str, str]
+        if account.grant == "jwt":
+            assert account.jwt is not None
+            form = {"grant_type": JWT_GRANT, "assertion": account.jwt.reveal()}
+        elif account.grant == "password":
+            assert account.username is not None and account.password is not None
+            form = {"grant_type": "password", "username": account.username,
+                    "password": account.password.reveal()}
+            if account.extension:
+                form["extension"] = account.extension
+        elif account.grant == "authorization_code":
+            assert account.auth_code is not None and account.redirect_uri is not None
+            form = {"grant_type": "authorization_code", "code": account.auth_code.reveal(),
+                    "redirect_uri": account.redirect_uri}
+            if account.code_verifier:
+                form["code_verifier"] = account.code_verifier.reveal()
+        else:
+            raise ValueError(f"grant {account.grant!r} cannot start a session")
+        return await self._token_call(account, form)
+
+    async def exchange_code(self, account: AccountConfig, code: str, redirect_uri: str,
+                            code_verifier: str | None) -> TokenSet:
+        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
+        if code_verifier:
+            form["code_verifier"] = code_verifier
+        return await self._token_call(account, form)
+
+    async def refresh(self, account: AccountConfig, refresh_token: str) -> TokenSet:
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        return await self._token_call(account, form)
+
+    async def revoke(self, account: AccountConfig, token: str) -> None:
+        """End the session ``token`` belongs to (the platform kills the whole session).
+        Raises TokenEndpointError when the platform refuses, UpstreamUnreachable without an
+        answer."""
+        response = await self._post(account, REVOKE_PATH, {"token": token})
+        if not 200 <= response.status_code < 300:
+            raise TokenEndpointError.from_response(
+                response.status_code, response.content, response.headers.get("retry-after"))
+
+    async def _token_call(self, account: AccountConfig, form: dict[str, str]) -> TokenSet:
+        if account.access_token_ttl is not None:
+            form["access_token_ttl"] = str(account.access_token_ttl)
+        requested_at = time.time()
+        grant = GRANT_LABELS.get(form["grant_type"], "other")
+        metrics, name = self._metrics, account.name
+        started = time.monotonic()
+        try:
+            response = await self._post(account, TOKEN_PATH, form)
+        except UpstreamUnreachable:
+            metrics.token_calls.labels(name, grant, "unreachable").inc()
+            raise
+        finally:
+            metrics.token_call_seconds.labels(name).observe(time.monotonic() - started)
+        status = response.status_code
+        if status != 200:
+            error = TokenEndpointError.from_response(
+                status, response.content, response.headers.get("retry-after"))
+            if error.rate_limited:
+                metrics.token_rate_limited.labels(name).inc()
+            outcome = ("rate_limited" if error.rate_limited else
+                       "server_error" if status >= 500 else "rejected")
+            metrics.token_calls.labels(name, grant, outcome).inc()
+            raise error
+        try:
+            tokens = TokenSet.from_response(response.content, requested_at)
+        except MalformedTokenResponse as exc:
+            metrics.token_calls.labels(name, grant, "server_error").inc()
+            raise TokenEndpointError(502, "", "", str(exc)) from None
+        metrics.token_calls.labels(name, grant, "success").inc()
+        return tokens
+
+    async def _post(self, account: AccountConfig, path: str, form: dict[str, str]
+                    ) -> httpx.Response:
+        headers = {"Accept": "application/json"}
+        if account.client_secret:
+            pair = f"{account.client_id}:{account.client_secret.reveal()}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        else:
+            form = {**form, "client_id": account.client_id}
+        try:
+            return await self._http.post(self.upstream + path, data=form, headers=headers)
+        except httpx.TimeoutException:
+            raise UpstreamUnreachable(f"timed out calling {self.upstream}{path}") from None
+        except httpx.TransportError as exc:
+            raise UpstreamUnreachable(
+                f"cannot reach {self.upstream}{path}: {type(exc).__name__}") from None

@@ -1,0 +1,327 @@
+"""Virtual tokens: what an app that logs in *through* the proxy gets instead of a platform session.
+
+A virtual pair (access + refresh) maps the app to one configured account. The tokens are random
+(``TPXA…``/``TPXR…``), kept in the shared store only as SHA-256 digests with their metadata, so
+every replica honours them and they survive restarts. Each record is sealed with the store key
+(authenticated encryption) and names its own digest: someone who can write to the store but
+has no key can neither plant a grant nor move one under a token of their choosing. A short
+in-process cache keeps the hot path free of store round trips. Refreshing a virtual refresh
+token rotates the pair like the platform does; revoking either token of a pair revokes that
+pair only. No platform session is created: a hundred apps logging in every minute cost the
+account nothing.
+
+Every pair descends from one login: its **lineage**, a store record of its own (under
+``lineage-<id>``) that every token record names; a token whose lineage record is gone is dead.
+A refresh token is spent atomically (:meth:`TokenStore.consume_virtual`): of two concurrent
+refreshes exactly one wins, and a spent refresh token leaves a *spent* marker behind. Presenting
+a spent one again (a reuse: the token was copied, or two apps share it) ends the lineage —
+every pair descended from that login, the winner's new one included (the OAuth 2.0 security
+BCP's refresh-token reuse detection).
+
+Each account's lineages are also kept in a store index scored by expiry
+(:meth:`TokenStore.index_virtual`): it caps the outstanding grants per account (``[proxy]
+virtual_grants_per_account``; beyond it the grant refreshed least recently ends, as the platform
+evicts its oldest session) and lets ``tokenproxy revoke --virtual`` list and end them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+from ..config import AccountConfig
+from ..store import StoreError, TokenStore
+from ..store.crypto import SEALED, UnreadableRecord
+
+ACCESS_PREFIX, REFRESH_PREFIX = "TPXA", "TPXR"
+ACCESS_TTL, REFRESH_TTL = 3600, 7 * 86400
+log = logging.getLogger("tokenproxy.virtual")
+
+CACHE_SECONDS = 5.0  # a revocation on another replica is honoured here within this time
+
+
+@dataclass(frozen=True)
+class VirtualGrant:
+    account: str
+    client_id: str
+    kind: str  # "access" | "refresh" | "spent" (a refresh token used up) | "lineage"
+    expires_at: float
+    pair: tuple[str, str]  # digests of the pair's access and refresh tokens
+    lineage: str = ""  # the login this pair descends from
+    # lineage records: the account's credential fingerprint and the login's time
+    fingerprint: str = ""
+    created_at: float = 0.0
+
+    def to_json(self, token_digest: str) -> bytes:
+        return json.dumps({"digest": token_digest, "account": self.account,
+                           "client_id": self.client_id, "kind": self.kind,
+                           "expires_at": self.expires_at, "pair": list(self.pair),
+                           "lineage": self.lineage, "fingerprint": self.fingerprint,
+                           "created_at": self.created_at}).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes, token_digest: str) -> VirtualGrant | None:
+        """The grant stored under ``token_digest``; None for a record written for another
+        digest, or foreign or damaged data (as if unknown)."""
+        try:
+            data = json.loads(raw)
+            if data["digest"] != token_digest:
+                return None
+            return cls(str(data["account"]), str(data["client_id"]), str(data["kind"]),
+                       float(data["expires_at"]), (str(data["pair"][0]), str(data["pair"][1])),
+                       str(data.get("lineage", "")), str(data.get("fingerprint", "")),
+                       float(data.get("created_at", 0.0)))
+        except (ValueError, KeyError, TypeError, IndexError):
+            return None
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def looks_virtual(token: str) -> bool:
+    return token.startswith((ACCESS_PREFIX, REFRESH_PREFIX)) and 40 <= len(token) <= 80
+
+
+@dataclass(frozen=True)
+class IssuedPair:
+    access_token: str
+    refresh_token: str
+    access_expires_in: int
+    refresh_expires_in: int
+
+
+def lineage_key(lineage: str) -> str:
+    return "lineage-" + lineage
+
+
+def account_key(account: str) -> str:
+    """The record of when the account's grants were last ended (``tokenproxy revoke``)."""
+    return "account-" + hashlib.sha256(account.encode()).hexdigest()
+
+
+def fingerprint(account: AccountConfig) -> str:
+    """A slow keyed digest of the account's name, client id and credentials: a changed config
+    ends the grants made with the old one at their next lookup, without a scan. Slow
+    (PBKDF2) because a store kept without a key holds it in clear."""
+    material = json.dumps([account.client_id, *(
+        s.reveal() if s is not None else None for s in (account.client_secret, account.jwt,
+                                                        account.password)),
+        account.username, account.extension, account.grant]).encode("utf-8", "surrogateescape")
+    return hashlib.pbkdf2_hmac("sha256", material, b"tokenproxy-grant:" + account.name.encode(),
+                               50_000).hex()[:32]
+
+
+class VirtualTokens:
+    def __init__(self, store: TokenStore, access_ttl: int = ACCESS_TTL,
+                 refresh_ttl: int = REFRESH_TTL) -> None:
+        self._store = store
+        self.access_ttl, self.refresh_ttl = access_ttl, refresh_ttl
+        self._cache: dict[str, tuple[VirtualGrant | None, float]] = {}
+        self.fingerprints: dict[str, str] | None = None  # by account; None: not checked
+        self.grants_per_account = 0  # outstanding lineages per account; 0: no cap
+
+    def use_accounts(self, accounts: tuple[AccountConfig, ...] | list[AccountConfig]) -> None:
+        """Bind grants to these accounts' current credentials (see :func:`fingerprint`)."""
+        self.fingerprints = {a.name: fingerprint(a) for a in accounts}
+
+    async def _put(self, key: str, grant: VirtualGrant, keep_until: float) -> None:
+        await self._store.put_virtual(key, self._seal(grant, key), keep_until)
+
+    def _seal(self, grant: VirtualGrant, key: str) -> bytes:
+        return self._store.codec.cipher.seal(grant.to_json(key))
+
+    async def issue(self, account: str, client_id: str, lineage: str = "") -> IssuedPair:
+        """A new pair; a new lineage (a login) unless ``lineage`` names the one it continues."""
+        access = ACCESS_PREFIX + secrets.token_urlsafe(32)
+        refresh = REFRESH_PREFIX + secrets.token_urlsafe(32)
+        now = time.time()
+        pair = (digest(access), digest(refresh))
+        refresh_until = now + self.refresh_ttl
+        if not lineage:
+            lineage = secrets.token_urlsafe(16)
+            await self._put(lineage_key(lineage), VirtualGrant(
+                account, client_id, "lineage", refresh_until, pair, lineage,
+                (self.fingerprints or {}).get(account, ""), now), refresh_until)
+            await self._index(account, lineage, refresh_until)
+        # the access record outlives its token (until the pair's end): an expired token is
+        # then told apart from an unknown one (OAU-210, as the platform answers)
+        await self._put(pair[0], VirtualGrant(account, client_id, "access",
+                                              now + self.access_ttl, pair, lineage),
+                        max(refresh_until, now + self.access_ttl))
+        await self._put(pair[1], VirtualGrant(account, client_id, "refresh", refresh_until,
+                                              pair, lineage), refresh_until)
+        return IssuedPair(access, refresh, self.access_ttl, self.refresh_ttl)
+
+    async def _lookup(self, key: str) -> VirtualGrant | None:
+        """The record under ``key`` (cached); a token's only while its lineage lives (looked
+        up each time, cached too: a lineage ended here is honoured at once)."""
+        now = time.monotonic()
+        cached = self._cache.get(key)
+        if cached is not None and now - cached[1] < CACHE_SECONDS:
+            grant = cached[0]
+        else:
+            raw = await self._store.get_virtual(key)
+            grant = self._open(raw, key) if raw is not None else None
+            if len(self._cache) > 50_000:  # bounded: drop everything rather than grow
+                self._cache.clear()
+            self._cache[key] = (grant, now)
+        if grant is None:
+            return None
+        if grant.kind in ("access", "refresh") and (
+                not grant.lineage or await self._lookup(lineage_key(grant.lineage)) is None):
+            return None  # its lineage was ended
+        if grant.kind == "lineage" and not await self._lineage_valid(grant):
+            return None
+        return grant
+
+    async def _lineage_valid(self, lineage: VirtualGrant) -> bool:
+        """False when the account's credentials changed since the login, or its grants were
+        ended after it (``tokenproxy revoke``)."""
+        if self.fingerprints is not None and \
+                self.fingerprints.get(lineage.account) != lineage.fingerprint:
+            return False
+        ended = await self._lookup(account_key(lineage.account))
+        return ended is None or lineage.created_at > ended.created_at
+
+    async def end_account(self, account: str) -> None:
+        """End every grant of ``account`` made until now (kept as long as a grant can live)."""
+        now = time.time()
+        key = account_key(account)
+        await self._put(key, VirtualGrant(account, "", "ended", now + self.refresh_ttl,
+                                          ("", ""), "", "", now), now + self.refresh_ttl)
+        self._cache.pop(key, None)
+        await self.grants(account)  # drops the ended ones from the account's index
+
+    async def resolve_access(self, token: str) -> tuple[VirtualGrant | None, str]:
+        """(grant, "") for a live virtual access token; (None, "OAU-210") when it has expired,
+        (None, "OAU-213") when unknown, revoked or of another kind. StoreError propagates."""
+        grant = await self._lookup(digest(token))
+        if grant is None or grant.kind != "access":
+            return None, "OAU-213"
+        if grant.expires_at <= time.time():
+            return None, "OAU-210"
+        return grant, ""
+
+    async def resolve(self, token: str, kind: str) -> VirtualGrant | None:
+        """The live grant of a virtual token of ``kind``, or None (unknown, revoked, expired,
+        or the other kind). StoreError propagates (the caller answers 503)."""
+        grant = await self._lookup(digest(token))
+        if grant is None or grant.kind != kind or grant.expires_at <= time.time():
+            return None
+        return grant
+
+    def _open(self, raw: bytes, token_digest: str) -> VirtualGrant | None:
+        cipher = self._store.codec.cipher
+        if cipher.encrypts and not raw.startswith(SEALED):
+            return None  # written in clear while we hold a key: planted
+        try:
+            plaintext = cipher.open(raw)
+        except UnreadableRecord:  # not sealed with our key: foreign or damaged
+            return None
+        return VirtualGrant.from_json(plaintext, token_digest)
+
+    def expired(self, token: str) -> bool:
+        """True when the token was known here and has only expired (OAU-210, not OAU-213)."""
+        cached = self._cache.get(digest(token))
+        return bool(cached and cached[0] and cached[0].expires_at <= time.time())
+
+    async def rotate(self, refresh_token: str, client_id: str) -> tuple[str, IssuedPair] | None:
+        """A new pair for a live virtual refresh token of ``client_id`` (the old pair dies);
+        None when the refresh token is not (or no longer) valid. The token is spent atomically:
+        a reuse (a spent token, or a concurrent refresh that lost) ends the whole lineage."""
+        key = digest(refresh_token)
+        raw = await self._store.get_virtual(key)  # uncached: spending needs the store's word
+        seen = self._open(raw, key) if raw is not None else None
+        if seen is None or seen.client_id != client_id:
+            return None
+        if seen.kind == "spent":
+            await self.end_lineage(seen.lineage, seen.account)  # reuse of a spent one
+            return None
+        if seen.kind != "refresh" or seen.expires_at <= time.time():
+            return None
+        lkey = lineage_key(seen.lineage)
+        raw_lineage = await self._store.get_virtual(lkey) if seen.lineage else None
+        current = self._open(raw_lineage, lkey) if raw_lineage is not None else None
+        if current is None or not await self._lineage_valid(current):
+            return None  # its lineage was ended
+        spent = VirtualGrant(seen.account, client_id, "spent", seen.expires_at, seen.pair,
+                             seen.lineage)
+        taken = await self._store.consume_virtual(key, self._seal(spent, key), seen.expires_at)
+        won = self._open(taken, key) if taken is not None else None
+        if won is None or won.kind != "refresh":
+            await self.end_lineage(seen.lineage, seen.account)  # another refresh was first
+            return None
+        await self._forget([won.pair[0]])
+        pair = await self.issue(won.account, client_id, won.lineage)
+        # the lineage lives as long as its newest refresh token, unless it was ended meanwhile
+        # (a consume never recreates it): then the new pair is born dead
+        lineage = VirtualGrant(won.account, client_id, "lineage", time.time() + self.refresh_ttl,
+                               won.pair, won.lineage, current.fingerprint, current.created_at)
+        if await self._store.consume_virtual(lkey, self._seal(lineage, lkey),
+                                             lineage.expires_at) is not None:
+            await self._index(won.account, won.lineage, lineage.expires_at)
+        return won.account, pair
+
+    async def _index(self, account: str, lineage: str, expires_at: float) -> None:
+        """Count the lineage for its account until ``expires_at``; end those beyond the cap."""
+        for evicted in await self._store.index_virtual(account, lineage, expires_at,
+                                                       self.grants_per_account):
+            log.info("virtual grant of account %s ended: more than %d outstanding", account,
+                     self.grants_per_account, extra={"event": "virtual_grant_evicted"})
+            await self._forget([lineage_key(evicted)])
+
+    async def end_lineage(self, lineage: str, account: str = "") -> None:
+        """Every pair descended from that login dies (its lineage record goes)."""
+        if lineage:
+            await self._forget([lineage_key(lineage)])
+            if account:
+                await self._store.unindex_virtual(account, [lineage])
+
+    async def grants(self, account: str) -> list[VirtualGrant]:
+        """The account's live grants (their lineage records), least recently refreshed first;
+        index entries of grants that ended otherwise are dropped on the way."""
+        live: list[VirtualGrant] = []
+        dead: list[str] = []
+        for lineage, _ in await self._store.list_index(account):
+            self._cache.pop(lineage_key(lineage), None)  # the store's word, not the cache's
+            grant = await self._lookup(lineage_key(lineage))
+            (live.append(grant) if grant is not None and grant.account == account
+             else dead.append(lineage))
+        if dead:
+            await self._store.unindex_virtual(account, dead)
+        return live
+
+    async def end_grants(self, account: str, client_id: str | None = None) -> list[VirtualGrant]:
+        """End the account's live grants (only those of ``client_id`` if given); the ended."""
+        ended = [g for g in await self.grants(account)
+                 if client_id is None or g.client_id == client_id]
+        for grant in ended:
+            await self.end_lineage(grant.lineage, account)
+        return ended
+
+    async def revoke(self, token: str) -> bool:
+        """Revoke the pair ``token`` belongs to; False if it is not a live virtual token."""
+        grant = await self.resolve(token, "access") or await self.resolve(token, "refresh")
+        if grant is None:
+            return False
+        await self.revoke_pair(grant)
+        return True
+
+    async def revoke_pair(self, grant: VirtualGrant) -> None:
+        await self._forget([*grant.pair, *([lineage_key(grant.lineage)] if grant.lineage
+                                           else [])])
+        if grant.lineage:
+            await self._store.unindex_virtual(grant.account, [grant.lineage])
+
+    async def _forget(self, keys: list[str]) -> None:
+        await self._store.delete_virtual(keys)
+        for key in keys:
+            self._cache[key] = (None, time.monotonic())
+
+
+__all__ = ["IssuedPair", "StoreError", "VirtualGrant", "VirtualTokens", "looks_virtual"]

@@ -1,0 +1,78 @@
+"""The metric catalogue matches what is exported, and the log redaction catches secrets."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+from prometheus_client import generate_latest
+
+from proxy_addon.config import parse_config
+from proxy_addon.ops.logs import REDACTED, JsonFormatter, RedactingFormatter, SecretRegistry
+from proxy_addon.ops.metrics import EXPORTED, Metrics, bounded, status_class
+from proxy_addon.tokens.pool import TokenPool
+from proxy_addon.upstream.token_endpoint import TokenEndpoint
+
+CONFIG = {
+    "proxy": {"upstream": "http://127.0.0.1:9"},
+    "accounts": [{"name": "main", "client_id": "id", "client_secret": "s", "grant": "jwt",
+                  "jwt": "j"}],
+    "clients": [{"name": "app", "account": "main", "key": "k" * 20}],
+}
+
+
+def test_catalogue_is_what_the_registry_exports() -> None:
+    config = parse_config(CONFIG, "test", {})
+    metrics = Metrics()
+    metrics.prepare(config, "sqlite")
+    pool = TokenPool.build(config, TokenEndpoint("http://127.0.0.1:9", httpx.AsyncClient()),
+                           metrics=metrics)
+    metrics.watch_pool(pool)
+    names = set()
+    for line in generate_latest(metrics.registry).decode().splitlines():
+        if line and not line.startswith("#"):
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            for suffix in ("_bucket", "_sum", "_count"):
+                if name.endswith(suffix) and not name.endswith("_total"):
+                    name = name.removesuffix(suffix)
+            names.add(name)
+    assert names == set(EXPORTED)
+
+
+def test_label_values_are_bounded() -> None:
+    assert bounded("OAU-213", ("OAU-213",)) == "OAU-213"
+    assert bounded("/restapi/v1.0/account/123", ("OAU-213",)) == "other"
+    assert [status_class(s) for s in (101, 200, 302, 404, 503, 999, -1)] == [
+        "1xx", "2xx", "3xx", "4xx", "5xx", "5xx", "5xx"]
+
+
+def test_redaction_of_known_and_credential_shaped_values() -> None:
+    secrets = SecretRegistry(recent=2)
+    secrets.add(["config-jwt-value"], fixed=True)
+    secrets.add(["token-one-aaaa", "token-two-bbbb", "token-three-cccc"])  # keeps the last 2
+    text = secrets.redact(
+        "jwt config-jwt-value; Authorization: Bearer abcdef123456; Basic ZGVtbzpzZWNyZXQ=; "
+        "url /x?access_token=abc123&b=1; form refresh_token=r1&grant_type=refresh_token; "
+        '{"access_token": "at-1", "refresh_token":"rt-1"}; redis://:hunter2@127.0.0.1:6379/0; '
+        "token-two-bbbb token-three-cccc token-one-aaaa")
+    for leaked in ("config-jwt-value", "abcdef123456", "ZGVtbzpzZWNyZXQ=", "abc123", "r1&",
+                   "at-1", "rt-1", "hunter2", "token-two-bbbb", "token-three-cccc"):
+        assert leaked not in text, leaked
+    assert "token-one-aaaa" in text  # dropped from the bounded recent set
+    assert text.count(REDACTED) >= 10 and "grant_type=refresh_token" in text
+
+
+def test_formatters_redact_messages_and_exceptions() -> None:
+    secrets = SecretRegistry()
+    secrets.add(["s3cr3t-value"], fixed=True)
+    record = logging.LogRecord("tokenproxy.pool", logging.ERROR, __file__, 1,
+                               "failed with %s", ("s3cr3t-value",), None)
+    record.account = "main"
+    try:
+        raise ValueError("boom s3cr3t-value")
+    except ValueError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    line = RedactingFormatter(JsonFormatter(), secrets).format(record)
+    assert "s3cr3t-value" not in line and '"account": "main"' in line

@@ -19,8 +19,8 @@ import httpx
 from aiohttp import web
 
 from ..config import Config
-from ..store import StoreError, StoreKeyMismatch, open_store
-from ..store.factory import StoreConfigError
+from ..store import StoreError, StoreKeyMismatch
+from ..store.factory import StoreConfigError, open_store
 from ..upstream.platform_errors import TokenEndpointError
 from ..upstream.token_endpoint import TokenEndpoint, UpstreamUnreachable
 

@@ -45,8 +45,8 @@ import httpx
 from ..config import AccountConfig, Config, HostPort
 from ..ops.admin import admin_token
 from ..ops.logs import SECRETS, remember
-from ..store import CorruptRecord, StoreError, StoreKeyMismatch, TokenStore, open_store
-from ..store.factory import StoreConfigError
+from ..store import CorruptRecord, StoreError, StoreKeyMismatch, TokenStore
+from ..store.factory import StoreConfigError, open_store
 from ..tokens.token_set import TokenSet
 from ..upstream.platform_errors import TokenEndpointError, error_codes
 from ..upstream.token_endpoint import TokenEndpoint, UpstreamUnreachable

@@ -46,15 +46,8 @@ import httpx
 
 from ..config import AccountConfig, Config
 from ..ops.logs import SECRETS, remember
-from ..store import (
-    CorruptRecord,
-    StoredTokens,
-    StoreError,
-    StoreKeyMismatch,
-    TokenStore,
-    open_store,
-)
-from ..store.factory import StoreConfigError
+from ..store import CorruptRecord, StoredTokens, StoreError, StoreKeyMismatch, TokenStore
+from ..store.factory import StoreConfigError, open_store
 from ..tokens.token_set import TokenSet
 from ..upstream.platform_errors import DEAD_REFRESH_CODES, TokenEndpointError
 from ..upstream.token_endpoint import TokenEndpoint, UpstreamUnreachable

@@ -24,8 +24,8 @@ from ..gateway.replay_buffer import ReplayBuffer
 from ..gateway.throttle import BadKeyThrottle
 from ..ops.admin import AdminServer
 from ..ops.metrics import Metrics
-from ..store import StoreError, StoreKeyMismatch, open_store
-from ..store.factory import StoreConfigError, make_cipher
+from ..store import StoreError, StoreKeyMismatch
+from ..store.factory import StoreConfigError, make_cipher, open_store
 from ..store.instrumented import InstrumentedStore
 from ..tokens.pool import TokenPool
 from ..upstream.replay_sender import Replayer

@@ -24,7 +24,8 @@ from cryptography.fernet import Fernet
 
 from proxy_addon.cli.revoke import is_tombstone
 from proxy_addon.config import StoreConfig
-from proxy_addon.store import StoredTokens, open_store
+from proxy_addon.store import StoredTokens
+from proxy_addon.store.factory import open_store
 from proxy_addon.tokens.token_set import TokenSet
 from tests.support.proxy import (
     APP_KEY,

@@ -14,9 +14,10 @@ import pytest
 from cryptography.fernet import Fernet
 
 from proxy_addon.config import StoreConfig
-from proxy_addon.store import CorruptRecord, StoreKeyMismatch, open_store
+from proxy_addon.store import CorruptRecord, StoreKeyMismatch
 from proxy_addon.store.base import RecordCodec
 from proxy_addon.store.crypto import TokenCipher
+from proxy_addon.store.factory import open_store
 from proxy_addon.store.sqlite import SQLiteStore
 from proxy_addon.tokens.token_set import TokenSet
 from tests.support.proxy import STORE_KEY, jwt_account, render_config, start_proxy_with_config

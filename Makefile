@@ -30,7 +30,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:
 	@echo "make run    start the bundled platform emulator and the proxy ($(CONFIG))"
 	@echo "make test   lint and run the whole test suite"
-	@echo "make lint   ruff"
+	@echo "make lint   ruff and the import-layering contracts"
 	@echo "make bench  benchmarks -> docs/benchmarks.md (SCENARIOS='storm fleet' to run some)"
 	@echo "make soak   long variants: 1M requests memory run, 500 crash trials per store"
 	@echo "make clean  remove the venv and runtime state"
@@ -70,8 +70,10 @@ run: venv
 	TOKENPROXY_STORE_KEY="$${TOKENPROXY_STORE_KEY:-$$(cat $(DEMO_KEY))}" \
 	  $(BIN)/tokenproxy run --config $(CONFIG)
 
+# ruff, then the layering contracts of pyproject.toml's [tool.importlinter] (docs/architecture.md)
 lint: venv
-	$(BIN)/ruff check proxy_addon tests bench dashboards
+	$(BIN)/ruff check proxy_addon tests bench dashboards emulator
+	$(BIN)/lint-imports --no-cache
 
 # The official JavaScript SDK, for the SDK end-to-end test (Node.js and npm from Debian if missing).
 SDK_JS := tests/sdk/js
@@ -97,7 +99,7 @@ bench: venv
 soak: venv debs
 	@$(MAKE) --no-print-directory debs TEST_DEBS="$(BENCH_DEBS)"
 	$(BIN)/python -m bench memory --soak
-	CRASH_TRIALS=500 $(BIN)/python -m pytest -p no:cacheprovider tests/test_crash_safety.py
+	CRASH_TRIALS=500 $(BIN)/python -m pytest -p no:cacheprovider tests/store/test_crash_safety.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info $(SDK_JS)/node_modules

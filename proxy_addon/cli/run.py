@@ -131,10 +131,11 @@ def _emulator(config: Config) -> Iterator[None]:
     import importlib.util
 
     if importlib.util.find_spec("rc_emulator") is None:
-        raise StartupError("[emulator] enabled = true, but the bundled emulator is not installed "
-                           "(the production image and package leave it out): run the demo "
-                           "image (docker build --target demo) or from the source tree, or set "
-                           "[emulator] enabled = false and [proxy] upstream to the platform")
+        raise StartupError("[emulator] enabled = true, but the platform emulator is not installed "
+                           "(a separate distribution, emulator/ in the source tree, left out of "
+                           "the production image): pip install ./emulator, run the demo image "
+                           "(docker build --target demo), or set [emulator] enabled = false and "
+                           "[proxy] upstream to the platform")
     listen = str(config.emulator.listen)
     command = [sys.executable, "-m", "rc_emulator", "--listen", listen,
                *config.emulator.args]

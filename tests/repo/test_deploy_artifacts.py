@@ -564,10 +564,11 @@ def test_dockerignore_keeps_state_secrets_and_tooling_out_of_the_context() -> No
         assert not in_build_context(rel, patterns), f"{rel} would be sent to the builder"
     context = {rel for rel in listed + sensitive if in_build_context(rel, patterns)}
     allowed = re.compile(r"pyproject\.toml|README\.md|proxy_addon/.+\.py|"
+                         r"emulator/pyproject\.toml|emulator/rc_emulator/.+\.py|"
                          r"deploy/config/tokenproxy\.toml")
     assert {r for r in context if not allowed.fullmatch(r)} == set()
-    assert {"pyproject.toml", "README.md", "proxy_addon/cli.py",
-            "proxy_addon/emulator/server.py", "deploy/config/tokenproxy.toml"} <= context
+    assert {"pyproject.toml", "README.md", "proxy_addon/cli/main.py", "emulator/pyproject.toml",
+            "emulator/rc_emulator/server.py", "deploy/config/tokenproxy.toml"} <= context
 
 
 def test_dockerfile_has_no_secret_env_or_arg() -> None:
@@ -594,8 +595,8 @@ def test_dockerfile_healthcheck_asks_healthz_on_the_metrics_port() -> None:
     assert {"interval", "timeout", "start-period", "retries"} <= set(flags)
 
 
-EMULATOR = "proxy_addon/emulator"
-NOT_INSTALLED = "the bundled emulator is not installed"
+EMULATOR = "rc_emulator"  # the emulator's package: a distribution of its own (emulator/)
+NOT_INSTALLED = "the platform emulator is not installed"
 
 
 def build_stage_of(image: list[tuple[str, str]]) -> tuple[str, str]:
@@ -609,13 +610,23 @@ def build_stage_of(image: list[tuple[str, str]]) -> tuple[str, str]:
     return source, install
 
 
-def installed_like_the_image(tmp_path: Path) -> Path:
-    """The package installed the way the production image's build stage does it: its COPY
-    sources (what .dockerignore lets into the context), minus what its RUN takes away before
-    `pip install`, installed with pip into a directory of its own (--target: the venv's
-    editable install is left alone). Returns that site directory."""
+def pip_installs(run: str) -> dict[str, str]:
+    """{what pip installs: its --prefix} for each `pip install` of a RUN instruction."""
+    found: dict[str, str] = {}
+    for command in re.split(r"&&|;", run):
+        words = command.split()
+        if words[:2] != ["pip", "install"]:
+            continue
+        prefix = next(w.split("=", 1)[1] for w in words if w.startswith("--prefix="))
+        (what,) = [w for w in words[2:] if not w.startswith("-")]
+        found[what] = prefix
+    return found
+
+
+def build_context(tmp_path: Path) -> Path:
+    """The build stage's COPY sources (what .dockerignore lets into the context) in a folder."""
     image = final_stage(dockerfile_instructions())
-    source, install = build_stage_of(image)
+    source, _ = build_stage_of(image)
     build = dict(stages(dockerfile_instructions()))[source]
     patterns = dockerignore_patterns()
     context = tmp_path / "context"
@@ -633,26 +644,40 @@ def installed_like_the_image(tmp_path: Path) -> Path:
                         target = dest if src.is_file() else dest / file.relative_to(src)
                         target.parent.mkdir(parents=True, exist_ok=True)
                         shutil.copy2(file, target)
-    before_pip = install[:install.index("pip install")]
-    removed = re.findall(r"(?:\bmv|\brm\s+-r[f]*)\s+(\S+)", before_pip)
-    for path in removed:
-        shutil.rmtree(context / path)
-    site = tmp_path / "site"
+    return context
+
+
+def pip_target(project: Path, site: Path) -> Path:
     result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
                              "--no-compile", "--disable-pip-version-check", "--target",
-                             str(site), str(context)], capture_output=True, text=True,
+                             str(site), str(project)], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return site
 
 
+def installed_like_the_image(tmp_path: Path) -> Path:
+    """The product installed the way the production image's build stage does it: its COPY
+    sources, what its RUN installs into the prefix the image copies (/install), installed with
+    pip into a directory of its own (--target: the venv's editable install is left alone).
+    Returns that site directory."""
+    image = final_stage(dockerfile_instructions())
+    _, install = build_stage_of(image)
+    context = build_context(tmp_path)
+    (product,) = [what for what, prefix in pip_installs(install).items() if prefix == "/install"]
+    return pip_target(context / product, tmp_path / "site")
+
+
 def run_installed(site: Path, *args: str, env: dict[str, str] | None = None,
-                  cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """``python ARGS`` seeing the package in ``site`` only: -S skips the venv's .pth files
-    (its editable install of the source tree); its site-packages provide the dependencies."""
+                  cwd: Path | None = None, extra: Path | None = None
+                  ) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` seeing the package in ``site`` (and ``extra``) only: -S skips the venv's
+    .pth files (its editable installs of the source tree); its site-packages provide the
+    dependencies."""
     import sysconfig
 
-    path = os.pathsep.join([str(site), sysconfig.get_paths()["purelib"]])
+    path = os.pathsep.join([str(site), *([str(extra)] if extra else []),
+                            sysconfig.get_paths()["purelib"]])
     return subprocess.run([sys.executable, "-S", *args], capture_output=True, text=True,
                           timeout=60, cwd=cwd or site, stdin=subprocess.DEVNULL,
                           env={**os.environ, "PYTHONPATH": path, **(env or {})})
@@ -660,10 +685,10 @@ def run_installed(site: Path, *args: str, env: dict[str, str] | None = None,
 
 def test_production_image_leaves_the_emulator_out(tmp_path: Path) -> None:
     site = installed_like_the_image(tmp_path)
-    assert (site / "proxy_addon" / "cli.py").is_file()
-    assert not (site / EMULATOR).exists(), "the build stage installs the emulator"
+    assert (site / "proxy_addon" / "cli" / "main.py").is_file()
+    assert not (site / EMULATOR).exists(), "the product's install brings the emulator"
     record = next(site.glob("tokenproxy-*.dist-info")) / "RECORD"
-    assert "proxy_addon/emulator" not in record.read_text()
+    assert EMULATOR not in record.read_text() and "emulator/" not in record.read_text()
 
     # the product imports and runs without it: every module, and `tokenproxy --help`
     probe = ("import importlib, importlib.util, pkgutil, proxy_addon, sys\n"
@@ -679,7 +704,8 @@ def test_production_image_leaves_the_emulator_out(tmp_path: Path) -> None:
 
     # a config asking for the emulator fails at once, saying why; so does `tokenproxy emulator`
     config = tmp_path / "demo.toml"
-    config.write_text(render_config({"listen": "127.0.0.1:0", "metrics_listen": ""},
+    config.write_text(render_config({"listen": "127.0.0.1:0", "metrics_listen": "",
+                                     "upstream": "http://127.0.0.1:9"},
                                     [{"name": "main", "client_id": DEMO_CLIENT_ID,
                                       "client_secret": DEMO_CLIENT_SECRET, "grant": "jwt",
                                       "jwt": DEMO_JWT}], [], {"backend": "memory"})
@@ -694,7 +720,7 @@ def test_production_image_leaves_the_emulator_out(tmp_path: Path) -> None:
     assert "Traceback" not in emulator.stderr
 
 
-def test_demo_image_adds_the_emulator_where_the_package_is(tmp_path: Path) -> None:
+def test_demo_image_adds_the_emulator_distribution(tmp_path: Path) -> None:
     instructions = dockerfile_instructions()
     names = [name for name, _ in stages(instructions)]
     assert "demo" in names and names[-1] != "demo", "the default image must be the product"
@@ -706,22 +732,26 @@ def test_demo_image_adds_the_emulator_where_the_package_is(tmp_path: Path) -> No
         "demo is the default image plus the emulator, nothing else")
     source, install = build_stage_of(production)
     assert build_stage_of(demo)[0] == source
-    moved = re.search(r"\bmv\s+" + EMULATOR + r"/?\s+(\S+)", install)
-    assert moved, f"the build stage does not set {EMULATOR} aside before pip install"
+    installs = pip_installs(install)
+    assert installs.get(".") == "/install", installs
+    emulator_prefix = installs.get("./emulator")
+    assert emulator_prefix and emulator_prefix != "/install", (
+        "the emulator installs into a prefix of its own")
     (added,) = [split_flags(a)[1] for op, a in demo
                 if op == "COPY" and split_flags(a)[0].get("from") == source
-                and split_flags(a)[1][0].rstrip("/") == moved.group(1).rstrip("/")]
-    minor = re.fullmatch(r"python:3\.(\d+)-slim.*", production[0][1].split()[0])
-    assert minor
-    assert added[-1].rstrip("/") == (f"/usr/local/lib/python3.{minor.group(1)}/site-packages/"
-                                     f"{EMULATOR}"), "the emulator lands beside the package"
-    assert not [a for op, a in production if EMULATOR in a and op in ("COPY", "ADD")]
+                and split_flags(a)[1][0].rstrip("/") == emulator_prefix]
+    assert added[-1].rstrip("/") == "/usr/local", "the emulator lands beside the package"
+    assert not [a for op, a in production if op in ("COPY", "ADD")
+                and emulator_prefix in split_flags(a)[1]]
 
-    # the same layout here: the installed package plus the emulator runs the emulator
+    # the same layout here: the installed product plus the emulator's distribution runs it
     site = installed_like_the_image(tmp_path)
-    shutil.copytree(ROOT / EMULATOR, site / EMULATOR,
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    emulator = run_installed(site, "-m", "proxy_addon", "emulator", "--help")
+    emulator_site = pip_target(build_context(tmp_path / "again") / "emulator",
+                               tmp_path / "emulator-site")
+    assert (emulator_site / EMULATOR / "server.py").is_file()
+    assert not (emulator_site / "proxy_addon").exists()
+    emulator = run_installed(site, "-m", "proxy_addon", "emulator", "--help",
+                             extra=emulator_site)
     assert emulator.returncode == 0, emulator.stderr
     assert "--listen" in emulator.stdout
 

@@ -180,9 +180,9 @@ CODE = re.compile(r"\b(?:OAU|CMN|AGW)-\d+\b|\bTPX-[A-Z]+(?:-[A-Z]+)*\b")
 
 
 def codes_in_package() -> set[str]:
-    """Every platform or proxy error code the package's source mentions (proxy, emulator)."""
+    """Every platform or proxy error code the source mentions (the product and the emulator)."""
     codes: set[str] = set()
-    for path in sorted(PACKAGE.rglob("*.py")):
+    for path in sorted([*PACKAGE.rglob("*.py"), *(ROOT / "emulator").rglob("*.py")]):
         codes.update(CODE.findall(path.read_text(encoding="utf-8")))
     return codes
 

@@ -15,6 +15,12 @@ Rules implemented (platform.md):
   the oldest (``evict``) or is refused with 400 invalid_grant OAU-260 (``refuse``).
 * Revoking any token of a session (current or rotated out) kills the whole session.
 * A session is *live* until it is revoked/evicted or both of its tokens have expired.
+
+Why one module of ~700 lines: :class:`Platform` is one state machine whose methods share its
+locks-free atomicity (each runs to completion on the event loop) and its indexes (sessions by
+token, by pair, auth codes); split across modules, every rule above would reach into another
+module's private indexes. Its HTTP side (:mod:`.api`, :mod:`.app`) and its errors
+(:mod:`.errors`) are already apart.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """One legacy app process that logs in through the proxy every 2 s and calls the API with the
-token it got (run 20 at once by tests/test_login_e2e.py). Prints "ok=N failed=M".
+token it got (run 20 at once by tests/virtual/test_login_e2e.py). Prints "ok=N failed=M".
 
 Arguments: SERVER CLIENT_ID CLIENT_SECRET JWT SECONDS
 """

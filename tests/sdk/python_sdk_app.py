@@ -1,5 +1,5 @@
 """A legacy app written with the official RingCentral Python SDK (PyPI ``ringcentral``), pointed
-at the proxy and otherwise unchanged. Run by tests/test_sdk_e2e.py; prints one JSON summary line
+at the proxy and otherwise unchanged. Run by tests/e2e/test_sdk_e2e.py; prints one JSON summary line
 and exits non-zero on the first failure.
 
 Environment: SERVER (the proxy URL), CLIENT_ID, CLIENT_SECRET, JWT, USERNAME, EXTENSION,

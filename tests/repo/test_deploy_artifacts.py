@@ -559,7 +559,8 @@ def test_dockerignore_keeps_state_secrets_and_tooling_out_of_the_context() -> No
     sensitive = ["var/tokens.db", "var/demo-store.key", "var/demo-tokens.db",
                  "deploy/compose/.env", ".env", "server.key", "tls/tls.pem",
                  ".venv/bin/python", ".git/config", "proxy_addon/__pycache__/cli.cpython-313.pyc",
-                 "tokenproxy.egg-info/PKG-INFO", "tests/config/test_config.py", "deploy/k8s/secret.yaml"]
+                 "tokenproxy.egg-info/PKG-INFO", "tests/config/test_config.py",
+                 "deploy/k8s/secret.yaml"]
     for rel in sensitive:
         assert not in_build_context(rel, patterns), f"{rel} would be sent to the builder"
     context = {rel for rel in listed + sensitive if in_build_context(rel, patterns)}

@@ -30,6 +30,13 @@ def refuse_at_headers(flow: http.HTTPFlow, response: http.Response) -> None:
     flow.request.headers.pop("expect", None)  # no "100 Continue": we will not read the body
 
 
+def has_body(request: http.Request) -> bool:
+    """A body follows the request's headers (chunked, or a Content-Length other than 0)."""
+    length = request.headers.get("content-length", "")
+    return "chunked" in request.headers.get("transfer-encoding", "").lower() \
+        or (length != "" and length != "0")
+
+
 def install() -> bool:
     """Make answers set at request headers leave before the body; False if this mitmproxy
     version has no such state to wrap (then refusals still work, after reading the body)."""

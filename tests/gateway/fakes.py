@@ -84,6 +84,12 @@ class FakeAccount:
         return self.token, self.generation
 
 
+def unavailable(retry_after: float = 2.0) -> TokenUnavailable:
+    """What the pool raises when a token wait times out (the one place tests build one)."""
+    return TokenUnavailable(503, "TPX-TOKEN-TIMEOUT", "Timed out waiting for a token.",
+                            retry_after)
+
+
 class Pool:
     def __init__(self, *accounts: FakeAccount) -> None:
         self.accounts = {a.account.name: a for a in accounts or (FakeAccount(),)}

@@ -50,7 +50,6 @@ class Gateway:
     def __init__(self, *, guard: Guard, identify: Identify, login: Login | None,
                  inject: Inject, replay: Replay, links: Links,
                  request_metrics: RequestMetrics, listening: Listening) -> None:
-        self.listening = listening
         self.addons: list[object] = [
             guard,  # requestheaders: TLS, target, OAuth routes, spoofable/hop-by-hop headers
             identify,  # requestheaders: client key or virtual token, else 401 (throttled)

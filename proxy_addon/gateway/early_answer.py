@@ -10,7 +10,8 @@ when the hook set a response and a body is still to come, the answer is sent rig
 ``Connection: close`` and every further byte of that body is discarded as it arrives (never
 buffered); the connection closes once the client stops sending or hangs up.
 
-The addon's side of the contract is :func:`refuse_at_headers`.
+The addons' side of the contract (:mod:`.guard`, :mod:`.identify`) is
+:func:`refuse_at_headers`.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from .links import LinkRewriter
 from .replay_buffer import ReplayBuffer
 from .unavailable import refuse_unavailable, unavailable_code
 
-log = logging.getLogger("tokenproxy.addon")
+log = logging.getLogger("tokenproxy.addon")  # the logger name operators filter on: kept
 
 # A request is sent again after a token 401; once more only if the replay's own, newer token
 # died too (a revocation or eviction landing between renewal and replay).

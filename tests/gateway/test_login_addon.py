@@ -1,15 +1,12 @@
-"""In-process tests of the login addon (proxy_addon/gateway/login.py) and of the listening
-announcement (proxy_addon/gateway/listening.py)."""
+"""In-process tests of the login addon (proxy_addon/gateway/login.py)."""
 
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 from mitmproxy import http
 
 from proxy_addon.gateway.flow_context import attach, context_of
-from proxy_addon.gateway.listening import Listening
 from proxy_addon.gateway.login import Login
 from proxy_addon.virtual.login import SESSION_PREFIX
 from tests.gateway.fakes import REQUEST, Account, drive, flow
@@ -57,19 +54,3 @@ def test_other_flows_are_not_answered() -> None:
     drive(Login(interceptor, []), refused, REQUEST)  # type: ignore[arg-type]
     assert interceptor.answered == [] and plain.response is None
     assert refused.response.status_code == 413
-
-
-def test_listening_prints_each_address_and_calls_back(capsys) -> None:  # type: ignore[no-untyped-def]
-    from mitmproxy import ctx
-    from mitmproxy.test import taddons
-
-    seen: list[list[str]] = []
-    addon = Listening(True, on_listening=seen.append)
-    with taddons.context(addon, loadcore=False) as tctx:
-        tctx.master.addons.add(SimpleNamespace(
-            name="proxyserver", listen_addrs=lambda: [("127.0.0.1", 8443), ("::1", 8443, 0, 0)]))
-        assert ctx.master is tctx.master
-        addon.running()
-    assert seen == [["https://127.0.0.1:8443", "https://::1:8443"]]
-    assert capsys.readouterr().out.splitlines() == [
-        "tokenproxy listening on https://127.0.0.1:8443", "tokenproxy listening on https://::1:8443"]

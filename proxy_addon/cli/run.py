@@ -1,4 +1,6 @@
-"""``tokenproxy run``: wire config, token pool, addon and mitmproxy master, and serve.
+"""``tokenproxy run``: the composition root. Wire config, token pool, store, the gateway's
+addons (:class:`~proxy_addon.gateway.master.Gateway`, in flow order) and the mitmproxy master,
+and serve.
 
 When the config enables ``[emulator]`` (the demo), the bundled platform emulator is started
 first as a child process and stopped with the proxy.
@@ -18,9 +20,16 @@ from collections.abc import Iterator
 import httpx
 
 from ..config import Config
-from ..gateway.addon import TokenInjector
-from ..gateway.master import build_master, enable_reuse_port
+from ..gateway.guard import Guard
+from ..gateway.identify import Identify
+from ..gateway.inject import Inject
+from ..gateway.links import LinkRewriter, Links
+from ..gateway.listening import Listening
+from ..gateway.login import Login
+from ..gateway.master import Gateway, build_master, enable_reuse_port
+from ..gateway.replay import Replay
 from ..gateway.replay_buffer import ReplayBuffer
+from ..gateway.request_metrics import RequestMetrics
 from ..gateway.throttle import BadKeyThrottle
 from ..ops.admin import AdminServer
 from ..ops.metrics import Metrics
@@ -92,10 +101,8 @@ async def _serve(config: Config, tls_pem: str | None = None) -> int:
         login = LoginInterceptor(config, pool, virtual, endpoint, throttle=throttle)
         # request bodies and replayed answers held for replay share one process-wide budget
         buffer = ReplayBuffer(config.proxy.replay_body_limit, config.proxy.replay_buffer_total)
-        injector = TokenInjector(config, pool, Replayer(http_client, buffer), metrics, login,
-                                 virtual, throttle=throttle, buffer=buffer)
-        injector.on_listening = lambda urls: _print_banner(config, urls)
-        master = build_master(config, injector, tls_pem=tls_pem)
+        master = build_master(config, _gateway(config, pool, http_client, metrics, virtual,
+                                               login, throttle, buffer), tls_pem=tls_pem)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, master.shutdown)
@@ -108,6 +115,25 @@ async def _serve(config: Config, tls_pem: str | None = None) -> int:
             await admin.stop()
             await store.close()
     return 0
+
+
+def _gateway(config: Config, pool: TokenPool, http_client: httpx.AsyncClient, metrics: Metrics,
+             virtual: VirtualTokens, login: LoginInterceptor, throttle: BadKeyThrottle,
+             buffer: ReplayBuffer) -> Gateway:
+    """The gateway's addons, each built from what it needs (order: see ``Gateway``)."""
+    proxy = config.proxy
+    rewriter = LinkRewriter(proxy.upstream, proxy.media_upstream, proxy.public_url)
+    tls = proxy.tls_cert is not None
+    return Gateway(
+        guard=Guard(require_tls=tls, public_url=proxy.public_url, login_enabled=True),
+        identify=Identify(config.clients, config.accounts, pool, throttle, virtual),
+        login=Login(login, config.accounts),
+        inject=Inject(buffer, proxy.media_upstream),
+        replay=Replay(Replayer(http_client, buffer), buffer, rewriter, metrics),
+        links=Links(rewriter, proxy.stream_threshold),
+        request_metrics=RequestMetrics(metrics),
+        listening=Listening(tls, on_listening=lambda urls: _print_banner(config, urls)),
+    )
 
 
 def _print_banner(config: Config, urls: list[str]) -> None:

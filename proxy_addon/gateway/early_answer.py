@@ -10,7 +10,8 @@ when the hook set a response and a body is still to come, the answer is sent rig
 ``Connection: close`` and every further byte of that body is discarded as it arrives (never
 buffered); the connection closes once the client stops sending or hangs up.
 
-The addon's side of the contract is :func:`refuse_at_headers`.
+The addons' side of the contract (:mod:`.guard`, :mod:`.identify`) is
+:func:`refuse_at_headers`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ def refuse_at_headers(flow: http.HTTPFlow, response: http.Response) -> None:
     flow.response = response
     flow.request.stream = False  # mitmproxy cannot stream a request it answers itself
     flow.request.headers.pop("expect", None)  # no "100 Continue": we will not read the body
+
+
+def has_body(request: http.Request) -> bool:
+    """A body follows the request's headers (chunked, or a Content-Length other than 0)."""
+    length = request.headers.get("content-length", "")
+    return "chunked" in request.headers.get("transfer-encoding", "").lower() \
+        or (length != "" and length != "0")
 
 
 def install() -> bool:

@@ -1,11 +1,14 @@
-"""A lean mitmproxy master for tokenproxy: only the addons a reverse proxy needs.
+"""A lean mitmproxy master for tokenproxy: only the addons a reverse proxy needs, and the
+order in which a request meets tokenproxy's own (:class:`Gateway`).
 
 ``mitmdump`` loads some 35 addons that every flow passes through; tokenproxy needs the core,
-the proxy server, layer selection and TLS, plus its own :class:`TokenInjector` (no DNS
-resolver addon: it serves mitmproxy's DNS mode only; upstream names resolve through the OS).
-Every hook event visits every addon, so each one left out saves work on every request. This
-module also makes mitmproxy's own error answers (e.g. the upstream refusing connections) JSON
-in the platform's envelope instead of HTML, so apps can parse them.
+the proxy server, layer selection and TLS, plus its gateway (no DNS resolver addon: it serves
+mitmproxy's DNS mode only; upstream names resolve through the OS). Every hook event visits
+every addon of the chain, so each one left out saves work on every request; the gateway's
+addons are children of one :class:`Gateway` (mitmproxy's ``addons`` attribute), which costs a
+hook lookup per child instead of a dispatch per addon. This module also makes mitmproxy's own
+error answers (e.g. the upstream refusing connections) JSON in the platform's envelope instead
+of HTML, so apps can parse them.
 """
 
 from __future__ import annotations
@@ -24,14 +27,46 @@ from mitmproxy.proxy.layers.http import _http1
 from ..config import Config
 from . import early_answer, stream_abort
 from . import errors as proxy_errors
+from .guard import Guard
+from .identify import Identify
+from .inject import Inject
+from .links import Links
+from .listening import Listening
+from .login import Login
+from .replay import Replay
+from .request_metrics import RequestMetrics
 
 log = logging.getLogger("tokenproxy.master")
 
 
-def build_master(config: Config, *extra_addons: object,
+class Gateway:
+    """tokenproxy's addons, one concern each, in the order a request meets them. mitmproxy
+    calls each hook on them in this order and awaits an addon's coroutine before the next
+    addon's same hook, so each may rely on what the ones before it decided (an addon skips a
+    flow that already has an answer)."""
+
+    name = "gateway"
+
+    def __init__(self, *, guard: Guard, identify: Identify, login: Login | None,
+                 inject: Inject, replay: Replay, links: Links,
+                 request_metrics: RequestMetrics, listening: Listening) -> None:
+        self.addons: list[object] = [
+            guard,  # requestheaders: TLS, target, OAuth routes, spoofable/hop-by-hop headers
+            identify,  # requestheaders: client key or virtual token, else 401 (throttled)
+            *([login] if login is not None else []),  # request: /restapi/oauth/token, revoke
+            inject,  # body policy; request: lease + Authorization; leases end at answer/error
+            replay,  # response: token 401 -> renew -> send again (at most twice)
+            links,  # responseheaders: streaming; response: links point at the proxy
+            request_metrics,  # responseheaders: upstream latency; response/error: counted
+            listening,  # running: "tokenproxy listening on URL"
+        ]
+
+
+def build_master(config: Config, gateway: Gateway, *extra_addons: object,
                  tls_pem: str | None = None) -> Master:
-    """A master serving ``config.proxy.listen`` in reverse mode to ``config.proxy.upstream``;
-    with ``tls_pem`` (certificate and key in one PEM file), apps connect over TLS."""
+    """A master serving ``config.proxy.listen`` in reverse mode to ``config.proxy.upstream``
+    through ``gateway``; with ``tls_pem`` (certificate and key in one PEM file), apps connect
+    over TLS."""
     opts = options.Options()
     master = Master(opts)
     master.addons.add(
@@ -40,6 +75,7 @@ def build_master(config: Config, *extra_addons: object,
         next_layer.NextLayer(),
         tlsconfig.TlsConfig(),
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
+        gateway,
         *extra_addons,
     )
     listen = config.proxy.listen

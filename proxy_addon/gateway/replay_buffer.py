@@ -4,8 +4,8 @@ A request body is buffered (so that it can be replayed after a token 401) only w
 ``Content-Length`` is within ``[proxy] replay_body_limit`` *and* the process-wide budget
 ``[proxy] replay_buffer_total`` still has room for it; otherwise it streams through (forwarded
 as it arrives, not replayable). So a burst of large uploads degrades to streaming instead of
-growing the proxy's memory beyond its limit. The guard admits a body at its headers; the flow's
-end (answer or error) gives the bytes back.
+growing the proxy's memory beyond its limit. :mod:`.inject` admits a body at its headers; the
+flow's end gives the bytes back (an answer in :mod:`.replay`, an error in :mod:`.inject`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ decompression bomb, while its links are rewritten) ends the app's connection, ne
 Once a streamed answer's headers are out, an error status is no longer possible; ending the
 chunked body cleanly would make a truncated JSON look whole. :func:`install` wraps mitmproxy's
 HTTP stream state for streamed response bodies (version-guarded, like :mod:`.early_answer`):
-when the ``response.stream`` function raises :class:`~.links.StreamAborted`, the stream is
+when the ``response.stream`` function raises :class:`~.link_stream.StreamAborted`, the stream is
 failed as if the upstream had broken off (mitmproxy's own protocol-error path: the HTTP/1
 connection closes before the last chunk, HTTP/2 resets the stream), the ``error`` hook runs,
 and the reason is logged. An empty data event mid-body (an HTTP/2 DATA frame with padding
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 
-from .links import StreamAborted
+from .link_stream import StreamAborted
 
 log = logging.getLogger("tokenproxy.stream_abort")
 

@@ -1,4 +1,4 @@
-"""Slows down guessing, without affecting anyone else. One instance is shared by the addon
+"""Slows down guessing, without affecting anyone else. One instance is shared by :mod:`.identify`
 (unknown client keys, unknown virtual tokens) and the login interceptor (failed logins).
 
 Failures are counted per source address and, for logins, per configured client id, over a

@@ -380,8 +380,7 @@ class TokenInjector:
     def _refuse(flow: http.HTTPFlow, exc: TokenUnavailable) -> None:
         """Answer for the platform when no token can be had; ``Server-Timing`` says how long
         the request waited for one since it arrived."""
-        flow.response = proxy_errors.error_response(exc.status, exc.code, exc.message,
-                                                    exc.retry_after)
+        flow.response = proxy_errors.token_unavailable_response(exc)
         waited_ms = max(0.0, time.time() - flow.request.timestamp_start) * 1000
         flow.response.headers["Server-Timing"] = f"token-wait;dur={waited_ms:.0f}"
 
@@ -448,8 +447,9 @@ class TokenInjector:
                 except TokenUnavailable as exc:
                     self._refuse(flow, exc)
                     log.warning("account %s: replay after %s failed: %s", name, failed_code,
-                                exc.code, extra={"event": "replay_failed", "account": name,
-                                                 "code": exc.code})
+                                proxy_errors.token_unavailable_code(exc),
+                                extra={"event": "replay_failed", "account": name,
+                                       "code": proxy_errors.token_unavailable_code(exc)})
                     return
                 if _client_gone(flow):  # nobody waits: a retried POST must not go out twice
                     account.release(generation)

@@ -166,6 +166,7 @@ class FakeStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__(RecordCodec(TokenCipher(None)))
         self.down = False
+        self.hold: asyncio.Event | None = None  # when set: generation() hangs until it is set
 
     def _check(self) -> None:
         if self.down:
@@ -177,6 +178,8 @@ class FakeStore(MemoryStore):
 
     async def generation(self, account: str) -> int:
         self._check()
+        if self.hold is not None:
+            await self.hold.wait()
         return await super().generation(account)
 
     async def compare_and_set(self, account: str, expected: int, tokens: TokenSet) -> bool:

@@ -317,3 +317,21 @@ def test_owner_id_and_scope_log_in_first() -> None:
         assert account.snapshot()["in_flight"] == 0
 
     run(scenario)
+
+
+def test_a_hanging_store_is_named_when_the_wait_runs_out() -> None:
+    async def scenario(rig: Rig) -> None:
+        account = rig.account()
+        rig.store.hold = asyncio.Event()
+        waiter = asyncio.ensure_future(account.lease())
+        await rig.clock.advance(10.1)
+        with pytest.raises(TokenUnavailable) as info:
+            await waiter
+        assert info.value.reason is Reason.STORE_NOT_ANSWERING
+        assert info.value.retry_after == 1.0
+        assert rig.platform.calls == []
+        rig.store.hold.set()
+        await rig.clock.advance(0)
+        assert account.try_lease() == ("a1", 1)  # the renewal went on once the store answered
+
+    run(scenario)

@@ -32,7 +32,7 @@ from ..gateway.replay_buffer import ReplayBuffer
 from ..gateway.request_metrics import RequestMetrics
 from ..gateway.throttle import BadKeyThrottle
 from ..ops.admin import AdminServer
-from ..ops.metrics import Metrics
+from ..ops.metrics import Metrics, PoolObserver
 from ..store import StoreError, StoreKeyMismatch
 from ..store.factory import StoreConfigError, make_cipher, open_store
 from ..store.instrumented import InstrumentedStore
@@ -93,7 +93,7 @@ async def _serve(config: Config, tls_pem: str | None = None) -> int:
         except (StoreKeyMismatch, StoreError) as exc:
             raise StartupError(f"store {config.store.backend}: {exc}", exit_code=2) from None
         metrics.prepare(config, store.backend)
-        pool = TokenPool.build(config, endpoint, store, metrics=metrics)
+        pool = TokenPool.build(config, endpoint, store, observer=PoolObserver(metrics))
         metrics.watch_pool(pool)
         await pool.start()
         virtual = VirtualTokens(store)

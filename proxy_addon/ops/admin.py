@@ -26,7 +26,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..config import Config, ProxyConfig
 from ..store import StoreError, TokenStore
-from ..tokens.pool import AccountState, TokenPool
+from ..tokens.pool import TokenPool
+from ..tokens.states import AccountState
 from .logs import SECRETS
 from .metrics import Metrics
 

@@ -24,6 +24,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .logs import remember
+
 if TYPE_CHECKING:
     from ..config import Config
     from ..tokens.pool import TokenPool
@@ -141,6 +143,29 @@ class Metrics:
 
     def watch_pool(self, pool: TokenPool) -> None:
         self.registry.register(PoolCollector(pool))
+
+
+class PoolObserver:
+    """What the token core reports (its :class:`~proxy_addon.tokens.ports.Observer` port):
+    into these metrics, and the token values it obtains into the log redaction."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def secrets(self, *values: str | None) -> None:
+        remember(*values)
+
+    def token_wait(self, account: str, seconds: float) -> None:
+        self._metrics.token_wait.labels(account).observe(seconds)
+
+    def renewal(self, account: str, outcome: str) -> None:
+        self._metrics.renewals.labels(account, outcome).inc()
+
+    def session_lost(self, account: str, reason: str) -> None:
+        self._metrics.sessions_lost.labels(account, reason).inc()
+
+    def store_lock_wait(self, backend: str, seconds: float) -> None:
+        self._metrics.store_lock_wait.labels(backend).observe(seconds)
 
 
 class PoolCollector(Collector):

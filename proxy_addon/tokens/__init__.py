@@ -1,3 +1,10 @@
-"""The token lifecycle, free of mitmproxy and HTTP: token sets, each account's
-generations, leases and drain, renewal, its schedule and the auth budget.
+"""The token lifecycle, free of mitmproxy, HTTP and I/O of its own.
+
+Data flow: the gateway leases tokens from :mod:`.pool` (:class:`~.pool.TokenPool`, one
+:class:`~.account.AccountTokens` per account: generations, leases, drain, states from
+:mod:`.states`). Renewals (:mod:`.renewal`) go through the ports it is given (:mod:`.ports`:
+the platform, the store, an observer) within the app's call budget (:mod:`.budget`); their
+timing (:mod:`.schedule`) and every wait read one injected clock (:mod:`.clock`). What cannot be
+had is a :class:`~.failures.TokenUnavailable` (a reason, no HTTP). Tunables: :mod:`.settings`;
+the token set itself: :mod:`.token_set`.
 """

@@ -1,8 +1,8 @@
 """The token set one account holds: parsed from a token-endpoint answer, checked for freshness.
 
 Produced by :mod:`proxy_addon.upstream.token_endpoint`,
-held by :mod:`proxy_addon.tokens.pool`. Times are wall-clock
-seconds (``time.time()``) so a token set can later be persisted and shared between processes.
+held by :mod:`proxy_addon.tokens.account`. Times are wall-clock seconds (Unix time, the
+clock's ``wall()``) so a token set can be persisted and shared between processes.
 """
 
 from __future__ import annotations

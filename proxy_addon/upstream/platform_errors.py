@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import brotli
 from mitmproxy import http
 
+from ..tokens.ports import PlatformRefused
+
 if sys.version_info >= (3, 14):
     from compression import zstd
 else:  # installed with mitmproxy on Python < 3.14
@@ -157,7 +159,7 @@ def _zstd_frames(data: bytes, limit: int) -> bytes | None:
 
 
 @dataclass
-class TokenEndpointError(Exception):
+class TokenEndpointError(PlatformRefused):
     """The token endpoint refused a grant (4xx/5xx) or rate limited us (429)."""
 
     status: int

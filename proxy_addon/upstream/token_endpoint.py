@@ -1,6 +1,7 @@
 """Client of the platform's token endpoint: log in with an account's grant, refresh, revoke.
 
-Called only by :mod:`proxy_addon.tokens.pool` (never on the request hot path). Answers become a
+Implements the token core's :class:`~proxy_addon.tokens.ports.Platform` port; called by the
+pool's renewals (never on the request hot path). Answers become a
 :class:`~proxy_addon.tokens.token_set.TokenSet` or raise :class:`TokenEndpointError`
 (the platform said no) or :class:`UpstreamUnreachable` (no answer at all).
 Nothing here logs credentials.
@@ -15,6 +16,7 @@ import httpx
 
 from ..config import AccountConfig
 from ..ops.metrics import Metrics
+from ..tokens.ports import PlatformUnreachable
 from ..tokens.token_set import MalformedTokenResponse, TokenSet
 from .platform_errors import TokenEndpointError
 
@@ -25,7 +27,7 @@ GRANT_LABELS = {JWT_GRANT: "jwt", "password": "password", "refresh_token": "refr
                 "authorization_code": "authorization_code"}
 
 
-class UpstreamUnreachable(Exception):
+class UpstreamUnreachable(PlatformUnreachable):
     """The platform could not be reached (connection refused, DNS, TLS, timeout)."""
 
 

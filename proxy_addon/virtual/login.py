@@ -35,7 +35,8 @@ from ..config import AccountConfig, Config
 from ..gateway.errors import error_response
 from ..gateway.throttle import BadKeyThrottle
 from ..store import StoreError
-from ..tokens.pool import TokenPool, TokenUnavailable
+from ..tokens.failures import TokenUnavailable
+from ..tokens.pool import TokenPool
 from ..upstream.platform_errors import TokenEndpointError
 from ..upstream.token_endpoint import JWT_GRANT, TokenEndpoint, UpstreamUnreachable
 from .grants import IssuedPair, VirtualTokens

@@ -21,7 +21,7 @@ from mitmproxy.proxy.layers.http import (
 from mitmproxy.test import taddons, tflow, tutils
 
 from proxy_addon.config import ClientConfig, Secret
-from proxy_addon.tokens.pool import TokenUnavailable
+from proxy_addon.tokens.failures import Reason, TokenUnavailable
 
 APP_KEY = "app-key-0123456789"
 CLIENT = ClientConfig("app", "main", Secret(APP_KEY))
@@ -86,8 +86,7 @@ class FakeAccount:
 
 def unavailable(retry_after: float = 2.0) -> TokenUnavailable:
     """What the pool raises when a token wait times out (the one place tests build one)."""
-    return TokenUnavailable(503, "TPX-TOKEN-TIMEOUT", "Timed out waiting for a token.",
-                            retry_after)
+    return TokenUnavailable(Reason.TIMEOUT, "main", retry_after=retry_after, waited=10.0)
 
 
 class Pool:

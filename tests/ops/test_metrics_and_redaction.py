@@ -9,7 +9,10 @@ from prometheus_client import generate_latest
 
 from proxy_addon.config import parse_config
 from proxy_addon.ops.logs import REDACTED, JsonFormatter, RedactingFormatter, SecretRegistry
-from proxy_addon.ops.metrics import EXPORTED, Metrics, bounded, status_class
+from proxy_addon.ops.metrics import EXPORTED, Metrics, PoolObserver, bounded, status_class
+from proxy_addon.store.base import RecordCodec
+from proxy_addon.store.crypto import TokenCipher
+from proxy_addon.store.memory import MemoryStore
 from proxy_addon.tokens.pool import TokenPool
 from proxy_addon.upstream.token_endpoint import TokenEndpoint
 
@@ -26,7 +29,8 @@ def test_catalogue_is_what_the_registry_exports() -> None:
     metrics = Metrics()
     metrics.prepare(config, "sqlite")
     pool = TokenPool.build(config, TokenEndpoint("http://127.0.0.1:9", httpx.AsyncClient()),
-                           metrics=metrics)
+                           MemoryStore(RecordCodec(TokenCipher(None))),
+                           observer=PoolObserver(metrics))
     metrics.watch_pool(pool)
     names = set()
     for line in generate_latest(metrics.registry).decode().splitlines():

@@ -34,7 +34,7 @@ def test_the_package_keeps_every_layering_contract() -> None:
      "tokens/ is the core: free of I/O and of the proxy around it"),
     ("proxy_addon/gateway/throttle.py", "from ..store import factory",
      "gateway/ reaches stores only through their port types, never the CLI"),
-    ("proxy_addon/ops/logs.py", "from ..cli import main",
+    ("proxy_addon/store/memory.py", "from ..cli import main",
      "nothing imports cli/ (the composition root)"),
     ("proxy_addon/gateway/errors.py", "import rc_emulator",
      "the product never imports the emulator"),

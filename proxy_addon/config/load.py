@@ -3,6 +3,12 @@ freeze the result into the dataclasses of :mod:`.model`.
 
 First step of the data flow. Every problem is a :class:`~.model.ConfigError` naming the file,
 the key path (``accounts[0].grant``) and the reason.
+
+Why one module of ~450 lines: :class:`_Reader` is one recursive-descent reader whose section
+methods share its key-path, interpolation and error helpers, and whose allowed-key sets the
+documentation-drift test reads (tests/repo/test_docs.py). A pydantic v2 port was measured
+(issue 14): 12 % fewer logical lines for 170-250 ms more CPU per process start, so the reader
+stays; tests/config/test_config_messages.py pins its messages for any future port.
 """
 
 from __future__ import annotations

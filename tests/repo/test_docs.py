@@ -380,3 +380,30 @@ def test_link_check_reports_broken_links(tmp_path: Path) -> None:
         "doc.md: link to other.md#nope: no such heading",
         "doc.md: link to #nowhere: no such heading",
     ]
+
+
+def architecture_sections(text: str) -> dict[str, str]:
+    """{subpackage: its part of docs/architecture.md's Components}: from its bold heading
+    (**`gateway/`**) to the next one."""
+    marks = list(re.finditer(r"\*\*`(\w+)/`\*\*", text))
+    return {m.group(1): text[m.end():(marks[i + 1].start() if i + 1 < len(marks) else None)]
+            for i, m in enumerate(marks)}
+
+
+def test_architecture_names_every_module_where_it_lives() -> None:
+    text = read(DOCS / "architecture.md")
+    sections = architecture_sections(text)
+    missing = []
+    for path in sorted(PACKAGE.glob("*/*.py")):
+        if path.name == "__init__.py":
+            continue
+        sub = path.parent.name
+        if f"{sub}/{path.name}" not in text and f"`{path.name}`" not in sections.get(sub, ""):
+            missing.append(f"{sub}/{path.name}")
+    assert not missing, f"docs/architecture.md does not name: {missing}"
+    # and every module path it names exists (no stale names after a move)
+    subs = "|".join(sections)
+    named = set(re.findall(rf"`((?:{subs})/\w+\.py)`", text))
+    assert named, "the check reads no module paths"
+    stale = sorted(n for n in named if not (PACKAGE / n).is_file())
+    assert not stale, f"docs/architecture.md names modules that do not exist: {stale}"

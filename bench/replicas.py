@@ -30,7 +30,7 @@ PROFILE_SECONDS = 10.0
 PROFILE_RATE = 250  # samples/s
 TARGET_SCALING = 1.3  # 2 workers / 1 worker, at least
 TARGET_ADDON_SHARE = 0.10  # the addon's share of per-request CPU, at most
-START_FRAMES = ("proxy_addon/__main__.py", "proxy_addon/cli.py", "proxy_addon/runner.py")
+START_FRAMES = ("proxy_addon/__main__.py", "proxy_addon/cli/main.py", "proxy_addon/cli/run.py")
 ONE, TWO = "1 worker", "2 workers"
 
 

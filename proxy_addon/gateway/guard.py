@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from mitmproxy import http
 
 from ..virtual.login import LoginInterceptor
-from . import errors as proxy_errors
+from . import errors
 from .early_answer import refuse_at_headers
 from .flow_context import attach
 from .request_target import TargetRefused, is_own_authority, parse_target
@@ -57,31 +57,31 @@ class Guard:
         in the request (see :mod:`.request_target`)."""
         request = flow.request
         if self._require_tls and not flow.client_conn.tls_established:
-            return proxy_errors.error_response(
+            return errors.error_response(
                 400, "TPX-TLS-REQUIRED", "This proxy only accepts HTTPS: use https:// in the "
                 "server URL (and treat any credential just sent in clear as exposed).")
         if request.method.upper() == "CONNECT":
-            return proxy_errors.error_response(
-                405, proxy_errors.BAD_TARGET, "CONNECT is not served: this is a reverse proxy "
+            return errors.error_response(
+                405, errors.BAD_TARGET, "CONNECT is not served: this is a reverse proxy "
                 "to the platform, not a forward proxy.")
         if request.authority:  # absolute-form: origin-form upstream, and only for us
             if not is_own_authority(request.authority, flow.client_conn.sockname,
                                     self._public_netloc):
-                return proxy_errors.error_response(
-                    400, proxy_errors.BAD_TARGET, "The request target names another host: "
+                return errors.error_response(
+                    400, errors.BAD_TARGET, "The request target names another host: "
                     "send the path only (GET /restapi/... HTTP/1.1).")
             request.authority = ""
         try:
             target = parse_target(request.path)
         except TargetRefused as exc:
-            return proxy_errors.error_response(400, proxy_errors.BAD_TARGET,
+            return errors.error_response(400, errors.BAD_TARGET,
                                                f"Bad request target: {exc}.")
         if target.path != request.path:
             request.path = target.path
         route = target.route
         if route == EMULATOR_ROUTE or route.startswith(EMULATOR_ROUTE + "/"):
-            return proxy_errors.error_response(
-                404, proxy_errors.NOT_SERVED, "The emulator's admin routes are never served "
+            return errors.error_response(
+                404, errors.NOT_SERVED, "The emulator's admin routes are never served "
                 "through the proxy.")
         if route == OAUTH_ROUTE or route.startswith(OAUTH_ROUTE + "/"):
             query = target.path.partition("?")[2]
@@ -90,8 +90,8 @@ class Guard:
                 request.path = canonical  # the interceptor matches the canonical spelling
                 attach(flow).login = True
                 return _login_form_refusal(request)
-            return proxy_errors.error_response(
-                403, proxy_errors.OAUTH_MANAGED,
+            return errors.error_response(
+                403, errors.OAUTH_MANAGED,
                 "tokenproxy manages this account's OAuth tokens: do not log in through the "
                 "proxy; send your client key as 'Authorization: Bearer <key>' on API calls.")
         return None
@@ -101,11 +101,11 @@ def _login_form_refusal(request: http.Request) -> http.Response | None:
     """Login forms are small: refuse one beyond LOGIN_FORM_LIMIT before reading it."""
     length = request.headers.get("content-length", "")
     if "chunked" in request.headers.get("transfer-encoding", "").lower():
-        return proxy_errors.error_response(
-            411, proxy_errors.BODY_REFUSED, "Send the login form with a Content-Length.")
+        return errors.error_response(
+            411, errors.BODY_REFUSED, "Send the login form with a Content-Length.")
     if length.isdigit() and int(length) > LOGIN_FORM_LIMIT:
-        return proxy_errors.error_response(
-            413, proxy_errors.BODY_REFUSED,
+        return errors.error_response(
+            413, errors.BODY_REFUSED,
             f"A login form is at most {LOGIN_FORM_LIMIT} bytes.")
     return None
 

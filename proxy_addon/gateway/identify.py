@@ -22,7 +22,7 @@ from ..config import AccountConfig, ClientConfig, Secret
 from ..store import StoreError
 from ..tokens.pool import TokenPool
 from ..virtual.grants import VirtualTokens, looks_virtual
-from . import errors as proxy_errors
+from . import errors
 from .early_answer import has_body, refuse_at_headers
 from .flow_context import attach, context_of
 from .throttle import BadKeyThrottle
@@ -65,8 +65,8 @@ class Identify:
         if client is None:
             problem = ("The Bearer credential is not a configured client key" if key
                        else "No client key was sent")
-            response = proxy_errors.error_response(
-                401, proxy_errors.CLIENT_UNKNOWN,
+            response = errors.error_response(
+                401, errors.CLIENT_UNKNOWN,
                 f"{problem}: send 'Authorization: Bearer <key>' with a key configured under "
                 "[[clients]] in the tokenproxy config.")
             return self._refuse(flow, response, counted=bool(key))
@@ -104,12 +104,12 @@ class Identify:
         try:
             grant, code = await self._virtual.resolve_access(key)
         except StoreError:
-            refuse_at_headers(flow, proxy_errors.error_response(
+            refuse_at_headers(flow, errors.error_response(
                 503, "TPX-STORE-UNAVAILABLE", "The token store is unreachable.", 1.0))
             return
         if grant is None or grant.account not in self._pool.accounts:
             expired = code == "OAU-210"
-            refusal = proxy_errors.platform_token_error(
+            refusal = errors.platform_token_error(
                 "OAU-210" if expired else "OAU-213",
                 "Token expired" if expired else "Token not found")
             waiting = self._refuse(flow, refusal, counted=not expired)

@@ -25,8 +25,7 @@ from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers.http import _http1
 
 from ..config import Config
-from . import early_answer, stream_abort
-from . import errors as proxy_errors
+from . import early_answer, errors, stream_abort
 from .guard import Guard
 from .identify import Identify
 from .inject import Inject
@@ -102,11 +101,11 @@ def build_master(config: Config, gateway: Gateway, *extra_addons: object,
 
 def _json_error_response(status_code: int, message: str = "") -> bytes:
     if status_code == 502:
-        code, text = proxy_errors.UPSTREAM_UNREACHABLE, f"The platform is unreachable: {message}"
+        code, text = errors.UPSTREAM_UNREACHABLE, f"The platform is unreachable: {message}"
     else:
-        code, text = proxy_errors.PROXY_ERROR, message or "proxy error"
+        code, text = errors.PROXY_ERROR, message or "proxy error"
     response = Response.make(
-        status_code, proxy_errors.error_body(code, text),
+        status_code, errors.error_body(code, text),
         Headers(Connection="close", Content_Type="application/json",
                 X_Tokenproxy_Error=code))
     return http1.assemble_response(response)

@@ -23,7 +23,7 @@ from ..tokens.pool import TokenUnavailable
 from ..upstream.platform_errors import token_error_code_of
 from ..upstream.replay_sender import Replayer, ReplayTooLarge
 from ..upstream.token_endpoint import UpstreamUnreachable
-from . import errors as proxy_errors
+from . import errors
 from .flow_context import FlowContext, admitted, client_gone
 from .inject import release_body
 from .links import LinkRewriter
@@ -101,16 +101,16 @@ class Replay:
                     flow.response, held = await self._replayer.send(flow.request, token)
                     self._buffer.release(held)  # passed on as soon as this hook returns
                 except UpstreamUnreachable as exc:
-                    flow.response = proxy_errors.error_response(
-                        502, proxy_errors.UPSTREAM_UNREACHABLE,
+                    flow.response = errors.error_response(
+                        502, errors.UPSTREAM_UNREACHABLE,
                         f"The platform is unreachable: {exc}")
                     log.warning("account %s: replay after %s failed: upstream unreachable",
                                 name, failed_code,
                                 extra={"event": "replay_failed", "account": name})
                     return
                 except ReplayTooLarge:
-                    flow.response = proxy_errors.error_response(
-                        503, proxy_errors.REPLAY_TOO_LARGE, "The platform refused the token this "
+                    flow.response = errors.error_response(
+                        503, errors.REPLAY_TOO_LARGE, "The platform refused the token this "
                         "request carried; the proxy renewed it, but the answer is too large to "
                         "replay here: repeat the request.", 1.0)
                     return

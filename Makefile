@@ -87,7 +87,7 @@ $(SDK_JS)/node_modules/.installed: $(SDK_JS)/package-lock.json
 sdk-js: $(SDK_JS)/node_modules/.installed
 
 test: venv debs sdk-js lint
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider tests
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider --durations=15 tests
 
 # Benchmarks (not part of `make test`): rewrite docs/benchmarks.md. SCENARIOS="throughput storm"
 # runs some; `python -m bench --list` names them.

@@ -19,26 +19,8 @@ from typing import Any
 import pytest
 
 from proxy_addon.config import ConfigError, parse_config
+from tests.config.test_config import ENV, GOOD
 
-GOOD = """
-[proxy]
-listen = "127.0.0.1:8080"
-upstream = "http://127.0.0.1:9000"
-
-[[accounts]]
-name = "main"
-client_id = "${RC_CLIENT_ID}"
-client_secret = "${RC_CLIENT_SECRET}"
-grant = "jwt"
-jwt = "${RC_JWT}"
-
-[[clients]]
-name = "recordings-downloader"
-account = "main"
-key = "${LEGACY_APP_KEY}"
-"""
-ENV = {"RC_CLIENT_ID": "id", "RC_CLIENT_SECRET": "shh-secret", "RC_JWT": "jwt-value",
-       "LEGACY_APP_KEY": "legacy-key-0123456789"}
 DELETE = object()
 
 

@@ -77,19 +77,21 @@ def test_hey_output_counts_statuses_and_failures() -> None:
 def test_profile_samples_are_attributed_to_the_addon_inclusively() -> None:
     raw = "\n".join([
         # start-up frames are on every stack: they do not make a sample the addon's
-        "<module> (proxy_addon/__main__.py:7);run (proxy_addon/runner.py:70);"
+        "<module> (proxy_addon/__main__.py:7);main (proxy_addon/cli/main.py:240);"
+        "run (proxy_addon/cli/run.py:70);"
         "_run_once (asyncio/base_events.py:2027);handle_event (mitmproxy/proxy/layer.py:157) 50",
         "<module> (proxy_addon/__main__.py:7);trigger_event (mitmproxy/addonmanager.py:291);"
-        "TokenInjector.requestheaders (proxy_addon/addon.py:125);"
+        "Identify.requestheaders (proxy_addon/gateway/identify.py:125);"
         "Headers.__setitem__ (mitmproxy/coretypes/multidict.py:40) 6",
-        "<module> (proxy_addon/__main__.py:7);LinkRewriter.rewrite (proxy_addon/links.py:52) 4",
+        "<module> (proxy_addon/__main__.py:7);"
+        "LinkRewriter.rewrite (proxy_addon/gateway/links.py:52) 4",
         "<module> (proxy_addon/__main__.py:7);select (selectors.py:452) 40",
         "garbage line without a count",
     ])
     total, addon, mitm, functions = classify(raw)
     assert (total, addon, mitm) == (100, 10, 50)
-    assert functions == {"TokenInjector.requestheaders (proxy_addon/addon.py)": 6,
-                         "LinkRewriter.rewrite (proxy_addon/links.py)": 4}
+    assert functions == {"Identify.requestheaders (proxy_addon/gateway/identify.py)": 6,
+                         "LinkRewriter.rewrite (proxy_addon/gateway/links.py)": 4}
 
 
 def test_stats_helpers() -> None:

@@ -41,6 +41,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 import httpx
 
@@ -212,13 +213,21 @@ async def revoke(config: Config, account_name: str, assume_yes: bool) -> list[st
         names = ", ".join(a.name for a in config.accounts)
         raise RevokeError(f"no account {account_name!r} in {config.source} "
                           f"(accounts: {names})", EXIT_BAD_INPUT) from None
+    async with _opened_store(config) as store:
+        return await _revoke_with(config, account, store, assume_yes)
+
+
+@contextlib.asynccontextmanager
+async def _opened_store(config: Config) -> AsyncIterator[TokenStore]:
+    """The configured store, open, closed on the way out; a store failure inside (or while
+    opening) becomes a :class:`RevokeError` that says what to check."""
     try:
         store = open_store(config.store)
     except StoreConfigError as exc:
         raise RevokeError(f"store: {exc}", EXIT_BAD_INPUT) from None
     try:
         await store.open()
-        return await _revoke_with(config, account, store, assume_yes)
+        yield store
     except StoreKeyMismatch as exc:
         raise RevokeError(f"store: {exc} (hint: set {config.store.key_env} to the key the "
                           "proxies use)") from None
@@ -295,12 +304,7 @@ async def revoke_virtual(config: Config, target: str, assume_yes: bool,
             raise RevokeError(f"{target!r} is neither an account nor a client id in "
                               f"{config.source} (accounts: {', '.join(sorted(names))})",
                               EXIT_BAD_INPUT)
-    try:
-        store = open_store(config.store)
-    except StoreConfigError as exc:
-        raise RevokeError(f"store: {exc}", EXIT_BAD_INPUT) from None
-    try:
-        await store.open()
+    async with _opened_store(config) as store:
         virtual = VirtualTokens(store)
         virtual.use_accounts(config.accounts)  # grants of changed credentials are dead
         found = [(a.name, g) for a in accounts for g in await virtual.grants(a.name)
@@ -326,14 +330,6 @@ async def revoke_virtual(config: Config, target: str, assume_yes: bool,
         lines.append(f"ended {ended} virtual grant(s): those apps must log in again (running "
                      "proxies honour it within 5 s)")
         return lines
-    except StoreKeyMismatch as exc:
-        raise RevokeError(f"store: {exc} (hint: set {config.store.key_env} to the key the "
-                          "proxies use)") from None
-    except StoreError as exc:
-        raise RevokeError(f"store: {exc}") from None
-    finally:
-        with contextlib.suppress(Exception):
-            await store.close()
 
 
 def main(config: Config, account: str, assume_yes: bool, virtual: bool = False,

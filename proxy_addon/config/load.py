@@ -219,7 +219,7 @@ class _Reader:
     def proxy(self, value: Any) -> ProxyConfig:
         key = "proxy"
         allowed = {"listen", "metrics_listen", "upstream", "token_wait_timeout",
-                   "upstream_timeout", "refresh_ahead",
+                   "upstream_timeout", "refresh_ahead", "refresh_ahead_share",
                    "drain_timeout", "stream_threshold", "verify_upstream_tls",
                    "auth_budget_calls", "auth_budget_window", "log_format",
                    "media_upstream", "public_url", "allow_plaintext_listen", "bad_key_limit",
@@ -256,6 +256,9 @@ class _Reader:
                                          defaults.upstream_timeout, minimum=0.1),
             refresh_ahead=self.number(table, "refresh_ahead", key, defaults.refresh_ahead,
                                       minimum=0),
+            refresh_ahead_share=self.number(table, "refresh_ahead_share", key,
+                                            defaults.refresh_ahead_share, minimum=0.0,
+                                            maximum=0.5),
             drain_timeout=self.number(table, "drain_timeout", key, defaults.drain_timeout,
                                       minimum=0),
             stream_threshold=int(self.number(table, "stream_threshold", key,

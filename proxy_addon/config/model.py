@@ -134,6 +134,7 @@ class ProxyConfig:
     token_wait_timeout: float = 10.0
     upstream_timeout: float = 60.0
     refresh_ahead: float = 60.0
+    refresh_ahead_share: float = 0.04  # ... but never more than this share of the lifetime
     drain_timeout: float = 2.0
     stream_threshold: int = 1024 * 1024
     verify_upstream_tls: bool = True

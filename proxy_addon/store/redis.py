@@ -100,6 +100,7 @@ return removed
 """
 
 Listener = Callable[[str, int], None]
+Announcements = Callable[[str, int, str], None]
 
 
 class RedisStore(TokenStore):
@@ -277,14 +278,17 @@ class RedisStore(TokenStore):
             raise self._error(exc) from None
         return [(bytes(m).decode(), float(t)) for m, t in rows]
 
-    async def watch(self, listener: Listener) -> None:
-        """Call ``listener(account, generation)`` for every write any replica makes; after a
+    async def watch(self, listener: Listener, announcements: Announcements | None = None,
+                    hot: Callable[[], bool] | None = None) -> None:
+        """Call ``listener(account, generation)`` for every write any replica makes, and
+        ``announcements(account, generation, owner)`` for every announced rotation; after a
         lost connection, ``listener("", 0)`` asks for a re-read of everything."""
         if self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(
-                self._listen(listener), name="tokenproxy-redis-watch")
+                self._listen(listener, announcements), name="tokenproxy-redis-watch")
 
-    async def _listen(self, listener: Listener) -> None:
+    async def _listen(self, listener: Listener,
+                      announcements: Announcements | None = None) -> None:
         delay = 0.2
         while True:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
@@ -297,8 +301,11 @@ class RedisStore(TokenStore):
                     if message is None:
                         await pubsub.ping()  # notices a dead connection within the timeout
                         continue
-                    account, generation = _notification(message.get("data"))
-                    if account:
+                    account, generation, announcer = _notification(message.get("data"))
+                    if account and announcer:
+                        if announcements is not None:
+                            announcements(account, generation, announcer)
+                    elif account:
                         listener(account, generation)
             except asyncio.CancelledError:
                 raise
@@ -310,6 +317,66 @@ class RedisStore(TokenStore):
                     await pubsub.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    # -- cluster-wide drain: members, announcements, acknowledgements (issue 15.2) -------
+    # ``{prefix}:members`` sorted set of live processes scored by heartbeat expiry;
+    # ``{prefix}:rotating:{account}`` the announced rotation (PX); ``…:drained:{account}:{g}``
+    # the set of members that acknowledged it (PX). Announcements go out on the channel.
+
+    async def heartbeat(self, member: str, ttl: float) -> None:
+        now = time.time()
+        key = f"{self.prefix}:members"
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.zadd(key, {member: now + ttl})
+                pipe.zremrangebyscore(key, "-inf", now)
+                await pipe.execute()
+        except RedisError as exc:
+            raise self._error(exc) from None
+
+    async def leave(self, member: str) -> None:
+        try:
+            await self._client.zrem(f"{self.prefix}:members", member)
+        except RedisError as exc:
+            raise self._error(exc) from None
+
+    async def members(self) -> set[str]:
+        try:
+            rows = await self._client.zrangebyscore(f"{self.prefix}:members",
+                                                    f"({time.time()!r}", "+inf")
+        except RedisError as exc:
+            raise self._error(exc) from None
+        return {bytes(m).decode() for m in rows}
+
+    async def announce_rotation(self, account: str, generation: int, owner: str,
+                                ttl: float) -> None:
+        body = json.dumps({"account": account, "generation": generation, "announce": owner})
+        try:
+            await self._client.set(self._key("rotating", account), body,
+                                   px=max(1, int(ttl * 1000)))
+            await self._client.publish(self.channel, body)
+        except RedisError as exc:
+            raise self._error(exc) from None
+
+    def _acks_key(self, account: str, generation: int) -> str:
+        return f"{self._key('drained', account)}:{generation}"
+
+    async def ack_rotation(self, account: str, generation: int, member: str) -> None:
+        key = self._acks_key(account, generation)
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.sadd(key, member)
+                pipe.pexpire(key, 30_000)
+                await pipe.execute()
+        except RedisError as exc:
+            raise self._error(exc) from None
+
+    async def rotation_acks(self, account: str, generation: int) -> set[str]:
+        try:
+            rows = await self._client.smembers(self._acks_key(account, generation))
+        except RedisError as exc:
+            raise self._error(exc) from None
+        return {bytes(m).decode() for m in rows}
 
     async def close(self) -> None:
         if self._watcher is not None:
@@ -327,14 +394,18 @@ def _generation(account: str, raw: bytes | str) -> int:
         raise StoreError(f"stored generation of account {account!r} is not a number") from None
 
 
-def _notification(data: object) -> tuple[str, int]:
-    """A rotation message, or ("", 0) for anything foreign on the channel."""
+def _notification(data: object) -> tuple[str, int, str]:
+    """(account, generation, announcer): a write (announcer "") or an announced rotation;
+    ("", 0, "") for anything foreign on the channel."""
     try:
         body = json.loads(data)  # type: ignore[arg-type]
         account, generation = body["account"], int(body["generation"])
-    except (TypeError, ValueError, KeyError):
-        return "", 0
-    return (account, generation) if isinstance(account, str) else ("", 0)
+        announcer = body.get("announce", "")
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return "", 0, ""
+    if not isinstance(account, str) or not isinstance(announcer, str):
+        return "", 0, ""
+    return account, generation, announcer
 
 
 def _redacted(url: str) -> str:

@@ -202,9 +202,10 @@ class Scheduling:
     def rotation_near(self) -> bool:
         """A rotation of this account may be announced soon (inside the refresh-ahead
         window, or one is under way): stores without notifications poll faster then."""
-        return (self._renewal is not None or self._remote_drain >= 0
-                or self._clock.monotonic() >= self._refresh_at - self._settings.drain_timeout
-                - 1.0)
+        if self._renewal is not None or self._remote_drain >= 0:
+            return True
+        return self._access_alive() and self._clock.monotonic() >= (
+            self._refresh_at - 2 * self._settings.drain_timeout - 1.0)
 
     if TYPE_CHECKING:  # provided by AccountTokens and Renewal
         _name: str

@@ -7,6 +7,8 @@ password and TLS with a throwaway CA (:mod:`tests.support.certs`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
 import signal
 import socket
@@ -121,3 +123,73 @@ def start_redis(directory: Path, *, password: str | None = None,
         except RuntimeError:
             server.stop()
     raise RuntimeError("could not start redis-server on a free loopback port")
+
+
+class ReplyDelayer:
+    """A TCP relay on loopback in front of a redis-server (asyncio, in the test's loop) that
+    can hold back the server's *reply* to one command: ``arm(b"EVALSHA", 1.5)`` delays the
+    bytes answering the next request containing ``EVALSHA`` by 1.5 s; the command itself
+    reaches the server at once (so it runs; only its answer is late, as on a slow network)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._armed: tuple[bytes, float] | None = None
+        self.delayed = 0  # replies held back so far
+        self.connections = 0
+
+    def arm(self, marker: bytes, delay: float) -> None:
+        self._armed = (marker, delay)
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _relay(self, client_r: asyncio.StreamReader,
+                     client_w: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        hold: list[float] = []  # delay for the next reply chunk, set by the request side
+
+        async def upstream() -> None:
+            for _ in range(1_000_000):  # bounded
+                data = await client_r.read(65536)
+                if not data:
+                    break
+                if self._armed is not None and self._armed[0] in data:
+                    hold.append(self._armed[1])
+                    self._armed = None
+                server_w.write(data)
+                await server_w.drain()
+            server_w.close()
+
+        async def downstream() -> None:
+            for _ in range(1_000_000):  # bounded
+                data = await server_r.read(65536)
+                if not data:
+                    break
+                if hold:
+                    self.delayed += 1
+                    await asyncio.sleep(hold.pop())
+                client_w.write(data)
+                await client_w.drain()
+            client_w.close()
+
+        tasks = [asyncio.ensure_future(upstream()), asyncio.ensure_future(downstream())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        except Exception:  # noqa: BLE001 - a relay dies with either side
+            pass
+        finally:
+            for task in tasks:
+                task.cancel()
+            for writer in (client_w, server_w):
+                with contextlib.suppress(Exception):
+                    writer.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)

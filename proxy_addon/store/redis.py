@@ -1,18 +1,32 @@
 """Redis store: the scale-out backend that several proxy replicas share.
 
-Layout under ``[store] prefix`` (default ``tokenproxy``):
+Layout under ``[store] prefix`` (default ``tokenproxy``); every per-account key carries the
+account as a hash tag (``{ACCOUNT}``, braces literal), so that on Redis Cluster all of one
+account's keys live in one slot and the Lua scripts (one key each, plus PUBLISH) run there:
 
-- ``{prefix}:tokens:{account}`` hash ``generation``, ``value`` (sealed token set), ``updated_at``;
-- ``{prefix}:lock:{account}`` the renewal lock: the owner's token, with a lease (PX);
-- ``{prefix}:meta:key_check`` proves every replica uses the same encryption key;
-- ``{prefix}:virtual:{digest}`` a sealed virtual-token record (PX until it lapses);
-- ``{prefix}:vindex:{account}`` sorted set of the account's virtual grants, scored by expiry;
-- channel ``{prefix}:rotations`` carries ``{"account", "generation"}`` after every write, so
+- ``PREFIX:tokens:{ACCOUNT}`` hash ``generation``, ``value`` (sealed token set), ``updated_at``,
+  ``write_id`` (the id of the write that made this generation: a re-sent write recognises
+  itself);
+- ``PREFIX:lock:{ACCOUNT}`` the renewal lock: the owner's token, with a lease (PX);
+- ``PREFIX:meta:key_check`` proves every replica uses the same encryption key;
+  ``PREFIX:meta:layout`` is ``2`` once keys of the untagged layout (``PREFIX:tokens:ACCOUNT``,
+  before issue 15) were moved to the tagged names (on ``open``);
+- ``PREFIX:virtual:DIGEST`` a sealed virtual-token record (PX until it lapses);
+- ``PREFIX:vindex:{ACCOUNT}`` sorted set of the account's virtual grants, scored by expiry;
+- channel ``PREFIX:rotations`` carries ``{"account", "generation"}`` after every write, so
   other replicas adopt a new pair at once instead of meeting a 401 with the old one.
 
 Compare-and-set, lock take/extend and release are Lua scripts: atomic on the server, fenced by
 generation and owner. Durability is the server's: run Redis with ``appendonly yes`` (and
-``appendfsync always`` where a crash of Redis itself must not lose the newest pair).
+``appendfsync always`` where a crash of Redis itself must not lose the newest pair), and with
+replicas ``[store] min_replicas_ack``: after a compare-and-set the store waits (``WAIT``, at most
+``min(1 s, timeout)``) until that many replicas hold the write; a shortfall is logged, counted
+(``unreplicated_writes``, ``on_unreplicated``) and the write still counts.
+
+Three deployments (docs/redis.md): one server (``url``); Sentinel (``sentinels`` +
+``sentinel_service``: the client asks the sentinels for the primary and asks again after a
+connection error or a READONLY answer, so a promotion is followed without a restart); Cluster
+(``cluster = true``, ``url`` names any node).
 """
 
 from __future__ import annotations
@@ -21,11 +35,16 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from redis import asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
@@ -36,11 +55,23 @@ from .base import RecordCodec, StoredTokens, StoreError, TokenStore
 
 log = logging.getLogger("tokenproxy.store")
 
+# ARGV: expected generation, value, updated_at, channel, account, write id. A call that
+# redis-py re-sends (its answer was lost to a timeout) meets its own write: the generation is
+# already expected + 1 with our write id. That is a success, not another writer's win; the
+# write id is written again so that a WAIT on the re-sending connection waits for the record.
 CAS_SCRIPT = """
+local expected = tonumber(ARGV[1])
 local current = tonumber(redis.call('HGET', KEYS[1], 'generation') or '0')
-if current ~= tonumber(ARGV[1]) then return 0 end
+if current ~= expected then
+  if current == expected + 1 and redis.call('HGET', KEYS[1], 'write_id') == ARGV[6] then
+    redis.call('HSET', KEYS[1], 'write_id', ARGV[6])
+    return 1
+  end
+  return 0
+end
 local generation = current + 1
-redis.call('HSET', KEYS[1], 'generation', generation, 'value', ARGV[2], 'updated_at', ARGV[3])
+redis.call('HSET', KEYS[1], 'generation', generation, 'value', ARGV[2], 'updated_at', ARGV[3],
+           'write_id', ARGV[6])
 redis.call('PUBLISH', ARGV[4], cjson.encode({account = ARGV[5], generation = generation}))
 return 1
 """
@@ -57,6 +88,18 @@ redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
 return 1
 """
 RESEAL_SCAN_LIMIT = 100_000  # keys looked at per kind and start: bounded
+
+# Moving a key of the untagged layout (PREFIX:tokens:ACCOUNT) to its tagged name: only when the
+# tagged one does not exist yet (a newer replica's record is never overwritten). RENAME keeps
+# the TTL. 1 moved, 0 nothing to move, -1 both exist (the old one is left for an operator).
+MIGRATE_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+redis.call('RENAME', KEYS[1], KEYS[2])
+return 1
+"""
+LAYOUT = b"2"  # PREFIX:meta:layout once the per-account keys carry their hash tag
+TAGGED_KINDS = ("tokens", "lock", "vindex")  # keys named by an account
 
 ACQUIRE_SCRIPT = """
 local holder = redis.call('GET', KEYS[1])
@@ -105,21 +148,68 @@ Listener = Callable[[str, int], None]
 class RedisStore(TokenStore):
     backend = "redis"
 
-    def __init__(self, codec: RecordCodec, url: str, prefix: str = "tokenproxy",
-                 timeout: float = 2.0, tls_ca_file: str | None = None) -> None:
+    def __init__(self, codec: RecordCodec, url: str | None = None, prefix: str = "tokenproxy",
+                 timeout: float = 2.0, tls_ca_file: str | None = None, *,
+                 sentinels: Sequence[tuple[str, int]] = (), sentinel_service: str | None = None,
+                 sentinel_password: str | None = None, cluster: bool = False,
+                 min_replicas_ack: int = 0,
+                 on_unreplicated: Callable[[str], None] | None = None) -> None:
+        """``url``: the server (``redis://``, ``rediss://``, ``unix://``); with ``sentinels``
+        it names no host and only gives scheme (TLS), credentials and DB; with ``cluster`` it
+        names any node of the cluster."""
         super().__init__(codec)
         self.prefix = prefix
-        tls: dict[str, str] = {}
-        if tls_ca_file and url.startswith("rediss://"):
-            tls["ssl_ca_certs"] = tls_ca_file
+        self.cluster = cluster
+        self.min_replicas_ack = min_replicas_ack
+        # WAIT's own limit stays under the socket timeout (its answer is read like any other)
+        self._wait_ms = max(1, int(min(1.0, timeout / 2) * 1000))
+        self.unreplicated_writes = 0  # writes fewer than min_replicas_ack replicas confirmed
+        self.on_unreplicated = on_unreplicated  # called with the account on each of those
         # Short timeouts: while Redis is away, renewals must learn it fast (the hot path
         # never waits for the store).
-        self._client = aioredis.Redis.from_url(
-            url, socket_connect_timeout=timeout, socket_timeout=timeout,
-            # one retry (a dropped connection after a Redis restart, a slow moment): a renewal
-            # learns within 2 x `timeout` that the store is away
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError, RedisTimeout)),
-            health_check_interval=0, decode_responses=False, **tls)
+        common: dict[str, Any] = {
+            "socket_connect_timeout": timeout, "socket_timeout": timeout,
+            # one retry (a dropped connection after a Redis restart or a failover, a slow
+            # moment): a renewal learns within 2 x `timeout` that the store is away
+            "retry": Retry(NoBackoff(), 1,
+                           supported_errors=(RedisConnectionError, RedisTimeout)),
+            "decode_responses": False,
+        }
+        self._sentinel: Sentinel | None = None
+        self._client: Any
+        if sentinels:
+            if not sentinel_service:
+                raise ValueError("sentinels need a sentinel_service")
+            params = _url_params(url)
+            if params.pop("ssl", False):
+                common["ssl"] = True
+                if tls_ca_file:
+                    common["ssl_ca_certs"] = tls_ca_file
+            sentinel_kwargs = {k: v for k, v in common.items()
+                               if k.startswith(("socket_", "ssl"))}
+            if sentinel_password:
+                sentinel_kwargs["password"] = sentinel_password
+            self._sentinel = Sentinel(list(sentinels), sentinel_kwargs=sentinel_kwargs,
+                                      health_check_interval=0, **common, **params)
+            self._client = self._sentinel.master_for(sentinel_service)
+            hosts = ",".join(f"{h}:{p}" for h, p in sentinels)
+            self.where = f"sentinel service {sentinel_service!r} via {hosts}"
+        elif cluster:
+            if min_replicas_ack:
+                raise ValueError("min_replicas_ack is not supported with cluster")
+            if url is None:
+                raise ValueError("cluster needs a url naming one of its nodes")
+            if tls_ca_file and url.startswith("rediss://"):
+                common["ssl_ca_certs"] = tls_ca_file
+            self._client = RedisCluster.from_url(url, **common)
+            self.where = f"cluster {_redacted(url)}"
+        else:
+            if url is None:
+                raise ValueError("a url or sentinels are needed")
+            if tls_ca_file and url.startswith("rediss://"):
+                common["ssl_ca_certs"] = tls_ca_file
+            self._client = aioredis.Redis.from_url(url, health_check_interval=0, **common)
+            self.where = _redacted(url)
         self._cas = self._client.register_script(CAS_SCRIPT)
         self._acquire = self._client.register_script(ACQUIRE_SCRIPT)
         self._release = self._client.register_script(RELEASE_SCRIPT)
@@ -127,10 +217,13 @@ class RedisStore(TokenStore):
         self._reseal_string = self._client.register_script(RESEAL_STRING_SCRIPT)
         self._consume = self._client.register_script(CONSUME_SCRIPT)
         self._index = self._client.register_script(INDEX_SCRIPT)
+        self._migrate = self._client.register_script(MIGRATE_SCRIPT)
         self._watcher: asyncio.Task[None] | None = None
-        self.where = _redacted(url)
 
     def _key(self, kind: str, name: str) -> str:
+        """The one key builder. Keys named by an account carry it as the hash tag."""
+        if kind in TAGGED_KINDS:
+            return f"{self.prefix}:{kind}:{{{name}}}"
         return f"{self.prefix}:{kind}:{name}"
 
     @property
@@ -147,6 +240,7 @@ class RedisStore(TokenStore):
             replacement = self.codec.check_key(await self._client.get(key))
             if replacement is not None:
                 await self._client.set(key, replacement)
+            await self._migrate_layout()
             if self.codec.cipher.rotating:
                 await self._reseal()
             await self._warn_without_persistence()
@@ -169,6 +263,38 @@ class RedisStore(TokenStore):
                 new = self.codec.resealed(value) if value is not None else None
                 if new is not None:
                     await script(keys=[key], args=[value, new])
+
+    async def _migrate_layout(self) -> None:
+        """Keys of the layout before hash tags (``PREFIX:tokens:ACCOUNT``) move to their tagged
+        names, once per store (``PREFIX:meta:layout``), bounded like ``_reseal``. A cluster
+        never held them (that layout could not run there). Upgrade every replica together:
+        one of the old layout still running would keep writing the untagged names."""
+        layout = self._key("meta", "layout")
+        if self.cluster or await self._client.get(layout) == LAYOUT:
+            return
+        complete = True
+        for kind in ("tokens", "vindex"):
+            seen = 0
+            start = f"{self.prefix}:{kind}:"
+            async for raw in self._client.scan_iter(match=start + "*", count=500):
+                seen += 1
+                if seen > RESEAL_SCAN_LIMIT:
+                    complete = False
+                    break
+                old = raw.decode() if isinstance(raw, bytes) else str(raw)
+                name = old[len(start):]
+                if name.startswith("{") and name.endswith("}"):
+                    continue  # already tagged
+                moved = await self._migrate(keys=[old, self._key(kind, name)])
+                if moved == 1:
+                    log.info("store: redis %s: moved %s to its hash-tagged name", self.where,
+                             f"{kind} of account {name!r}")
+                elif moved == -1:
+                    log.warning("store: redis %s: %s exists under the old and the new "
+                                "(hash-tagged) name; the new one is used, delete %r",
+                                self.where, f"{kind} of account {name!r}", old)
+        if complete:
+            await self._client.set(layout, LAYOUT)
 
     async def _warn_without_persistence(self) -> None:
         try:
@@ -197,13 +323,39 @@ class RedisStore(TokenStore):
         return 0 if raw is None else _generation(account, raw)
 
     async def compare_and_set(self, account: str, expected: int, tokens: TokenSet) -> bool:
+        # one id per call: redis-py's re-send of this call carries the same one
+        write_id = secrets.token_hex(16)
+        keys = [self._key("tokens", account)]
+        args = [expected, self.codec.encode(tokens), time.time(), self.channel, account,
+                write_id]
+        acked: int | None = None
         try:
-            done = await self._cas(keys=[self._key("tokens", account)],
-                                   args=[expected, self.codec.encode(tokens), time.time(),
-                                         self.channel, account])
+            if self.min_replicas_ack > 0:
+                # WAIT counts the replicas holding this connection's writes: it must follow
+                # the script on the same connection, hence one pipeline
+                async with self._client.pipeline(transaction=False) as pipe:
+                    await self._cas(keys=keys, args=args, client=pipe)
+                    pipe.wait(self.min_replicas_ack, self._wait_ms)
+                    done, acked = await pipe.execute()
+            else:
+                done = await self._cas(keys=keys, args=args)
         except RedisError as exc:
             raise self._error(exc) from None
+        if done and acked is not None and int(acked) < self.min_replicas_ack:
+            self._unreplicated(account, int(acked))
         return bool(done)
+
+    def _unreplicated(self, account: str, acked: int) -> None:
+        """The write stands (the primary has it), but fewer replicas than asked confirmed it
+        within the wait: a failover now could lose it."""
+        self.unreplicated_writes += 1
+        log.warning("store: redis %s: the new tokens of account %r reached %d of the %d "
+                    "replicas asked for ([store] min_replicas_ack) within %d ms; a failover "
+                    "before they catch up would lose them", self.where, account, acked,
+                    self.min_replicas_ack, self._wait_ms)
+        if self.on_unreplicated is not None:
+            with contextlib.suppress(Exception):
+                self.on_unreplicated(account)
 
     async def acquire_lock(self, account: str, owner: str, lease: float) -> bool:
         try:
@@ -318,6 +470,9 @@ class RedisStore(TokenStore):
                 await self._watcher
         with contextlib.suppress(RedisError, OSError):
             await self._client.aclose()
+        if self._sentinel is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._sentinel.aclose()
 
 
 def _generation(account: str, raw: bytes | str) -> int:
@@ -345,3 +500,23 @@ def _redacted(url: str) -> str:
     credentials, _, host = rest.rpartition("@")
     user = credentials.split(":", 1)[0]
     return f"{scheme}://{user + ':' if user else ''}***@{host}"
+
+
+def _url_params(url: str | None) -> dict[str, Any]:
+    """With Sentinel, ``url`` gives what the sentinels do not: TLS (``rediss://``), the
+    primary's username/password and the DB (``redis://:PASSWORD@/DB``); its host, if any, is
+    not used (the config loader refuses one)."""
+    if not url:
+        return {}
+    parts = urlsplit(url)
+    params: dict[str, Any] = {}
+    if parts.scheme == "rediss":
+        params["ssl"] = True
+    if parts.username:
+        params["username"] = unquote(parts.username)
+    if parts.password:
+        params["password"] = unquote(parts.password)
+    db = parts.path.strip("/")
+    if db:
+        params["db"] = int(db)
+    return params

@@ -177,10 +177,8 @@ class ReplyDelayer:
             client_w.close()
 
         tasks = [asyncio.ensure_future(upstream()), asyncio.ensure_future(downstream())]
-        try:
+        try:  # a relay dies with either side
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        except Exception:  # noqa: BLE001 - a relay dies with either side
-            pass
         finally:
             for task in tasks:
                 task.cancel()

@@ -23,6 +23,8 @@ from tests.support.certs import make_tls_files
 from tests.support.processes import stop_process
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_SENTINEL = shutil.which("redis-sentinel") or "/usr/bin/redis-sentinel"
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 
 
 @dataclass
@@ -32,6 +34,7 @@ class RedisServer:
     password: str | None = None
     tls_ca: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
+    extra_args: tuple[str, ...] = ()  # e.g. --replicaof, --cluster-enabled
 
     @property
     def url(self) -> str:
@@ -57,6 +60,7 @@ class RedisServer:
                      "--tls-ca-cert-file", str(self.tls_ca), "--tls-auth-clients", "no"]
         else:
             args += ["--port", str(self.port)]
+        args += list(self.extra_args)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -109,14 +113,14 @@ def free_port() -> int:
 
 
 def start_redis(directory: Path, *, password: str | None = None,
-                tls: bool = False) -> RedisServer:
+                tls: bool = False, extra_args: tuple[str, ...] = ()) -> RedisServer:
     if not Path(REDIS_SERVER).exists():
         raise RuntimeError("redis-server is not installed: `make test` installs it "
                            "(Debian package redis-server)")
     directory.mkdir(parents=True, exist_ok=True)
     ca = make_tls_files(directory) if tls else None
     for _ in range(5):  # the free port may be taken between probe and bind
-        server = RedisServer(free_port(), directory, password, ca)
+        server = RedisServer(free_port(), directory, password, ca, extra_args=extra_args)
         try:
             server.start()
             return server
@@ -191,3 +195,143 @@ class ReplyDelayer:
             self._server.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
+
+
+# -- Sentinel ---------------------------------------------------------------------------------
+
+SERVICE = "tpx-primary"
+
+
+@dataclass
+class SentinelGroup:
+    """A primary, its replica and three sentinels on loopback, quick to fail over (the primary
+    is down after 1 s without answer; a quorum of 2)."""
+
+    primary: RedisServer
+    replica: RedisServer
+    sentinel_ports: list[int]
+    sentinels: list[subprocess.Popen[bytes]]
+    directory: Path
+    service: str = SERVICE
+
+    @property
+    def addresses(self) -> list[str]:
+        return [f"127.0.0.1:{port}" for port in self.sentinel_ports]
+
+    def sentinel_client(self, index: int = 0) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.sentinel_ports[index], socket_timeout=2)
+
+    def master_address(self) -> tuple[str, int] | None:
+        """What the sentinels answer now (the first that answers)."""
+        for index in range(len(self.sentinel_ports)):
+            try:
+                host, port = self.sentinel_client(index).sentinel_get_master_addr_by_name(
+                    self.service)
+                return (host.decode() if isinstance(host, bytes) else host), int(port)
+            except (redis.RedisError, TypeError, ValueError):
+                continue
+        return None
+
+    def stop(self) -> None:
+        for proc in self.sentinels:
+            stop_process(proc, 10)
+        self.replica.stop()
+        self.primary.stop()
+
+
+def start_sentinel_group(directory: Path, *, down_after_ms: int = 1000,
+                         failover_timeout_ms: int = 3000) -> SentinelGroup:
+    if not Path(REDIS_SENTINEL).exists():
+        raise RuntimeError("redis-sentinel is not installed: `make test` installs it "
+                           "(Debian package redis-sentinel)")
+    primary = start_redis(directory / "primary")
+    replica = start_redis(directory / "replica",
+                          extra_args=("--replicaof", "127.0.0.1", str(primary.port)))
+    group = SentinelGroup(primary, replica, [], [], directory)
+    try:
+        for index in range(3):
+            port = free_port()
+            home = directory / f"sentinel-{index}"
+            home.mkdir(parents=True, exist_ok=True)
+            conf = home / "sentinel.conf"  # sentinel rewrites its own config: writable
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {home}\nlogfile {home / 'sentinel.log'}\n"
+                f"sentinel monitor {SERVICE} 127.0.0.1 {primary.port} 2\n"
+                f"sentinel down-after-milliseconds {SERVICE} {down_after_ms}\n"
+                f"sentinel failover-timeout {SERVICE} {failover_timeout_ms}\n"
+                f"sentinel parallel-syncs {SERVICE} 1\n")
+            group.sentinel_ports.append(port)
+            group.sentinels.append(subprocess.Popen(
+                [REDIS_SENTINEL, str(conf)], stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL))
+        # ready when the replica is in sync and every sentinel knows the replica and the
+        # two other sentinels (a failover needs the quorum to have met)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if _sentinels_ready(group):
+                return group
+            time.sleep(0.2)
+        raise RuntimeError("sentinels did not discover each other and the replica in 30 s")
+    except BaseException:
+        group.stop()
+        raise
+
+
+def _sentinels_ready(group: SentinelGroup) -> bool:
+    try:
+        info = group.replica.client().info("replication")
+        if info.get("master_link_status") != "up":
+            return False
+        for index in range(len(group.sentinel_ports)):
+            client = group.sentinel_client(index)
+            state = client.sentinel_master(group.service)
+            if int(state.get("num-other-sentinels", 0)) < 2 \
+                    or int(state.get("num-slaves", 0)) < 1:
+                return False
+    except (redis.RedisError, OSError, ValueError):
+        return False
+    return True
+
+
+# -- Cluster ----------------------------------------------------------------------------------
+
+@dataclass
+class ClusterGroup:
+    """Three primaries, no replicas, slots spread by ``redis-cli --cluster create``."""
+
+    nodes: list[RedisServer]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def start_cluster(directory: Path, primaries: int = 3) -> ClusterGroup:
+    group = ClusterGroup([])
+    try:
+        for index in range(primaries):
+            home = directory / f"node-{index}"
+            group.nodes.append(start_redis(home, extra_args=(
+                "--cluster-enabled", "yes", "--cluster-config-file", str(home / "nodes.conf"),
+                "--cluster-node-timeout", "2000")))
+        subprocess.run([REDIS_CLI, "--cluster", "create",
+                        *(f"127.0.0.1:{n.port}" for n in group.nodes),
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                states = [n.client().cluster("info") for n in group.nodes]
+            except redis.RedisError:
+                states = []
+            if states and all(s.get("cluster_state") == "ok" for s in states):
+                return group
+            time.sleep(0.2)
+        raise RuntimeError("the cluster did not reach cluster_state:ok in 30 s")
+    except BaseException:
+        group.stop()
+        raise

@@ -1,0 +1,232 @@
+"""Redis with Sentinel (issue 15): a primary, a replica and three ``redis-sentinel`` processes
+on loopback (the primary counts as down after 1 s).
+
+- ``min_replicas_ack``: a rotated pair is confirmed by the replica (``WAIT``); while the replica
+  is frozen the write still counts, and the shortfall is counted.
+- Failover: traffic through 2 proxies, ``kill -9`` of the primary right after a rotation. The
+  proxies follow the promotion by themselves; the account keeps its one session (no new login)
+  and the platform never sees a refresh with a spent or dead refresh token (the newest pair
+  survived on the promoted replica, and every later rotation started from it); client-visible
+  failures stay inside the failover window, whose length is printed (``figures sentinel``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from proxy_addon.store.base import RecordCodec
+from proxy_addon.store.crypto import TokenCipher
+from proxy_addon.tokens.token_set import TokenSet
+from tests.support.proxy import STORE_KEY, jwt_account, render_config, start_proxy_with_config
+from tests.support.redis_server import SentinelGroup, start_sentinel_group
+
+EXT = "/restapi/v1.0/account/~/extension/~"
+KEY = "sentinel-app-key-0123456789"
+ACCESS_TTL = 6  # s: a rotation every few seconds
+CLIENTS = 20
+WARM_UP, AFTER_KILL = 4.0, 24.0  # s of traffic before waiting for the rotation, and after
+WINDOW_LIMIT = 15.0  # s after the kill by which every client-visible failure has happened
+
+
+@pytest.fixture
+def sentinel_group(tmp_path: Path):
+    group = start_sentinel_group(tmp_path / "sentinel")
+    try:
+        yield group
+    finally:
+        group.stop()
+
+
+def tokens(tag: str) -> TokenSet:
+    now = time.time()
+    return TokenSet(access_token=f"A-{tag}", access_expires_at=now + 3600,
+                    refresh_token=f"R-{tag}", refresh_expires_at=now + 86400, issued_at=now)
+
+
+def test_min_replicas_ack_counts_writes_the_replica_did_not_confirm(
+        sentinel_group: SentinelGroup) -> None:
+    from proxy_addon.store.redis import RedisStore
+
+    heard: list[str] = []
+
+    async def scenario() -> tuple[int, int]:
+        store = RedisStore(RecordCodec(TokenCipher(None)), None, f"w{uuid.uuid4().hex[:8]}",
+                           sentinels=[("127.0.0.1", p) for p in sentinel_group.sentinel_ports],
+                           sentinel_service=sentinel_group.service, min_replicas_ack=1,
+                           on_unreplicated=heard.append)
+        await store.open()
+        try:
+            assert await store.compare_and_set("main", 0, tokens("1"))
+            confirmed = store.unreplicated_writes
+            sentinel_group.replica.pause()  # the replica stops acknowledging
+            try:
+                assert await store.compare_and_set("main", 1, tokens("2"))  # still counts
+            finally:
+                sentinel_group.replica.resume()
+            assert await store.generation("main") == 2
+            return confirmed, store.unreplicated_writes
+        finally:
+            await store.close()
+
+    confirmed, unconfirmed = asyncio.run(scenario())
+    assert confirmed == 0  # the replica confirmed the first write
+    assert unconfirmed == 1 and heard == ["main"]
+
+
+async def drive(urls: list[str], end: float, log: list[tuple[float, int, str]]) -> None:
+    """CLIENTS clients spread over the proxies, a request every ~0.2 s each; ``log`` gets
+    (monotonic time, status or 0 for a transport error, detail) per request."""
+    sessions = [httpx.AsyncClient(base_url=u, headers={"Authorization": f"Bearer {KEY}"},
+                                  timeout=20) for u in urls]
+
+    async def client(index: int) -> None:
+        session = sessions[index % len(sessions)]
+        for _ in range(10_000):  # bounded
+            if time.monotonic() >= end:
+                return
+            try:
+                response = await session.get(EXT)
+                detail = "" if response.status_code == 200 else response.text[:160]
+                log.append((time.monotonic(), response.status_code, detail))
+            except httpx.HTTPError as exc:
+                log.append((time.monotonic(), 0, f"{type(exc).__name__}: {exc}"))
+            await asyncio.sleep(random.uniform(0.1, 0.3))
+
+    try:
+        await asyncio.gather(*(client(i) for i in range(CLIENTS)))
+    finally:
+        for session in sessions:
+            await session.aclose()
+
+
+def test_failover_after_a_rotation_loses_nothing(tmp_path: Path, emulator_factory,
+                                                 sentinel_group: SentinelGroup) -> None:
+    emulator = emulator_factory("--access-ttl", str(ACCESS_TTL), "--auth-rate", "0",
+                                "--refresh-grace", "0")
+    prefix = f"s{uuid.uuid4().hex[:8]}"
+    config = tmp_path / "sentinel.toml"
+    config.write_text(render_config(
+        {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0", "upstream": emulator.url,
+         "auth_budget_calls": 0, "token_wait_timeout": 20},
+        [jwt_account()], [{"name": "app", "account": "main", "key": KEY}],
+        {"backend": "redis", "sentinels": sentinel_group.addresses,
+         "sentinel_service": sentinel_group.service, "prefix": prefix}))  # min_replicas_ack 1
+    proxies = [start_proxy_with_config(config, env={"TOKENPROXY_STORE_KEY": STORE_KEY})
+               for _ in range(2)]
+    primary = sentinel_group.primary
+    record_key = f"{prefix}:tokens:{{main}}"
+    log: list[tuple[float, int, str]] = []
+    killed: dict[str, float] = {}
+
+    def generation_on_primary() -> int:
+        raw = redis.Redis(host="127.0.0.1", port=primary.port, socket_timeout=2)
+        try:
+            return int(raw.hget(record_key, "generation") or 0)
+        finally:
+            raw.close()
+
+    async def kill_after_a_rotation() -> None:
+        await asyncio.sleep(WARM_UP)
+        seen = await asyncio.to_thread(generation_on_primary)
+        for _ in range(int(ACCESS_TTL * 3 / 0.02)):  # bounded: a rotation comes within a TTL
+            now = await asyncio.to_thread(generation_on_primary)
+            if now > seen:
+                assert primary.proc is not None
+                primary.proc.kill()  # kill -9, right after the rotation
+                killed["at"], killed["generation"] = time.monotonic(), now
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("no rotation within three access-token lifetimes")
+
+    def generation_on_replica() -> int:
+        raw = redis.Redis(host="127.0.0.1", port=sentinel_group.replica.port, socket_timeout=2)
+        try:
+            return int(raw.hget(record_key, "generation") or 0)
+        finally:
+            raw.close()
+
+    async def watch_the_failover() -> None:
+        """When the sentinels name the replica, and when a proxy first wrote there."""
+        promoted = ("127.0.0.1", sentinel_group.replica.port)
+        for _ in range(int(AFTER_KILL / 0.05)):  # bounded
+            await asyncio.sleep(0.05)
+            if "at" not in killed:
+                continue
+            if "promoted" not in killed and \
+                    await asyncio.to_thread(sentinel_group.master_address) == promoted:
+                killed["promoted"] = time.monotonic()
+            if "promoted" in killed and \
+                    await asyncio.to_thread(generation_on_replica) > killed["generation"]:
+                killed["first_write"] = time.monotonic()
+                return
+
+    async def scenario() -> None:
+        watcher = asyncio.create_task(watch_the_failover())
+        killer = asyncio.create_task(kill_after_a_rotation())
+        end = time.monotonic() + WARM_UP + ACCESS_TTL * 3 + AFTER_KILL
+        traffic = asyncio.create_task(drive([p.url for p in proxies], end, log))
+        await killer
+        # traffic goes on for AFTER_KILL s after the kill (several rotations on the new primary)
+        traffic_end = killed["at"] + AFTER_KILL
+        await asyncio.sleep(max(0.0, traffic_end - time.monotonic()))
+        traffic.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await traffic
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+    try:
+        asyncio.run(scenario())
+        # afterwards every proxy serves again
+        with proxies[0].http(KEY) as one, proxies[1].http(KEY) as two:
+            after = [one.get(EXT).status_code, two.get(EXT).status_code]
+        states = [p.account_status()["state"] for p in proxies]
+        logs = "".join(p.logs() for p in proxies)
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+
+    new_primary = sentinel_group.master_address()
+    counters = emulator.counters()
+    at, generation_at_kill = killed["at"], killed["generation"]
+    failures = [(t - at, status, detail) for t, status, detail in log if status != 200]
+    statuses = Counter(status for _, status, _ in log)
+    window = max((t for t, _, _ in failures), default=0.0) - min(
+        (t for t, _, _ in failures), default=0.0)
+    promoted = redis.Redis(host="127.0.0.1", port=sentinel_group.replica.port, socket_timeout=2)
+    stored_generation = int(promoted.hget(record_key, "generation") or 0)
+    promoted_after = killed.get("promoted", float("nan")) - at
+    written_after = killed.get("first_write", float("nan")) - at
+    print(f"figures sentinel: promotion {promoted_after:.2f}s after the kill, first write on "
+          f"the new primary {written_after:.2f}s after it; "
+          f"requests={len(log)} statuses={dict(statuses)} "
+          f"failures={len(failures)} failure_window={window:.2f}s "
+          f"(first {min((t for t, _, _ in failures), default=0.0):+.2f}s, "
+          f"last {max((t for t, _, _ in failures), default=0.0):+.2f}s after the kill) "
+          f"generation_at_kill={generation_at_kill} stored_after={stored_generation} "
+          f"token_calls={counters['token_calls']} ({dict(counters['token_calls_by_grant'])}) "
+          f"token_errors={dict(counters['token_errors_by_code'])} logins={counters['logins']} "
+          f"new_primary={new_primary} states={states}")
+    # the sentinels promoted the replica, and the proxies followed by themselves
+    assert new_primary == ("127.0.0.1", sentinel_group.replica.port)
+    assert "first_write" in killed, "no proxy wrote to the promoted replica"
+    assert after == [200, 200] and states == ["healthy", "healthy"], (after, states, logs[-3000:])
+    # the newest pair survived: later rotations built on it, and the platform never saw a
+    # spent or dead refresh token, nor a second login
+    assert stored_generation > generation_at_kill
+    assert sum(counters["token_errors_by_code"].values()) == 0, counters["token_errors_by_code"]
+    assert counters["logins"] == 1
+    assert counters["token_calls_by_grant"]["refresh_token"] >= 2
+    # client-visible failures only inside the failover window
+    assert all(0 <= t <= WINDOW_LIMIT for t, _, _ in failures), failures[:10]

@@ -230,3 +230,30 @@ def test_failover_after_a_rotation_loses_nothing(tmp_path: Path, emulator_factor
     assert counters["token_calls_by_grant"]["refresh_token"] >= 2
     # client-visible failures only inside the failover window
     assert all(0 <= t <= WINDOW_LIMIT for t, _, _ in failures), failures[:10]
+
+
+def test_sentinel_config_defaults_and_secrets(tmp_path: Path) -> None:
+    """min_replicas_ack is 1 with sentinels, 0 otherwise; the passwords are secrets (redacted
+    from logs) and the store names the service and sentinels, never a password."""
+    from proxy_addon.config import parse_config
+    from proxy_addon.store.factory import open_store
+
+    base = {"proxy": {"upstream": "http://127.0.0.1:9"},
+            "accounts": [{"name": "main", "client_id": "id", "client_secret": "s",
+                          "grant": "jwt", "jwt": "j"}]}
+    sentinel = parse_config({**base, "store": {
+        "backend": "redis", "sentinels": ["127.0.0.1:26379", "[::1]:26380"],
+        "sentinel_service": "tpx", "url": "rediss://:data-pw-123@/2",
+        "sentinel_password": "sentinel-pw-456", "allow_plaintext": True}}, "c.toml", {})
+    assert sentinel.store.min_replicas_ack == 1
+    assert [str(s) for s in sentinel.store.sentinels] == ["127.0.0.1:26379", "[::1]:26380"]
+    assert {"rediss://:data-pw-123@/2", "sentinel-pw-456"} <= set(sentinel.secret_values())
+    store = open_store(sentinel.store, {})
+    assert "pw" not in store.where and "tpx" in store.where  # type: ignore[attr-defined]
+    plain = parse_config({**base, "store": {"backend": "redis", "url": "redis://h:1/0"}},
+                         "c.toml", {})
+    assert plain.store.min_replicas_ack == 0
+    zero = parse_config({**base, "store": {
+        "backend": "redis", "sentinels": ["127.0.0.1:26379"], "sentinel_service": "tpx",
+        "min_replicas_ack": 0}}, "c.toml", {})
+    assert zero.store.min_replicas_ack == 0

@@ -161,6 +161,7 @@ class RedisStore(TokenStore):
         self.prefix = prefix
         self.cluster = cluster
         self.min_replicas_ack = min_replicas_ack
+        self._timeout = timeout
         # WAIT's own limit stays under the socket timeout (its answer is read like any other)
         self._wait_ms = max(1, int(min(1.0, timeout / 2) * 1000))
         self.unreplicated_writes = 0  # writes fewer than min_replicas_ack replicas confirmed
@@ -176,6 +177,7 @@ class RedisStore(TokenStore):
             "decode_responses": False,
         }
         self._sentinel: Sentinel | None = None
+        self._service: str | None = None
         self._client: Any
         if sentinels:
             if not sentinel_service:
@@ -192,6 +194,7 @@ class RedisStore(TokenStore):
             self._sentinel = Sentinel(list(sentinels), sentinel_kwargs=sentinel_kwargs,
                                       health_check_interval=0, **common, **params)
             self._client = self._sentinel.master_for(sentinel_service)
+            self._service = sentinel_service
             hosts = ",".join(f"{h}:{p}" for h, p in sentinels)
             self.where = f"sentinel service {sentinel_service!r} via {hosts}"
         elif cluster:
@@ -323,27 +326,76 @@ class RedisStore(TokenStore):
         return 0 if raw is None else _generation(account, raw)
 
     async def compare_and_set(self, account: str, expected: int, tokens: TokenSet) -> bool:
-        # one id per call: redis-py's re-send of this call carries the same one
+        # one id per call: redis-py's re-send of this call, and ours below, carry the same one
         write_id = secrets.token_hex(16)
         keys = [self._key("tokens", account)]
         args = [expected, self.codec.encode(tokens), time.time(), self.channel, account,
                 write_id]
-        acked: int | None = None
         try:
-            if self.min_replicas_ack > 0:
-                # WAIT counts the replicas holding this connection's writes: it must follow
-                # the script on the same connection, hence one pipeline
-                async with self._client.pipeline(transaction=False) as pipe:
-                    await self._cas(keys=keys, args=args, client=pipe)
-                    pipe.wait(self.min_replicas_ack, self._wait_ms)
-                    done, acked = await pipe.execute()
-            else:
-                done = await self._cas(keys=keys, args=args)
+            # Sentinel: a promotion since the pool last connected means its idle connections
+            # lead to the old primary, which may still take writes until it is demoted (and
+            # then drops them): ask the sentinels first (rotations are rare, this is cheap)
+            await self._follow_primary()
+            for attempt in (1, 2):
+                try:
+                    done, acked = await self._cas_and_wait(keys, args)
+                except ResponseError as exc:
+                    # a primary refusing writes (min-replicas-to-write) may be a demoted one
+                    if attempt == 1 and str(exc).startswith("NOREPLICAS") \
+                            and await self._follow_primary():
+                        continue
+                    raise
+                if done and acked is not None and acked < self.min_replicas_ack \
+                        and attempt == 1 and await self._follow_primary():
+                    # written to a primary the sentinels demoted meanwhile: the write dies
+                    # with it; write again on the new one (same id: a repeat is recognised)
+                    continue
+                break
         except RedisError as exc:
             raise self._error(exc) from None
-        if done and acked is not None and int(acked) < self.min_replicas_ack:
-            self._unreplicated(account, int(acked))
+        if done and acked is not None and acked < self.min_replicas_ack:
+            self._unreplicated(account, acked)
         return bool(done)
+
+    async def _cas_and_wait(self, keys: list[str], args: list[Any]) -> tuple[int, int | None]:
+        """The compare-and-set script's answer, and with min_replicas_ack the replicas that
+        confirmed it (None without)."""
+        if self.min_replicas_ack <= 0:
+            return int(await self._cas(keys=keys, args=args)), None
+        # WAIT counts the replicas holding this connection's writes: it must follow the
+        # script on the same connection, hence one pipeline
+        async with self._client.pipeline(transaction=False) as pipe:
+            await self._cas(keys=keys, args=args, client=pipe)
+            pipe.wait(self.min_replicas_ack, self._wait_ms)
+            done, acked = await pipe.execute()
+        return int(done), int(acked)
+
+    async def _follow_primary(self) -> bool:
+        """Sentinel: ask the sentinels for the primary now. True when it is not the one the
+        pool last connected to (its idle connections are then closed, so the next command
+        connects to the new one). Sentinels unreachable: False (the commands will tell)."""
+        if self._sentinel is None:
+            return False
+        pool = self._client.connection_pool
+        before = pool.master_address
+        try:
+            now = await asyncio.wait_for(pool.get_master_address(), self._timeout)
+        except (RedisError, TimeoutError):
+            return False
+        return before is not None and tuple(now) != tuple(before)
+
+    async def _subscribed_off_primary(self, pubsub: Any) -> bool:
+        """Sentinel: the subscription's connection is not on the primary the sentinels name
+        (a promotion that left the old primary up): the watcher moves."""
+        connection = getattr(pubsub, "connection", None)
+        if self._sentinel is None or connection is None:
+            return False
+        try:
+            host, port = await asyncio.wait_for(
+                self._sentinel.discover_master(self._service or ""), self._timeout)
+        except (RedisError, TimeoutError):
+            return False
+        return (str(host), int(port)) != (str(connection.host), int(connection.port))
 
     def _unreplicated(self, account: str, acked: int) -> None:
         """The write stands (the primary has it), but fewer replicas than asked confirmed it
@@ -448,6 +500,8 @@ class RedisStore(TokenStore):
                     message = await pubsub.get_message(timeout=5.0)
                     if message is None:
                         await pubsub.ping()  # notices a dead connection within the timeout
+                        if await self._subscribed_off_primary(pubsub):
+                            raise RedisConnectionError("the primary moved (Sentinel)")
                         continue
                     account, generation = _notification(message.get("data"))
                     if account:

@@ -83,6 +83,77 @@ def test_min_replicas_ack_counts_writes_the_replica_did_not_confirm(
     assert unconfirmed == 1 and heard == ["main"]
 
 
+def test_store_and_watcher_follow_a_manual_failover(sentinel_group: SentinelGroup) -> None:
+    """SENTINEL FAILOVER leaves the old primary up as a replica: the store learns it from a
+    READONLY answer (or the dropped connection) and asks the sentinels again."""
+    from proxy_addon.store.base import StoreError
+    from proxy_addon.store.redis import RedisStore
+
+    prefix = f"m{uuid.uuid4().hex[:8]}"
+    heard: list[tuple[str, int]] = []
+
+    def make() -> RedisStore:
+        return RedisStore(RecordCodec(TokenCipher(None)), None, prefix,
+                          sentinels=[("127.0.0.1", p) for p in sentinel_group.sentinel_ports],
+                          sentinel_service=sentinel_group.service, min_replicas_ack=1)
+
+    async def until(check, seconds: float) -> bool:
+        for _ in range(int(seconds / 0.05)):  # bounded
+            if await check():
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def scenario() -> tuple[int, int]:
+        writer, watcher = make(), make()
+        await writer.open()
+        await watcher.open()
+        try:
+            await watcher.watch(lambda account, generation: heard.append((account, generation)))
+
+            async def subscribed() -> bool:
+                return ("", 0) in heard
+
+            assert await until(subscribed, 5)
+            assert await writer.compare_and_set("main", 0, tokens("1"))
+            sentinel_group.sentinel_client().execute_command(
+                "SENTINEL", "FAILOVER", sentinel_group.service)
+            promoted = ("127.0.0.1", sentinel_group.replica.port)
+
+            async def switched() -> bool:
+                return await asyncio.to_thread(sentinel_group.master_address) == promoted
+
+            assert await until(switched, 20), "the sentinels did not promote the replica"
+            errors = 0
+            for _ in range(100):  # bounded: the old primary may still take a moment to yield
+                try:
+                    if await writer.compare_and_set("main", 1, tokens("2")):
+                        break
+                except StoreError:
+                    errors += 1
+                await asyncio.sleep(0.1)
+
+            new = redis.Redis(host="127.0.0.1", port=sentinel_group.replica.port,
+                              socket_timeout=2)
+
+            async def watcher_moved() -> bool:
+                counts = await asyncio.to_thread(new.pubsub_numsub, watcher.channel)
+                return bool(counts and counts[0][1] >= 1)
+
+            # the watcher subscribes on the new primary within its 5 s idle check
+            assert await until(watcher_moved, 15), heard
+            return await writer.generation("main"), errors
+        finally:
+            await writer.close()
+            await watcher.close()
+
+    generation, errors = asyncio.run(scenario())
+    assert generation == 2
+    on_new = redis.Redis(host="127.0.0.1", port=sentinel_group.replica.port, socket_timeout=2)
+    assert int(on_new.hget(f"{prefix}:tokens:{{main}}", "generation")) == 2
+    print(f"figures sentinel manual failover: store errors while switching={errors}")
+
+
 async def drive(urls: list[str], end: float, log: list[tuple[float, int, str]]) -> None:
     """CLIENTS clients spread over the proxies, a request every ~0.2 s each; ``log`` gets
     (monotonic time, status or 0 for a transport error, detail) per request."""

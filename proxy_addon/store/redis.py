@@ -411,6 +411,9 @@ class RedisStore(TokenStore):
 
     async def acquire_lock(self, account: str, owner: str, lease: float) -> bool:
         try:
+            # Sentinel: a lock taken on a demoted primary would let two renewals spend the
+            # same refresh token; the sentinels are asked first, as for compare-and-set
+            await self._follow_primary()
             return bool(await self._acquire(keys=[self._key("lock", account)],
                                             args=[owner, max(1, int(lease * 1000))]))
         except RedisError as exc:

@@ -288,7 +288,8 @@ def test_failover_after_a_rotation_loses_nothing(tmp_path: Path, emulator_factor
           f"generation_at_kill={generation_at_kill} stored_after={stored_generation} "
           f"token_calls={counters['token_calls']} ({dict(counters['token_calls_by_grant'])}) "
           f"token_errors={dict(counters['token_errors_by_code'])} logins={counters['logins']} "
-          f"new_primary={new_primary} states={states}")
+          f"new_primary={new_primary} states={states} "
+          f"failure_kinds={sorted({d[:120] for _, _, d in failures})[:3]}")
     # the sentinels promoted the replica, and the proxies followed by themselves
     assert new_primary == ("127.0.0.1", sentinel_group.replica.port)
     assert "first_write" in killed, "no proxy wrote to the promoted replica"
@@ -299,8 +300,11 @@ def test_failover_after_a_rotation_loses_nothing(tmp_path: Path, emulator_factor
     assert sum(counters["token_errors_by_code"].values()) == 0, counters["token_errors_by_code"]
     assert counters["logins"] == 1
     assert counters["token_calls_by_grant"]["refresh_token"] >= 2
-    # client-visible failures only inside the failover window
-    assert all(0 <= t <= WINDOW_LIMIT for t, _, _ in failures), failures[:10]
+    # client-visible failures only inside the failover window: from the kill until shortly
+    # after the sentinels named the new primary (a proxy that had not adopted the pair
+    # rotated just before the kill cannot read it meanwhile: 503 TPX-STORE-UNAVAILABLE)
+    assert all(0 <= t <= min(WINDOW_LIMIT, promoted_after + 5.0) for t, _, _ in failures), \
+        failures[:10]
 
 
 def test_sentinel_config_defaults_and_secrets(tmp_path: Path) -> None:

@@ -234,8 +234,7 @@ class RedisStore(TokenStore):
         return f"{self.prefix}:rotations"
 
     def _error(self, exc: Exception) -> StoreError:
-        reason = str(exc) or type(exc).__name__
-        return StoreError(f"redis store {self.where}: {reason}")
+        return StoreError(f"redis store {self.where}: {_reason(exc)}")
 
     async def open(self) -> None:
         try:
@@ -341,7 +340,7 @@ class RedisStore(TokenStore):
                     done, acked = await self._cas_and_wait(keys, args)
                 except ResponseError as exc:
                     # a primary refusing writes (min-replicas-to-write) may be a demoted one
-                    if attempt == 1 and str(exc).startswith("NOREPLICAS") \
+                    if attempt == 1 and _reason(exc).startswith("NOREPLICAS") \
                             and await self._follow_primary():
                         continue
                     raise
@@ -557,6 +556,16 @@ def _redacted(url: str) -> str:
     credentials, _, host = rest.rpartition("@")
     user = credentials.split(":", 1)[0]
     return f"{scheme}://{user + ':' if user else ''}***@{host}"
+
+
+def _reason(exc: Exception) -> str:
+    """The server's or client's message, without the command text redis-py puts in front of
+    an error inside a pipeline (it would carry the start of a stored value)."""
+    reason = str(exc) or type(exc).__name__
+    marker = " of pipeline caused error: "
+    if reason.startswith("Command # ") and marker in reason:
+        reason = reason.rpartition(marker)[2]
+    return reason
 
 
 def _url_params(url: str | None) -> dict[str, Any]:

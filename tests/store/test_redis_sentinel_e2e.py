@@ -55,6 +55,7 @@ def tokens(tag: str) -> TokenSet:
 
 def test_min_replicas_ack_counts_writes_the_replica_did_not_confirm(
         sentinel_group: SentinelGroup) -> None:
+    from proxy_addon.store.base import StoreError
     from proxy_addon.store.redis import RedisStore
 
     heard: list[str] = []
@@ -74,6 +75,16 @@ def test_min_replicas_ack_counts_writes_the_replica_did_not_confirm(
             finally:
                 sentinel_group.replica.resume()
             assert await store.generation("main") == 2
+            # a primary refusing writes (min-replicas-to-write) is a store error that names
+            # the server's reason, not the command (which carries the stored value)
+            sentinel_group.primary.client().config_set("min-replicas-to-write", 2)
+            try:
+                with pytest.raises(StoreError) as refused:
+                    await store.compare_and_set("main", 2, tokens("secret-3"))
+            finally:
+                sentinel_group.primary.client().config_set("min-replicas-to-write", 0)
+            assert "NOREPLICAS" in str(refused.value), refused.value
+            assert "secret-3" not in str(refused.value) and "EVALSHA" not in str(refused.value)
             return confirmed, store.unreplicated_writes
         finally:
             await store.close()

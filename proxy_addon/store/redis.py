@@ -178,6 +178,7 @@ class RedisStore(TokenStore):
         }
         self._sentinel: Sentinel | None = None
         self._service: str | None = None
+        self._node_kwargs: dict[str, Any] = {}  # cluster: for a connection to one node
         self._client: Any
         if sentinels:
             if not sentinel_service:
@@ -205,6 +206,9 @@ class RedisStore(TokenStore):
             if tls_ca_file and url.startswith("rediss://"):
                 common["ssl_ca_certs"] = tls_ca_file
             self._client = RedisCluster.from_url(url, **common)
+            parsed = _url_params(url)
+            self._node_kwargs = {**common, "ssl": bool(parsed.pop("ssl", False)),
+                                 **{k: v for k, v in parsed.items() if k != "db"}}
             self.where = f"cluster {_redacted(url)}"
         else:
             if url is None:
@@ -493,7 +497,7 @@ class RedisStore(TokenStore):
     async def _listen(self, listener: Listener) -> None:
         delay = 0.2
         while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._pubsub()
             try:
                 await pubsub.subscribe(self.channel)
                 listener("", 0)  # (re)subscribed: what was missed meanwhile is in the store
@@ -518,6 +522,16 @@ class RedisStore(TokenStore):
                     await pubsub.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    def _pubsub(self) -> Any:
+        """A subscription. On a cluster: a plain connection to one node the client knows
+        (PUBLISH reaches the subscribers of every node; redis-py's asyncio RedisCluster has
+        pub/sub only in recent versions); after a lost connection, another random node."""
+        if self.cluster:
+            node = self._client.get_random_node()
+            return aioredis.Redis(host=node.host, port=node.port,
+                                  **self._node_kwargs).pubsub(ignore_subscribe_messages=True)
+        return self._client.pubsub(ignore_subscribe_messages=True)
 
     async def close(self) -> None:
         if self._watcher is not None:

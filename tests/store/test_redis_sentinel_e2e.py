@@ -343,3 +343,50 @@ def test_sentinel_config_defaults_and_secrets(tmp_path: Path) -> None:
         "backend": "redis", "sentinels": ["127.0.0.1:26379"], "sentinel_service": "tpx",
         "min_replicas_ack": 0}}, "c.toml", {})
     assert zero.store.min_replicas_ack == 0
+
+
+def test_passwords_of_the_primary_and_of_the_sentinels(tmp_path: Path) -> None:
+    """The primary's password comes from `url` (no host), the sentinels' own from
+    `sentinel_password`; through the config and the factory, as `tokenproxy run` opens it. A
+    wrong one is a store error naming neither password."""
+    from proxy_addon.config import parse_config
+    from proxy_addon.store.base import StoreError
+    from proxy_addon.store.factory import open_store
+
+    group = start_sentinel_group(tmp_path / "auth", password="data-pw-1234",
+                                 sentinel_password="sent-pw-5678")
+    try:
+        def opened(url: str, sentinel_password: str) -> tuple[bool, int] | str:
+            config = parse_config({
+                "proxy": {"upstream": "http://127.0.0.1:9"},
+                "accounts": [{"name": "main", "client_id": "id", "client_secret": "s",
+                              "grant": "jwt", "jwt": "j"}],
+                "store": {"backend": "redis", "sentinels": group.addresses,
+                          "sentinel_service": group.service, "url": url,
+                          "sentinel_password": sentinel_password,
+                          "prefix": f"p{uuid.uuid4().hex[:8]}"}}, "c.toml", {})
+
+            async def run() -> tuple[bool, int] | str:
+                store = open_store(config.store, {"TOKENPROXY_STORE_KEY": STORE_KEY})
+                try:
+                    await store.open()
+                    done = await store.compare_and_set("main", 0, tokens("1"))
+                    return done, store.unreplicated_writes  # type: ignore[attr-defined]
+                except StoreError as exc:
+                    return str(exc)
+                finally:
+                    await store.close()
+
+            return asyncio.run(run())
+
+        assert opened("redis://:data-pw-1234@/0", "sent-pw-5678") == (True, 0)
+        for url, sentinel_password in (("redis://:wrong-data-pw@/0", "sent-pw-5678"),
+                                       ("redis://:data-pw-1234@/0", "wrong-sent-pw")):
+            message = opened(url, sentinel_password)
+            assert isinstance(message, str) and message.startswith("redis store sentinel "), \
+                message
+            for secret in ("data-pw-1234", "sent-pw-5678", "wrong-data-pw", "wrong-sent-pw"):
+                assert secret not in message, message
+            print(f"figures sentinel auth: {message}")
+    finally:
+        group.stop()

@@ -213,13 +213,15 @@ class SentinelGroup:
     sentinels: list[subprocess.Popen[bytes]]
     directory: Path
     service: str = SERVICE
+    sentinel_password: str | None = None  # the sentinels' own requirepass
 
     @property
     def addresses(self) -> list[str]:
         return [f"127.0.0.1:{port}" for port in self.sentinel_ports]
 
     def sentinel_client(self, index: int = 0) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.sentinel_ports[index], socket_timeout=2)
+        return redis.Redis(host="127.0.0.1", port=self.sentinel_ports[index], socket_timeout=2,
+                           password=self.sentinel_password)
 
     def master_address(self) -> tuple[str, int] | None:
         """What the sentinels answer now (the first that answers)."""
@@ -240,14 +242,24 @@ class SentinelGroup:
 
 
 def start_sentinel_group(directory: Path, *, down_after_ms: int = 1000,
-                         failover_timeout_ms: int = 3000) -> SentinelGroup:
+                         failover_timeout_ms: int = 3000, password: str | None = None,
+                         sentinel_password: str | None = None) -> SentinelGroup:
+    """``password``: the primary's and replica's requirepass (and masterauth);
+    ``sentinel_password``: the sentinels' own."""
     if not Path(REDIS_SENTINEL).exists():
         raise RuntimeError("redis-sentinel is not installed: `make test` installs it "
                            "(Debian package redis-sentinel)")
-    primary = start_redis(directory / "primary")
-    replica = start_redis(directory / "replica",
-                          extra_args=("--replicaof", "127.0.0.1", str(primary.port)))
-    group = SentinelGroup(primary, replica, [], [], directory)
+    auth = ("--masterauth", password) if password else ()
+    primary = start_redis(directory / "primary", password=password, extra_args=auth)
+    replica = start_redis(directory / "replica", password=password,
+                          extra_args=("--replicaof", "127.0.0.1", str(primary.port), *auth))
+    group = SentinelGroup(primary, replica, [], [], directory,
+                          sentinel_password=sentinel_password)
+    secrets = ""
+    if password:
+        secrets += f"sentinel auth-pass {SERVICE} {password}\n"
+    if sentinel_password:
+        secrets += f"requirepass {sentinel_password}\nsentinel sentinel-pass {sentinel_password}\n"
     try:
         for index in range(3):
             port = free_port()
@@ -259,7 +271,7 @@ def start_sentinel_group(directory: Path, *, down_after_ms: int = 1000,
                 f"sentinel monitor {SERVICE} 127.0.0.1 {primary.port} 2\n"
                 f"sentinel down-after-milliseconds {SERVICE} {down_after_ms}\n"
                 f"sentinel failover-timeout {SERVICE} {failover_timeout_ms}\n"
-                f"sentinel parallel-syncs {SERVICE} 1\n")
+                f"sentinel parallel-syncs {SERVICE} 1\n" + secrets)
             group.sentinel_ports.append(port)
             group.sentinels.append(subprocess.Popen(
                 [REDIS_SENTINEL, str(conf)], stdout=subprocess.DEVNULL,

@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -579,7 +580,12 @@ def _reason(exc: Exception) -> str:
     marker = " of pipeline caused error: "
     if reason.startswith("Command # ") and marker in reason:
         reason = reason.rpartition(marker)[2]
-    return reason
+    # Sentinel's "No master found" names each sentinel by its client's whole repr
+    return _SENTINEL_REPR.sub(r"sentinel \1:\2", reason)
+
+
+_SENTINEL_REPR = re.compile(r"<redis\.asyncio\.client\.Redis\(.*?,host=([^,]+),port=(\d+),.*?"
+                            r"\)>\)>\)>", re.S)
 
 
 def _url_params(url: str | None) -> dict[str, Any]:

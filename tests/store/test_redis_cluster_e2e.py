@@ -161,3 +161,34 @@ def test_keys_of_the_untagged_layout_move_on_open(redis_server: RedisServer) -> 
     assert raw.exists(f"{prefix}:tokens:both")  # left for an operator, with a warning
     assert raw.pttl(f"{prefix}:vindex:{{main}}") > 0  # the TTL moved with the key
     assert raw.get(f"{prefix}:meta:layout") == b"2"
+
+
+def test_the_proxy_runs_on_a_cluster(tmp_path: Path, emulator_factory,
+                                     cluster: ClusterGroup) -> None:
+    """`tokenproxy run` with [store] cluster = true: serves, stores under the tagged key,
+    and a second proxy adopts the stored session instead of logging in again."""
+    from tests.support.proxy import jwt_account, render_config, start_proxy_with_config
+
+    emulator = emulator_factory("--auth-rate", "0")
+    prefix = f"p{uuid.uuid4().hex[:8]}"
+    key = "cluster-app-key-0123456789"
+    config = tmp_path / "cluster.toml"
+    config.write_text(render_config(
+        {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0", "upstream": emulator.url,
+         "auth_budget_calls": 0},
+        [jwt_account()], [{"name": "app", "account": "main", "key": key}],
+        {"backend": "redis", "cluster": True, "url": cluster.url, "prefix": prefix}))
+    for _ in range(2):
+        proxy = start_proxy_with_config(config, env={"TOKENPROXY_STORE_KEY": STORE_KEY})
+        try:
+            with proxy.http(key) as client:
+                assert client.get("/restapi/v1.0/account/~/extension/~").status_code == 200
+            assert proxy.account_status()["state"] == "healthy"
+        finally:
+            proxy.stop()
+    assert emulator.counters()["logins"] == 1
+    inspector = SyncCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+    try:
+        assert inspector.hget(f"{prefix}:tokens:{{main}}", "generation") == b"1"
+    finally:
+        inspector.close()

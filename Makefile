@@ -18,9 +18,10 @@ PYTHON ?= $(shell for c in python3.13 python3.12 \
 	  $$p -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null && { echo $$p; break; }; \
 	done)
 
-# Debian packages the tests run for real: redis-server (the shared store), prometheus (brings
-# promtool; alert rules are checked and a real Prometheus scrapes the proxy).
-TEST_DEBS ?= redis-server prometheus
+# Debian packages the tests run for real: redis-server (the shared store), redis-sentinel (the
+# failover test), prometheus (brings promtool; alert rules are checked and a real Prometheus
+# scrapes the proxy).
+TEST_DEBS ?= redis-server redis-sentinel prometheus
 # What `make bench` drives: nginx (the static upstream), wrk and hey (load generators).
 BENCH_DEBS ?= nginx wrk hey
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

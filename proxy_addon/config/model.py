@@ -124,6 +124,15 @@ class StoreConfig:
     prefix: str = "tokenproxy"  # Redis key prefix: one per deployment sharing a server
     tls_ca_file: str | None = None  # CA bundle that signed a rediss:// server's certificate
     lock_lease: float = 6.0  # seconds a crashed replica can hold an account's renewal lock
+    # Redis Sentinel: the sentinels' addresses and the service (master name) they watch; then
+    # `url` is optional and names no host (scheme for TLS, the primary's password, DB)
+    sentinels: tuple[HostPort, ...] = ()
+    sentinel_service: str | None = None
+    sentinel_password: Secret | None = None  # the sentinels' own requirepass, if any
+    cluster: bool = False  # Redis Cluster: `url` names any node
+    # replicas that must confirm a rotated pair (WAIT) before it is counted as durable; the
+    # loader makes it 1 when sentinels are configured, 0 otherwise
+    min_replicas_ack: int = 0
 
 
 @dataclass(frozen=True)
@@ -180,6 +189,8 @@ class Config:
                     values.append(item.reveal())
         if self.store.url:
             values.append(self.store.url.reveal())
+        if self.store.sentinel_password:
+            values.append(self.store.sentinel_password.reveal())
         return values
 
     def account(self, name: str) -> AccountConfig:

@@ -23,6 +23,9 @@ class InstrumentedStore(TokenStore):
         self._metrics = metrics
         self.last_error: str | None = None
         self.last_checked = 0.0
+        if hasattr(inner, "on_unreplicated"):  # Redis with [store] min_replicas_ack
+            counter = metrics.store_unreplicated.labels(inner.backend)
+            inner.on_unreplicated = lambda account: counter.inc()
 
     async def _counted(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         try:

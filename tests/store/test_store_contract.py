@@ -65,7 +65,7 @@ class Backend:
                 db.execute("UPDATE tokens SET value = ? WHERE account = ?", (value, account))
         else:
             assert self.redis is not None
-            self.redis.client().hset(f"{self.prefix}:tokens:{account}", "value", value)
+            self.redis.client().hset(f"{self.prefix}:tokens:{{{account}}}", "value", value)
 
     def raw_bytes(self) -> bytes:
         if self.kind == "sqlite":

@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Callable
 
 from proxy_addon.store.base import StoredTokens
+from proxy_addon.tokens.account import AccountTokens
 from proxy_addon.tokens.failures import Reason, TokenUnavailable
 from proxy_addon.tokens.token_set import TokenSet
 
@@ -229,17 +230,24 @@ class SkewedClock:
         return self.base.call_later(delay, callback)
 
 
+def process_behind(rig: Rig, owner: str, skew: float) -> AccountTokens:
+    """Another process on a host whose wall clock is ``skew`` seconds off, sharing the
+    store; its platform numbers its tokens from 100 (a100, r100, ...)."""
+    behind = SkewedClock(rig.clock, skew)
+    platform = FakePlatform(behind)  # type: ignore[arg-type]
+    platform._numbers = iter(range(100, 200))  # type: ignore[assignment]
+    rig.platform = platform
+    account = rig.account(owner=owner)
+    account._clock = behind  # type: ignore[assignment]
+    return account
+
+
 def test_defect4_a_newer_generation_wins_even_from_a_host_whose_clock_is_behind() -> None:
     async def scenario(rig: Rig) -> None:
         p1 = rig.account(owner="p1")
         await p1.lease()
         p1.release(1)
-        behind = SkewedClock(rig.clock, -1800.0)
-        platform2 = FakePlatform(behind)  # type: ignore[arg-type]
-        platform2._numbers = iter(range(100, 200))  # type: ignore[assignment]
-        rig.platform = platform2
-        p2 = rig.account(owner="p2")
-        p2._clock = behind  # type: ignore[assignment]
+        p2 = process_behind(rig, "p2", -1800.0)
         await p2.start()
         await p2.rejected(1, "OAU-210")  # p2 rotates: generation 2, issued "earlier"
         p1.notice(2)
@@ -257,12 +265,7 @@ def test_defect4_a_reset_store_is_recognised_by_its_epoch() -> None:
         await p1.rejected(1, "OAU-210")
         await p1.rejected(2, "OAU-210")  # p1 at generation 3
         rig.store.reset()  # flushed: generations start again
-        behind = SkewedClock(rig.clock, -1800.0)
-        platform2 = FakePlatform(behind)  # type: ignore[arg-type]
-        platform2._numbers = iter(range(100, 200))  # type: ignore[assignment]
-        rig.platform = platform2
-        p2 = rig.account(owner="p2")
-        p2._clock = behind  # type: ignore[assignment]
+        p2 = process_behind(rig, "p2", -1800.0)
         await p2.lease()  # p2 logs in after the reset: generation 1 of a new epoch
         p1.notice(1)
         await rig.clock.advance(0)

@@ -6,7 +6,7 @@ append it here.
 
 from __future__ import annotations
 
-from bench import drain, fleet, memory, replicas, storm, throughput
+from bench import chaos, drain, fleet, memory, replicas, storm, throughput
 from bench.scenario import Scenario
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -16,6 +16,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     memory.SCENARIO,
     replicas.SCENARIO,
     drain.SCENARIO,
+    chaos.SCENARIO,
 )
 
 

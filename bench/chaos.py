@@ -436,17 +436,23 @@ def _fmt_s(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def event_windows(events: list[Event], failures: list[tuple[float, str]],
-                  run_end: float) -> list[tuple[Event, int, float | None, float | None]]:
+def event_windows(events: list[Event], failures: list[tuple[float, str]], run_end: float
+                  ) -> list[tuple[Event, int, float | None, float | None, Counter[str]]]:
     """Each event with the failures from its time until the next event (at most
-    ``EVENT_HORIZON`` s after it ended): (event, count, first, last), times relative to it."""
+    ``EVENT_HORIZON`` s after it ended): (event, count, first, last, count by kind), times
+    relative to the event."""
     ordered = sorted(events, key=lambda e: e.at)
     out = []
     for i, e in enumerate(ordered):
         nxt = ordered[i + 1].at if i + 1 < len(ordered) else run_end
-        end = min(nxt, (e.end or e.at) + EVENT_HORIZON)
-        out.append((e, *failure_window(failures, e.at, max(end, e.at))))
+        end = max(min(nxt, (e.end or e.at) + EVENT_HORIZON), e.at)
+        kinds = Counter(kind for t, kind in failures if e.at <= t < end)
+        out.append((e, *failure_window(failures, e.at, end), kinds))
     return out
+
+
+def _kinds(kinds: Counter[str]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in kinds.most_common())
 
 
 def render(r: ChaosResult, clients: int) -> str:
@@ -455,7 +461,7 @@ def render(r: ChaosResult, clients: int) -> str:
     failed = sum(failures.values())
     kinds = Counter(e.kind for e in r.events)
     windows = event_windows(r.events, [tuple(f) for f in load["failures"]], load["ended"])
-    attributed = sum(n for _, n, _, _ in windows)
+    attributed = sum(w[1] for w in windows)
     token_401 = sum(v for k, v in c["api_401_by_code"].items() if k in TOKEN_401_CODES)
     promotions = [e.promoted_after for e in r.events
                   if e.kind == "primary" and e.promoted_after is not None]
@@ -465,6 +471,8 @@ def render(r: ChaosResult, clients: int) -> str:
         ("answered 2xx", f"{load['outcomes'].get('ok', 0):,} "
                          f"({load['outcomes'].get('ok', 0) / max(load['requests'], 1):.2%})"),
         ("client-visible failures", f"{failed:,}"),
+        ("refused connects retried on another replica (not failures)",
+         f"{load.get('redirects', 0):,}"),
         ("… within 30 s of a fault", f"{attributed:,}"),
         ("faults: replica kill -9 / primary kill -9 / revoke-all",
          f"{kinds['replica']} / {kinds['primary']} / {kinds['revoke']}"),
@@ -495,8 +503,11 @@ def render(r: ChaosResult, clients: int) -> str:
         f"{REPLICAS} `tokenproxy run` replicas share a Redis primary with one replica and three "
         f"Sentinels (quorum 2, `down-after-milliseconds 1000`), all on loopback; the proxies "
         f"reach it by {how}. {clients} keep-alive clients (`bench/load.py`) each send "
-        f"`GET /restapi/v1.0/account/~/extension/~` every {INTERVAL:g} s, spread over the "
-        "replicas and moving to the next one when a replica refuses connections. Upstream: the "
+        f"`GET /restapi/v1.0/account/~/extension/~` every {INTERVAL:g} s over the replicas "
+        "as behind a load balancer: a refused connect is retried on the next replica at once, "
+        "a new connection after a lost one goes to a random replica; a request in flight or "
+        "sent on a keep-alive connection to a killed replica fails (`conn closed`/`conn "
+        "reset`) and is counted, never retried. Upstream: the "
         f"platform emulator, access tokens {ACCESS_TTL} s, session cap {SESSION_CAP} (a 6th "
         "login evicts the oldest), no token-endpoint rate limit. Faults at seeded random times: "
         f"`kill -9` of a replica (back {REPLICA_DOWN[0]:g}-{REPLICA_DOWN[1]:g} s later; every "
@@ -513,10 +524,11 @@ def render(r: ChaosResult, clients: int) -> str:
         "Faults, and the client-visible failures from each until the next one (at most "
         f"{EVENT_HORIZON:g} s after it was over; first and last relative to the fault):",
         "",
-        table(("fault", "at s", "over after s", "failures", "first s", "last s"),
+        table(("fault", "at s", "over after s", "failures", "first s", "last s", "by kind"),
               [(e.detail, f"{e.at - load['started']:.0f}",
-                _fmt_s(None if e.end is None else e.end - e.at), n, _fmt_s(first), _fmt_s(last))
-               for e, n, first, last in windows]),
+                _fmt_s(None if e.end is None else e.end - e.at), n, _fmt_s(first), _fmt_s(last),
+                _kinds(kinds) or "-")
+               for e, n, first, last, kinds in windows]),
     ]
     if load.get("failures_truncated"):
         lines += ["", "(More failures than the load generator keeps with their time: the "

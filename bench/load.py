@@ -12,8 +12,12 @@ SIGINT ends the run after the requests in flight. The result is one JSON documen
 
 Outcome kinds: ``ok`` (2xx); ``HTTP <status> <errorCode>`` for any other answer (the code from the
 JSON body, ``errors[0].errorCode`` first, so the platform's ``OAU-…`` and the proxy's ``TPX-…``
-codes both show); ``conn refused``, ``conn reset``, ``conn closed`` (the server closed the
-connection before a full answer), ``timeout``.
+codes both show); ``conn refused`` (with ``--failover``: by every target), ``conn reset``,
+``conn closed`` (the server closed the connection before a full answer, e.g. a keep-alive
+connection to a process that was killed), ``timeout``. With ``--failover`` a client behaves
+like one behind a load balancer: a refused connect is retried on the next target at once
+(counted in ``redirects``, not a failure) and a new connection after a lost one goes to a random
+target.
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ class Tally:
     per_second: dict[int, list[int]] = field(default_factory=dict)  # second -> [ok, failed]
     failures: list[tuple[float, str]] = field(default_factory=list)  # (wall time, kind)
     by_target: Counter[str] = field(default_factory=Counter)
+    redirects: int = 0  # refused connects retried on another target (not failures)
 
     def record(self, kind: str, latency_ms: float | None, target: str,
                when: float | None = None) -> None:
@@ -134,6 +139,7 @@ def summarize(tally: Tally, ended: float) -> dict:
         "failures_truncated": sum(tally.outcomes.values()) - tally.outcomes.get(OK, 0)
         > len(tally.failures),
         "by_target": dict(tally.by_target),
+        "redirects": tally.redirects,
     }
 
 
@@ -192,12 +198,14 @@ class Client:
     """One app: one keep-alive connection, a request every ``interval`` seconds."""
 
     def __init__(self, targets: Sequence[str], index: int, key: str, path: str,
-                 failover: bool) -> None:
+                 failover: bool, rng: random.Random | None = None) -> None:
         self.targets = list(targets)
         self.target = index % len(self.targets)
         self.key = key
         self.path = path
         self.failover = failover
+        self.rng = rng or random.Random(index)
+        self.redirects = 0  # refused connects retried on another target (failover)
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -206,6 +214,9 @@ class Client:
         return self.targets[self.target]
 
     async def close(self) -> None:
+        if self.failover and self.writer is not None:
+            # a lost connection: the next one goes where a load balancer would send it
+            self.target = self.rng.randrange(len(self.targets))
         if self.writer is not None:
             self.writer.close()
             with contextlib.suppress(Exception):
@@ -213,16 +224,22 @@ class Client:
         self.reader = self.writer = None
 
     async def _connect(self) -> None:
-        parts = urlsplit(self.url)
-        try:
-            self.reader, self.writer = await asyncio.open_connection(
-                parts.hostname, parts.port, limit=1 << 20)
-        except ConnectionRefusedError:
-            if self.failover:  # as a load balancer would: the next replica, next time
+        """Open a connection; with ``failover``, a refused connect (the request never left)
+        is retried on the other targets, as a load balancer does."""
+        attempts = len(self.targets) if self.failover else 1
+        for attempt in range(attempts):
+            parts = urlsplit(self.url)
+            try:
+                self.reader, self.writer = await asyncio.open_connection(
+                    parts.hostname, parts.port, limit=1 << 20)
+                return
+            except ConnectionRefusedError:
+                if attempt + 1 == attempts:
+                    raise Answer("conn refused") from None
+                self.redirects += 1
                 self.target = (self.target + 1) % len(self.targets)
-            raise Answer("conn refused") from None
-        except OSError as exc:
-            raise Answer(f"conn error {type(exc).__name__}") from None
+            except OSError as exc:
+                raise Answer(f"conn error {type(exc).__name__}") from None
 
     async def once(self) -> tuple[int, bytes]:
         if self.writer is None:
@@ -289,13 +306,15 @@ async def run_load(targets: Sequence[str], keys: Sequence[str], clients: int, in
     tally = Tally()
     deadline = loop.time() + duration
     rng = random.Random(seed)
-    tasks = [asyncio.create_task(_client_loop(
-        Client(targets, i, keys[i % len(keys)], path, failover), tally, stop, interval,
-        deadline, max_requests, rng)) for i in range(clients)]
+    all_clients = [Client(targets, i, keys[i % len(keys)], path, failover,
+                          random.Random(seed * 100_003 + i)) for i in range(clients)]
+    tasks = [asyncio.create_task(_client_loop(c, tally, stop, interval, deadline,
+                                              max_requests, rng)) for c in all_clients]
     await asyncio.wait(tasks, timeout=duration + REQUEST_TIMEOUT + 10)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    tally.redirects = sum(c.redirects for c in all_clients)
     return summarize(tally, time.time())
 
 

@@ -87,11 +87,10 @@ def test_event_windows_stop_at_the_next_event_and_the_horizon() -> None:
     failures = [(100.5, "x"), (104.0, "x"), (110.1, "y"), (141.0, "y"), (150.0, "z"),
                 (201.0, "v")]
     windows = chaos.event_windows(events, failures, run_end=210.0)
-    assert [(e.detail, n, first, last) for e, n, first, last in windows] == [
-        ("r", 2, 0.5, 4.0),  # until the next event at 110
-        ("p", 2, pytest.approx(0.1), 31.0),  # until 112 + 30 s: 150 is outside
-        ("v", 1, 1.0, 1.0),
-    ]
+    assert [(e.detail, n, first, last, dict(kinds)) for e, n, first, last, kinds in windows] \
+        == [("r", 2, 0.5, 4.0, {"x": 2}),  # until the next event at 110
+            ("p", 2, pytest.approx(0.1), 31.0, {"y": 2}),  # until 112 + 30 s: not 150
+            ("v", 1, 1.0, 1.0, {"v": 1})]
 
 
 def test_metric_labels_summed_by_value() -> None:

@@ -84,6 +84,8 @@ REVOKE_FIRST, REVOKE_GAP = 0.45, (30.0, 60.0)
 FAILOVER_LIMIT = 30.0  # s to wait for the Sentinels to name a new primary
 EVENT_HORIZON = 30.0  # s after an event its failures are counted to it (or the next event)
 TICK = 0.2
+MIN_FAULT_GAP = 5.0  # s between the starts of two faults (a due fault waits)
+REQUESTS_PER_CONNECTION = 15  # then a client opens a new connection (to a random replica)
 SETUP_GRACE = 180.0  # s for start-up and shutdown beyond the run: the hard deadline
 MODE_ENV = "TOKENPROXY_CHAOS_REDIS"
 MODES = ("auto", "sentinel", "url")
@@ -261,6 +263,7 @@ class ChaosState:
     starting: list[threading.Thread] = field(default_factory=list)
     primary_killed: tuple[Event, int, float] | None = None  # event, old port, monotonic kill
     old_primary_restart: tuple[float, int, Event] | None = None
+    last_fault: float = float("-inf")  # monotonic
 
 
 def _restart(replica: Replica, event: Event) -> None:
@@ -287,16 +290,18 @@ def tick(now: float, plan: Plan, state: ChaosState, replicas: list[Replica],
             thread.start()
             state.starting.append(thread)
     state.starting = [t for t in state.starting if t.is_alive()]
-    if now >= plan.replica_at:
+    quiet = now - state.last_fault >= MIN_FAULT_GAP  # one fault at a time, for attribution
+    if quiet and now >= plan.replica_at:
         live = [r for r in replicas if r.alive() and not r.starting]
         if len(live) > 1:  # never all of them at once
             victim = rng.choice(live)
             assert victim.proxy is not None
-            parts.kill9(victim.proxy.proc)
-            down = rng.uniform(*REPLICA_DOWN)
             event = Event(time.time(), "replica", f"replica {victim.index} kill -9")
+            parts.kill9(victim.proxy.proc)
             state.events.append(event)
-            state.restarts.append((now + down, victim, event))
+            state.restarts.append((now + rng.uniform(*REPLICA_DOWN), victim, event))
+            state.last_fault = now
+            quiet = False
         plan.replica_at = now + rng.uniform(*REPLICA_KILL_GAP)
     if state.primary_killed is not None:
         event, old, killed = state.primary_killed
@@ -317,22 +322,27 @@ def tick(now: float, plan: Plan, state: ChaosState, replicas: list[Replica],
         ha.node(old).start(replica_of=new if new != old else None)
         event.end = time.time()
         event.detail += f"; :{old} back as a replica"
-    if now >= plan.primary_at:
+    if quiet and now >= plan.primary_at:
         if state.primary_killed is None and state.old_primary_restart is None:
             old = ha.primary_port()
             if old is not None and ha.node(old).alive() and ha.wait_replicas_synced(5):
                 node = ha.node(old)
                 assert node.proc is not None
-                parts.kill9(node.proc)
                 event = Event(time.time(), "primary", f"Redis primary :{old} kill -9")
+                killed = time.monotonic()
+                parts.kill9(node.proc)
                 state.events.append(event)
-                state.primary_killed = (event, old, time.monotonic())
+                state.primary_killed = (event, old, killed)
+                state.last_fault = time.monotonic()
+                quiet = False
         plan.primary_at = now + rng.uniform(*PRIMARY_KILL_GAP)
-    if now >= plan.revoke_at:
+    if quiet and now >= plan.revoke_at:
+        at = time.time()
         with contextlib.suppress(Exception):
             n = emulator.revoke_all()
-            state.events.append(Event(time.time(), "revoke", f"revoke-all: {n} sessions",
+            state.events.append(Event(at, "revoke", f"revoke-all: {n} sessions",
                                       end=time.time()))
+            state.last_fault = now
         plan.revoke_at = now + rng.uniform(*REVOKE_GAP)
 
 
@@ -401,7 +411,8 @@ def chaos_run(workdir: Path, seconds: float, mode: str, clients: int = CLIENTS,
         emulator.reset_counters()
         started = time.monotonic()
         load = parts.start_load(workdir, [r.url for r in replicas], [APP_KEY], clients,
-                                INTERVAL, seconds, failover=True)
+                                INTERVAL, seconds, failover=True,
+                                per_connection=REQUESTS_PER_CONNECTION)
         plan = Plan.make(started, seconds, seed)
         state = ChaosState()
         try:
@@ -505,7 +516,8 @@ def render(r: ChaosResult, clients: int) -> str:
         f"reach it by {how}. {clients} keep-alive clients (`bench/load.py`) each send "
         f"`GET /restapi/v1.0/account/~/extension/~` every {INTERVAL:g} s over the replicas "
         "as behind a load balancer: a refused connect is retried on the next replica at once, "
-        "a new connection after a lost one goes to a random replica; a request in flight or "
+        f"a client opens a new connection after {REQUESTS_PER_CONNECTION} requests or a lost "
+        "one, to a random replica; a request in flight or "
         "sent on a keep-alive connection to a killed replica fails (`conn closed`/`conn "
         "reset`) and is counted, never retried. Upstream: the "
         f"platform emulator, access tokens {ACCESS_TTL} s, session cap {SESSION_CAP} (a 6th "
@@ -514,7 +526,8 @@ def render(r: ChaosResult, clients: int) -> str:
         f"{REPLICA_KILL_GAP[0]:g}-{REPLICA_KILL_GAP[1]:g} s), `kill -9` of the Redis primary "
         f"(every {PRIMARY_KILL_GAP[0]:g}-{PRIMARY_KILL_GAP[1]:g} s; the old primary back as a "
         "replica a few seconds after the promotion), every live session revoked on the "
-        f"platform (every {REVOKE_GAP[0]:g}-{REVOKE_GAP[1]:g} s).",
+        f"platform (every {REVOKE_GAP[0]:g}-{REVOKE_GAP[1]:g} s); at least "
+        f"{MIN_FAULT_GAP:g} s between the starts of two faults.",
         "",
         table(("", "figure"), rows),
         "",

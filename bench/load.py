@@ -198,7 +198,8 @@ class Client:
     """One app: one keep-alive connection, a request every ``interval`` seconds."""
 
     def __init__(self, targets: Sequence[str], index: int, key: str, path: str,
-                 failover: bool, rng: random.Random | None = None) -> None:
+                 failover: bool, rng: random.Random | None = None,
+                 per_connection: int = 0) -> None:
         self.targets = list(targets)
         self.target = index % len(self.targets)
         self.key = key
@@ -206,6 +207,8 @@ class Client:
         self.failover = failover
         self.rng = rng or random.Random(index)
         self.redirects = 0  # refused connects retried on another target (failover)
+        self.per_connection = per_connection  # requests before a new connection; 0: no limit
+        self.on_connection = 0
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -232,6 +235,7 @@ class Client:
             try:
                 self.reader, self.writer = await asyncio.open_connection(
                     parts.hostname, parts.port, limit=1 << 20)
+                self.on_connection = 0
                 return
             except ConnectionRefusedError:
                 if attempt + 1 == attempts:
@@ -263,7 +267,8 @@ class Client:
         except (OSError, ValueError, asyncio.LimitOverrunError) as exc:
             await self.close()
             raise Answer(f"conn error {type(exc).__name__}") from None
-        if not reusable:
+        self.on_connection += 1
+        if not reusable or 0 < self.per_connection <= self.on_connection:
             await self.close()
         return status, body
 
@@ -295,7 +300,7 @@ async def _client_loop(client: Client, tally: Tally, stop: asyncio.Event, interv
 
 async def run_load(targets: Sequence[str], keys: Sequence[str], clients: int, interval: float,
                    duration: float, max_requests: int, path: str = API_PATH,
-                   failover: bool = False, seed: int = 15) -> dict:
+                   failover: bool = False, seed: int = 15, per_connection: int = 0) -> dict:
     """``clients`` clients spread round-robin over ``targets`` and ``keys``; ends after
     ``duration`` s, ``max_requests`` requests per client, or SIGTERM/SIGINT."""
     loop = asyncio.get_running_loop()
@@ -307,7 +312,8 @@ async def run_load(targets: Sequence[str], keys: Sequence[str], clients: int, in
     deadline = loop.time() + duration
     rng = random.Random(seed)
     all_clients = [Client(targets, i, keys[i % len(keys)], path, failover,
-                          random.Random(seed * 100_003 + i)) for i in range(clients)]
+                          random.Random(seed * 100_003 + i), per_connection)
+                   for i in range(clients)]
     tasks = [asyncio.create_task(_client_loop(c, tally, stop, interval, deadline,
                                               max_requests, rng)) for c in all_clients]
     await asyncio.wait(tasks, timeout=duration + REQUEST_TIMEOUT + 10)
@@ -331,13 +337,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="per client")
     parser.add_argument("--failover", action="store_true",
                         help="on a refused connection, move to the next target")
+    parser.add_argument("--requests-per-connection", type=int, default=0, metavar="N",
+                        help="then a new connection (with --failover: to a random target); "
+                             "0: keep it")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if not 1 <= args.clients <= 5000 or not 0.01 <= args.interval <= 60 \
             or not 1 <= args.duration <= 7200:
         parser.error("--clients 1..5000, --interval 0.01..60, --duration 1..7200")
     result = asyncio.run(run_load(args.target, args.key, args.clients, args.interval,
-                                  args.duration, args.max_requests, failover=args.failover))
+                                  args.duration, args.max_requests, failover=args.failover,
+                                  per_connection=args.requests_per_connection))
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(json.dumps(result))
     tmp.replace(args.out)

@@ -455,12 +455,13 @@ class LoadProcess:
 
 def start_load(workdir: Path, targets: list[str], keys: list[str], clients: int,
                interval: float, duration: float, failover: bool = False,
-               max_requests: int = 100_000) -> LoadProcess:
+               max_requests: int = 100_000, per_connection: int = 0) -> LoadProcess:
     """The load generator in its own process; its stderr goes to ``workdir/load.log``."""
     out = workdir / f"load-{time.monotonic_ns()}.json"
     command = [sys.executable, "-m", "bench.load", "--clients", str(clients),
                "--interval", str(interval), "--duration", str(duration),
-               "--max-requests", str(max_requests), "--out", str(out)]
+               "--max-requests", str(max_requests), "--out", str(out),
+               "--requests-per-connection", str(per_connection)]
     command += [a for t in targets for a in ("--target", t)]
     command += [a for k in keys for a in ("--key", k)]
     if failover:

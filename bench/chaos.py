@@ -7,7 +7,8 @@ connections (what a load balancer does). During the run, at random times (seeded
 repeated):
 
 - ``kill -9`` of a proxy replica, restarted ``REPLICA_DOWN`` s later on the same port;
-- ``kill -9`` of the Redis primary: the Sentinels promote the replica; the old primary is
+- ``kill -9`` of the Redis primary right after a rotation (the next one the emulator counts
+  once the kill is due): the Sentinels promote the replica; the old primary is
   restarted a few seconds later as a replica of the new one;
 - revocation of every live session on the platform (the emulator's ``/_emulator/revoke-all``).
 
@@ -264,6 +265,7 @@ class ChaosState:
     primary_killed: tuple[Event, int, float] | None = None  # event, old port, monotonic kill
     old_primary_restart: tuple[float, int, Event] | None = None
     last_fault: float = float("-inf")  # monotonic
+    armed: tuple[int, float] | None = None  # a primary kill waiting for a rotation
 
 
 def _restart(replica: Replica, event: Event) -> None:
@@ -275,6 +277,29 @@ def _restart(replica: Replica, event: Event) -> None:
         event.detail += f"; restart failed: {str(exc)[:200]}"
     finally:
         replica.starting = False
+
+
+def _rotations(emulator: Emulator) -> int:
+    try:
+        counters = emulator.counters()
+    except Exception:  # a busy emulator: try again next tick
+        return -1
+    return int(counters["refreshes"]) + int(counters["logins"])
+
+
+def _kill_primary(ha: parts.SentinelSet, state: ChaosState, after_rotation: bool) -> None:
+    old = ha.primary_port()
+    if old is None or not ha.node(old).alive():
+        return
+    node = ha.node(old)
+    assert node.proc is not None
+    when = "right after a rotation" if after_rotation else "no rotation seen"
+    event = Event(time.time(), "primary", f"Redis primary :{old} kill -9 ({when})")
+    killed = time.monotonic()
+    parts.kill9(node.proc)
+    state.events.append(event)
+    state.primary_killed = (event, old, killed)
+    state.last_fault = time.monotonic()
 
 
 def tick(now: float, plan: Plan, state: ChaosState, replicas: list[Replica],
@@ -324,18 +349,21 @@ def tick(now: float, plan: Plan, state: ChaosState, replicas: list[Replica],
         event.detail += f"; :{old} back as a replica"
     if quiet and now >= plan.primary_at:
         if state.primary_killed is None and state.old_primary_restart is None:
-            old = ha.primary_port()
-            if old is not None and ha.node(old).alive() and ha.wait_replicas_synced(5):
-                node = ha.node(old)
-                assert node.proc is not None
-                event = Event(time.time(), "primary", f"Redis primary :{old} kill -9")
-                killed = time.monotonic()
-                parts.kill9(node.proc)
-                state.events.append(event)
-                state.primary_killed = (event, old, killed)
-                state.last_fault = time.monotonic()
+            # right after a rotation (issue 15): the newest pair was just written
+            rotations = _rotations(emulator)
+            if rotations < 0:
+                pass
+            elif state.armed is None:
+                if ha.wait_replicas_synced(2):  # a replica the Sentinels can promote
+                    state.armed = (rotations, now)
+            elif rotations > state.armed[0] or now - state.armed[1] > ACCESS_TTL + 10:
+                after_rotation = rotations > state.armed[0]
+                state.armed = None
+                _kill_primary(ha, state, after_rotation)
                 quiet = False
-        plan.primary_at = now + rng.uniform(*PRIMARY_KILL_GAP)
+                plan.primary_at = now + rng.uniform(*PRIMARY_KILL_GAP)
+        else:
+            plan.primary_at = now + rng.uniform(*PRIMARY_KILL_GAP)
     if quiet and now >= plan.revoke_at:
         at = time.time()
         with contextlib.suppress(Exception):
@@ -497,6 +525,8 @@ def render(r: ChaosResult, clients: int) -> str:
         ("logins / refreshes / evictions", f"{c['logins']} / {c['refreshes']} / "
                                            f"{c['evictions']}"),
         ("token 401s the platform answered", f"{token_401:,}"),
+        ("… by code", ", ".join(f"{k}: {v}" for k, v in sorted(c["api_401_by_code"].items())
+                                if v) or "none"),
         ("max live sessions (user, client id)", f"{c['max_live_sessions'].get(PAIR, 0)} "
                                                 f"(cap {SESSION_CAP})"),
         ("latency p50 / p99 / max ms", f"{stats.fmt_ms(load['p50_ms'])} / "
@@ -524,8 +554,9 @@ def render(r: ChaosResult, clients: int) -> str:
         "login evicts the oldest), no token-endpoint rate limit. Faults at seeded random times: "
         f"`kill -9` of a replica (back {REPLICA_DOWN[0]:g}-{REPLICA_DOWN[1]:g} s later; every "
         f"{REPLICA_KILL_GAP[0]:g}-{REPLICA_KILL_GAP[1]:g} s), `kill -9` of the Redis primary "
-        f"(every {PRIMARY_KILL_GAP[0]:g}-{PRIMARY_KILL_GAP[1]:g} s; the old primary back as a "
-        "replica a few seconds after the promotion), every live session revoked on the "
+        f"(every {PRIMARY_KILL_GAP[0]:g}-{PRIMARY_KILL_GAP[1]:g} s, right after the next "
+        "rotation the emulator counts, so the newest pair was just written; the old primary "
+        "back as a replica a few seconds after the promotion), every live session revoked on the "
         f"platform (every {REVOKE_GAP[0]:g}-{REVOKE_GAP[1]:g} s); at least "
         f"{MIN_FAULT_GAP:g} s between the starts of two faults.",
         "",

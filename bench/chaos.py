@@ -574,6 +574,10 @@ def render(r: ChaosResult, clients: int) -> str:
                 _kinds(kinds) or "-")
                for e, n, first, last, kinds in windows]),
     ]
+    if r.mode == "url":
+        lines += ["", "This tokenproxy has no `[store] sentinels`: the figures are those of a "
+                      "Sentinel-following forwarder in front of plain `url` stores, to be re-run "
+                      "with `sentinels` once the Sentinel support of issue 15 lands."]
     if load.get("failures_truncated"):
         lines += ["", "(More failures than the load generator keeps with their time: the "
                       "per-fault counts are a lower bound.)"]

@@ -183,6 +183,8 @@ class Replica:
     proxy: Proxy | None = None
     restarts: int = 0
     starting: bool = False
+    closed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def url(self) -> str:
@@ -191,14 +193,28 @@ class Replica:
     def start(self) -> None:
         last: Exception | None = None
         for _ in range(5):  # the store may be failing over right now: a few tries
-            try:
-                self.proxy = start_proxy_with_config(
-                    self.config, timeout=30, env={"TOKENPROXY_STORE_KEY": STORE_KEY})
+            if self.closed:
                 return
+            try:
+                proxy = start_proxy_with_config(
+                    self.config, timeout=30, env={"TOKENPROXY_STORE_KEY": STORE_KEY})
             except RuntimeError as exc:
                 last = exc
                 time.sleep(2)
+                continue
+            with self.lock:
+                if self.closed:  # the run ended while this one started: no orphan
+                    stop_process(proxy.proc, 10)
+                else:
+                    self.proxy = proxy
+            return
         raise RuntimeError(f"replica {self.index} does not start: {last}")
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            if self.proxy is not None:
+                stop_process(self.proxy.proc, 10)
 
     def alive(self) -> bool:
         return self.proxy is not None and self.proxy.proc.poll() is None
@@ -398,8 +414,7 @@ def _replicas(workdir: Path, upstream: str, store: dict[str, object]) -> Iterato
         yield replicas
     finally:
         for r in replicas:
-            if r.proxy is not None:
-                stop_process(r.proxy.proc, 10)
+            r.close()
 
 
 def _final_probe(replicas: list[Replica]) -> list[bool]:

@@ -73,6 +73,7 @@ QUICK_SECONDS = 60.0
 ACCESS_TTL = 30  # s: rotations happen during the run too
 REFRESH_TTL = 86_400
 SESSION_CAP = 5
+TOKEN_DELAY = 0.3  # s the token endpoint takes to answer (after it rotated), as in drain
 SERVICE = "tokenproxy"
 PAIR = "demo-client-id/100001"
 TOKEN_401_CODES = ("OAU-210", "OAU-128", "OAU-129", "OAU-213")
@@ -438,7 +439,7 @@ def chaos_run(workdir: Path, seconds: float, mode: str, clients: int = CLIENTS,
         emulator = stack.enter_context(start_emulator(
             "--auth-rate", "0", "--access-ttl", str(ACCESS_TTL), "--refresh-ttl",
             str(REFRESH_TTL), "--session-cap", str(SESSION_CAP), "--session-cap-policy",
-            "evict"))
+            "evict", "--token-delay", str(TOKEN_DELAY)))
         ha = stack.enter_context(parts.redis_sentinel_set(workdir, SERVICE))
         if mode == "auto":
             mode = "sentinel" if sentinel_supported(workdir, ha, emulator.url) else "url"
@@ -565,7 +566,8 @@ def render(r: ChaosResult, clients: int) -> str:
         "one, to a random replica; a request in flight or "
         "sent on a keep-alive connection to a killed replica fails (`conn closed`/`conn "
         "reset`) and is counted, never retried. Upstream: the "
-        f"platform emulator, access tokens {ACCESS_TTL} s, session cap {SESSION_CAP} (a 6th "
+        f"platform emulator, access tokens {ACCESS_TTL} s, token endpoint answering in "
+        f"{TOKEN_DELAY:g} s, session cap {SESSION_CAP} (a 6th "
         "login evicts the oldest), no token-endpoint rate limit. Faults at seeded random times: "
         f"`kill -9` of a replica (back {REPLICA_DOWN[0]:g}-{REPLICA_DOWN[1]:g} s later; every "
         f"{REPLICA_KILL_GAP[0]:g}-{REPLICA_KILL_GAP[1]:g} s), `kill -9` of the Redis primary "

@@ -46,6 +46,9 @@ CLIENTS = 300
 INTERVAL = 2.0  # s between one client's requests: 150 requests/s in all on 2 shared cores
 PROCESSES = 3
 ACCESS_TTL = 6  # s: the proxies renew ahead of expiry, so a rotation every ~6 s
+# s the token endpoint takes to answer, like the platform's (scenario storm): the emulator has
+# rotated the pair (the old access token answers OAU-129) while the answer is on its way
+TOKEN_DELAY = 0.3
 REFRESH_TTL = 86_400
 ROTATIONS = 16  # at least 15 (issue 15)
 QUICK_ROTATIONS = 4
@@ -232,7 +235,9 @@ def render(outcomes: dict[str, Outcome], rotations: int, clients: int) -> str:
         f"(≈{clients / INTERVAL:,.0f} requests/s in all), spread evenly over {PROCESSES} "
         f"proxy processes, until the platform emulator has issued {rotations} new token pairs. "
         f"Each set-up has its own emulator as the upstream: access tokens live {ACCESS_TTL} s "
-        "(`--access-ttl`; the proxies' refresh-ahead renews them shortly before expiry), no "
+        "(`--access-ttl`; the proxies' refresh-ahead renews them shortly before expiry), its "
+        f"token endpoint answers {TOKEN_DELAY:g} s after it rotated the pair (`--token-delay`, "
+        "like the platform's; the old access token is dead from the rotation on), no "
         "token-endpoint rate limit.",
         "",
         f"- **{LABELS[WORKERS]}**: `tokenproxy run --workers {PROCESSES}` (one port, "
@@ -290,7 +295,7 @@ def run(options: RunOptions) -> str:
         with contextlib.ExitStack() as stack:
             emulator = stack.enter_context(start_emulator(
                 "--auth-rate", "0", "--access-ttl", str(ACCESS_TTL),
-                "--refresh-ttl", str(REFRESH_TTL)))
+                "--refresh-ttl", str(REFRESH_TTL), "--token-delay", str(TOKEN_DELAY)))
             setup = stack.enter_context(setup_fn(workdir, emulator.url))
             print(f"drain: {LABELS[name]}: {CLIENTS} clients until {rotations} rotations "
                   f"(at most {deadline_s:.0f} s)", flush=True)

@@ -190,7 +190,7 @@ class _Reader:
         table = self.table(value, key, {"backend", "path", "key_env", "allow_plaintext", "url",
                                         "prefix", "lock_lease", "tls_ca_file", "sentinels",
                                         "sentinel_service", "sentinel_password", "cluster",
-                                        "min_replicas_ack"})
+                                        "min_replicas_ack", "failover_wait"})
         defaults = StoreConfig()
         backend = self.string(table, "backend", key, default=defaults.backend) or ""
         if backend not in STORE_BACKENDS:
@@ -247,6 +247,8 @@ class _Reader:
             tls_ca_file=self.string(table, "tls_ca_file", key),
             lock_lease=self.number(table, "lock_lease", key, defaults.lock_lease, minimum=1.0,
                                    maximum=300.0),
+            failover_wait=self.number(table, "failover_wait", key, defaults.failover_wait,
+                                      minimum=0.0, maximum=120.0),
             sentinels=sentinels,
             sentinel_service=service,
             sentinel_password=sentinel_password,

@@ -124,6 +124,9 @@ class StoreConfig:
     prefix: str = "tokenproxy"  # Redis key prefix: one per deployment sharing a server
     tls_ca_file: str | None = None  # CA bundle that signed a rediss:// server's certificate
     lock_lease: float = 6.0  # seconds a crashed replica can hold an account's renewal lock
+    # seconds a renewal waiting for another process's pair keeps trying a failing store (a
+    # Sentinel failover, a restart) before requests are told the store is down; 0: at once
+    failover_wait: float = 5.0
     # Redis Sentinel: the sentinels' addresses and the service (master name) they watch; then
     # `url` is optional and names no host (scheme for TLS, the primary's password, DB)
     sentinels: tuple[HostPort, ...] = ()

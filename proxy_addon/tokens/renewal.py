@@ -333,24 +333,47 @@ class Renewal:
         started = clock.monotonic()
         give_up = started + lease + self._settings.token_call_timeout + 1.0
         acked = -1
-        taken = False
         self._lock_lost = False
+        outage_since: float | None = None
+        pause = 0.05
         try:
             while True:
-                newer = await self._store_call(self._newer_in_store())
-                if newer is not None:
-                    return newer
-                taken = await self._store_call(self._store.acquire_lock(name, self._owner,
-                                                                        lease))
-                if taken:
+                taken = False
+                try:
                     newer = await self._store_call(self._newer_in_store())
                     if newer is not None:
+                        return newer
+                    taken = await self._store_call(self._store.acquire_lock(
+                        name, self._owner, lease))
+                    if taken:
+                        newer = await self._store_call(self._newer_in_store())
+                        if newer is not None:
+                            await self._release_lock()
+                        return newer
+                    if self._remote_drain == self.generation and acked != self.generation \
+                            and not self._inflight_on(self.generation):
+                        await self._store_call(self._store.ack_rotation(
+                            name, self.generation, self._owner))
+                        acked = self.generation
+                    outage_since, pause = None, 0.05
+                except StoreError as exc:
+                    if taken:  # do not leave the lock held for a whole lease (issue 15.9)
                         await self._release_lock()
-                    return newer
-                if self._remote_drain == self.generation and acked != self.generation \
-                        and not self._inflight_on(self.generation):
-                    acked = self.generation
-                    await self._store_call(self._store.ack_rotation(name, acked, self._owner))
+                        raise self._store_down(exc) from None
+                    # A store that fails while we wait is often one failing over (Sentinel
+                    # promotes a replica in seconds): keep trying for store_failover_wait,
+                    # then say the store is down.
+                    now = clock.monotonic()
+                    outage_since = now if outage_since is None else outage_since
+                    if now - outage_since >= self._settings.store_failover_wait:
+                        raise self._store_down(exc) from None
+                    pause = min(pause * 2, 1.0)
+                    self._waiting_for = "store"
+                    try:
+                        await clock.sleep(pause)
+                    finally:
+                        self._waiting_for = ""
+                    continue
                 if clock.monotonic() >= give_up:
                     raise TokenUnavailable(Reason.LOCK_HELD, name, retry_after=1.0)
                 self._waiting_for = "holder"
@@ -358,10 +381,6 @@ class Renewal:
                     await clock.sleep(0.05)
                 finally:
                     self._waiting_for = ""
-        except StoreError as exc:
-            if taken:  # do not leave the lock held for a whole lease (issue 15.9)
-                await self._release_lock()
-            raise self._store_down(exc) from None
         finally:
             self._observer.store_lock_wait(self._store.backend, clock.monotonic() - started)
 

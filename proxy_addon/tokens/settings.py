@@ -26,6 +26,8 @@ class PoolSettings:
     # one's renewal waits this long beyond the lease before it calls the work lost
     token_call_timeout: float = 60.0
     store_retry: float = 1.0  # how soon renewals try an unreachable store again
+    # how long a renewal waiting for another process's pair keeps trying a failing store
+    store_failover_wait: float = 5.0
 
     @classmethod
     def from_config(cls, config: Config) -> PoolSettings:
@@ -37,6 +39,7 @@ class PoolSettings:
                    auth_budget_calls=proxy.auth_budget_calls,
                    auth_budget_window=proxy.auth_budget_window,
                    lock_lease=config.store.lock_lease,
+                   store_failover_wait=config.store.failover_wait,
                    token_call_timeout=proxy.upstream_timeout)
 
     @property

@@ -195,7 +195,7 @@ def test_t9_healthy_backing_off_when_the_store_is_down() -> None:
         assert seen == [("healthy", "backing_off")]
         assert rig.platform.count("refresh") == 0  # never renew what cannot be saved
 
-    run(scenario)
+    run(scenario, store_failover_wait=0.0)
 
 
 def test_t10_idle_backing_off_when_another_process_keeps_the_lock() -> None:

@@ -320,3 +320,47 @@ def test_store_errors_do_not_escape_from_a_background_notice() -> None:
         assert account.try_lease() == ("a1", 1)
 
     run(scenario)
+
+
+def test_a_store_failing_over_is_waited_for_within_failover_wait() -> None:
+    """The chaos run's finding: a primary killed right after a rotation made every process
+    that waited for the new pair answer 503 until Sentinel promoted the replica (2.3 s)."""
+    async def scenario(rig: Rig) -> None:
+        p1 = rig.account(owner="p1")
+        await p1.lease()
+        p1.release(1)
+        newer = FakePlatform(rig.clock)
+        newer._numbers = iter(range(100, 200))  # type: ignore[assignment]
+        rig.store.steal_lock("main", "p2", lease=3600.0)  # p2 renews ...
+        waiter = asyncio.ensure_future(p1.rejected(1, "OAU-210"))
+        await rig.clock.advance(0.2)
+        stored = await rig.store.load("main")
+        assert stored is not None
+        assert await rig.store.compare_and_set(  # ... stores its pair, and the primary dies
+            "main", 1, dataclasses.replace(newer.issue(), epoch=stored.tokens.epoch))
+        rig.store.down = True
+        await rig.clock.advance(2.3)  # promotion
+        assert not waiter.done()
+        rig.store.down = False
+        await rig.clock.advance(1.5)
+        assert await waiter == ("a100", 2)
+        assert rig.platform.count("refresh") == 0
+
+    run(scenario)
+
+
+def test_a_store_down_for_longer_than_failover_wait_is_reported() -> None:
+    async def scenario(rig: Rig) -> None:
+        p1 = rig.account(owner="p1")
+        await p1.lease()
+        p1.release(1)
+        rig.store.down = True
+        waiter = asyncio.ensure_future(p1.rejected(1, "OAU-210"))
+        await rig.clock.advance(4.5)
+        assert not waiter.done()
+        await rig.clock.advance(1.6)
+        failure = waiter.exception()
+        assert isinstance(failure, TokenUnavailable)
+        assert failure.reason is Reason.STORE_UNREACHABLE
+
+    run(scenario)

@@ -44,6 +44,7 @@ def test_pool_shares_budgets_per_client_and_relays_notifications() -> None:
         assert pool["a"].try_lease() == ("a4", 2)
         assert len(platform.calls) == 2  # a's and c's logins only
         pool.close()
+        await asyncio.sleep(0)  # the cancelled heartbeat task unwinds
         assert clock.pending() == []  # no timer left armed
 
     asyncio.run(scenario())

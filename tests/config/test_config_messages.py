@@ -142,7 +142,8 @@ TODAY = {
         'c.toml: proxy.listen_port: unknown key (allowed here: admin_token_env, '
         'allow_plaintext_listen, auth_budget_calls, auth_budget_window, bad_key_limit, '
         'drain_timeout, listen, log_format, login_failure_limit, media_upstream, '
-        'metrics_listen, public_url, refresh_ahead, refresh_ahead_share, replay_body_limit, replay_buffer_total, '
+        'metrics_listen, public_url, refresh_ahead, refresh_ahead_share, replay_body_limit, '
+        'replay_buffer_total, '
         'stream_threshold, tls_cert, tls_key, token_wait_timeout, upstream, upstream_timeout, '
         'verify_upstream_tls, virtual_access_ttl, virtual_grants_per_account)'
     ),
@@ -299,7 +300,8 @@ TODAY_MORE = {
         'c.toml: proxy.zzz: unknown key (allowed here: admin_token_env, '
         'allow_plaintext_listen, auth_budget_calls, auth_budget_window, bad_key_limit, '
         'drain_timeout, listen, log_format, login_failure_limit, media_upstream, '
-        'metrics_listen, public_url, refresh_ahead, refresh_ahead_share, replay_body_limit, replay_buffer_total, '
+        'metrics_listen, public_url, refresh_ahead, refresh_ahead_share, replay_body_limit, '
+        'replay_buffer_total, '
         'stream_threshold, tls_cert, tls_key, token_wait_timeout, upstream, upstream_timeout, '
         'verify_upstream_tls, virtual_access_ttl, virtual_grants_per_account)'
     ),

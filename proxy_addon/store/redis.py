@@ -147,8 +147,10 @@ class RedisStore(TokenStore):
             replacement = self.codec.check_key(await self._client.get(key))
             if replacement is not None:
                 await self._client.set(key, replacement)
-            if self.codec.cipher.rotating:
+            if self.codec.needs_reseal:  # key rotation, or records to bind to their account
                 await self._reseal()
+                if (migrated := self.codec.finish_reseal()) is not None:
+                    await self._client.set(key, migrated)
             await self._warn_without_persistence()
         except RedisError as exc:
             raise self._error(exc) from None
@@ -166,7 +168,8 @@ class RedisStore(TokenStore):
                     value = await self._client.hget(key, "value")
                 else:
                     value = await self._client.get(key)
-                new = self.codec.resealed(value) if value is not None else None
+                name = key.decode()[len(self._key(kind, "")):]  # the account, the digest
+                new = self.codec.resealed(value, kind, name) if value is not None else None
                 if new is not None:
                     await script(keys=[key], args=[value, new])
 
@@ -199,7 +202,7 @@ class RedisStore(TokenStore):
     async def compare_and_set(self, account: str, expected: int, tokens: TokenSet) -> bool:
         try:
             done = await self._cas(keys=[self._key("tokens", account)],
-                                   args=[expected, self.codec.encode(tokens), time.time(),
+                                   args=[expected, self.codec.encode(account, tokens), time.time(),
                                          self.channel, account])
         except RedisError as exc:
             raise self._error(exc) from None

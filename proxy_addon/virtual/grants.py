@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from ..config import AccountConfig
 from ..store import StoreError, TokenStore
-from ..store.crypto import SEALED, UnreadableRecord
+from ..store.crypto import UnreadableRecord
 
 ACCESS_PREFIX, REFRESH_PREFIX = "TPXA", "TPXR"
 ACCESS_TTL, REFRESH_TTL = 3600, 7 * 86400
@@ -133,7 +133,7 @@ class VirtualTokens:
         await self._store.put_virtual(key, self._seal(grant, key), keep_until)
 
     def _seal(self, grant: VirtualGrant, key: str) -> bytes:
-        return self._store.codec.cipher.seal(grant.to_json(key))
+        return self._store.codec.seal_virtual(key, grant.to_json(key))
 
     async def issue(self, account: str, client_id: str, lineage: str = "") -> IssuedPair:
         """A new pair; a new lineage (a login) unless ``lineage`` names the one it continues."""
@@ -216,12 +216,9 @@ class VirtualTokens:
         return grant
 
     def _open(self, raw: bytes, token_digest: str) -> VirtualGrant | None:
-        cipher = self._store.codec.cipher
-        if cipher.encrypts and not raw.startswith(SEALED):
-            return None  # written in clear while we hold a key: planted
-        try:
-            plaintext = cipher.open(raw)
-        except UnreadableRecord:  # not sealed with our key: foreign or damaged
+        try:  # refused: written in clear while we hold a key (planted), sealed for another
+            plaintext = self._store.codec.open_virtual(token_digest, raw)  # record, or not
+        except UnreadableRecord:  # with our key: foreign or damaged
             return None
         return VirtualGrant.from_json(plaintext, token_digest)
 

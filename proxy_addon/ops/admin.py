@@ -35,6 +35,12 @@ log = logging.getLogger("tokenproxy.admin")
 
 HEALTHY_STATES = {AccountState.HEALTHY, AccountState.IDLE, AccountState.REFRESHING}
 Handler = Callable[[web.Request], Awaitable[web.Response]]
+# what a replica cannot do while the store is unreachable (``/readyz`` "impaired")
+IMPAIRED_WITHOUT_STORE = (
+    "renewals",  # a token that expires is not renewed (a pair that cannot be saved is lost)
+    "virtual_logins",  # logins, refreshes and revocations through the proxy
+    "uncached_virtual_tokens",  # virtual tokens not read here within virtual_grant_stale_max
+)
 
 
 def admin_token(proxy: ProxyConfig, environ: Mapping[str, str] | None = None) -> str | None:
@@ -134,7 +140,13 @@ class AdminServer:
         store: dict[str, object] = {"backend": self._store.backend, "ok": store_ok}
         if problem and self._authorized(request):
             store["error"] = problem
-        body = {"ready": ready, "degraded": not store_ok, "store": store}
+        body: dict[str, object] = {"ready": ready, "degraded": not store_ok, "store": store}
+        if not store_ok:
+            # Still ready: client keys and the virtual tokens this process read lately
+            # ([proxy] virtual_grant_stale_max) are served, and the store is shared, so every
+            # replica is as degraded as this one: taking them out would end that traffic too.
+            # What needs the store's word fails fast with 503 TPX-STORE-UNAVAILABLE:
+            body["impaired"] = list(IMPAIRED_WITHOUT_STORE)
         return web.json_response(body, status=200 if ready else 503)
 
     async def store_reachable(self) -> tuple[bool, str | None]:

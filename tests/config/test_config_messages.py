@@ -130,7 +130,8 @@ TODAY = {
         'drain_timeout, listen, log_format, login_failure_limit, media_upstream, '
         'metrics_listen, public_url, refresh_ahead, replay_body_limit, replay_buffer_total, '
         'stream_threshold, tls_cert, tls_key, token_wait_timeout, upstream, upstream_timeout, '
-        'verify_upstream_tls, virtual_access_ttl, virtual_grants_per_account)'
+        'verify_upstream_tls, virtual_access_ttl, virtual_grant_stale_max, '
+        'virtual_grants_per_account)'
     ),
     'unknown account key': (
         'c.toml: accounts[0].nmae: unknown key (allowed here: access_token_ttl, auth_code, '
@@ -265,7 +266,8 @@ TODAY_MORE = {
         'drain_timeout, listen, log_format, login_failure_limit, media_upstream, '
         'metrics_listen, public_url, refresh_ahead, replay_body_limit, replay_buffer_total, '
         'stream_threshold, tls_cert, tls_key, token_wait_timeout, upstream, upstream_timeout, '
-        'verify_upstream_tls, virtual_access_ttl, virtual_grants_per_account)'
+        'verify_upstream_tls, virtual_access_ttl, virtual_grant_stale_max, '
+        'virtual_grants_per_account)'
     ),
     'order: proxy before account': (
         'c.toml: proxy.upstream_timeout: expected a number, got a string'

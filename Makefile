@@ -18,11 +18,13 @@ PYTHON ?= $(shell for c in python3.13 python3.12 \
 	  $$p -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null && { echo $$p; break; }; \
 	done)
 
-# Debian packages the tests run for real: redis-server (the shared store), prometheus (brings
-# promtool; alert rules are checked and a real Prometheus scrapes the proxy).
-TEST_DEBS ?= redis-server prometheus
-# What `make bench` drives: nginx (the static upstream), wrk and hey (load generators).
-BENCH_DEBS ?= nginx wrk hey
+# Debian packages the tests run for real: redis-server (the shared store), redis-sentinel (the
+# failover test), prometheus (brings promtool; alert rules are checked and a real Prometheus
+# scrapes the proxy).
+TEST_DEBS ?= redis-server redis-sentinel prometheus
+# What `make bench` drives: nginx (the static upstream), wrk and hey (load generators),
+# redis-server and redis-sentinel (the shared store of scenarios drain and chaos).
+BENCH_DEBS ?= nginx wrk hey redis-server redis-sentinel
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help venv debs sdk-js run test lint bench soak clean
@@ -32,7 +34,7 @@ help:
 	@echo "make test   lint and run the whole test suite"
 	@echo "make lint   ruff and the import-layering contracts"
 	@echo "make bench  benchmarks -> docs/benchmarks.md (SCENARIOS='storm fleet' to run some)"
-	@echo "make soak   long variants: 1M requests memory run, 500 crash trials per store"
+	@echo "make soak   long variants: 1M requests memory run, 500 crash trials per store, chaos"
 	@echo "make clean  remove the venv and runtime state"
 
 $(VENV)/.installed: pyproject.toml emulator/pyproject.toml
@@ -95,10 +97,14 @@ bench: venv
 	@$(MAKE) --no-print-directory debs TEST_DEBS="$(BENCH_DEBS)"
 	$(BIN)/python -m bench $(SCENARIOS)
 
-# The long variants: 1M requests for the memory scenario, 500 crash trials per store.
+# The long variants: 1M requests for the memory scenario, 500 crash trials per store, the
+# 10-minute chaos run (3 replicas on Redis with Sentinel, kill -9 of replicas and of the primary,
+# revocations, 300 clients; CHAOS_MINUTES=N to shorten).
+CHAOS_MINUTES ?=
 soak: venv debs
 	@$(MAKE) --no-print-directory debs TEST_DEBS="$(BENCH_DEBS)"
 	$(BIN)/python -m bench memory --soak
+	$(BIN)/python -m bench.chaos --soak $(if $(CHAOS_MINUTES),--minutes $(CHAOS_MINUTES))
 	CRASH_TRIALS=500 $(BIN)/python -m pytest -p no:cacheprovider tests/store/test_crash_safety.py
 
 clean:

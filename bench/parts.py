@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -384,3 +385,232 @@ def metric_total(admin_url: str, name: str) -> float:
         if line.startswith(name + "{") or line.startswith(name + " "):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+# ------------------------------------------------------------- drain and chaos helpers
+def free_ports(count: int, attempts: int = 50) -> int:
+    """The first of ``count`` consecutive free loopback ports (``tokenproxy run --workers N``
+    gives worker i the metrics port ``metrics_listen`` + i)."""
+    for _ in range(attempts):
+        base = free_port()
+        if base + count > 65535:
+            continue
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                held.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise RuntimeError(f"no {count} consecutive free loopback ports after {attempts} tries")
+
+
+def kill9(proc: subprocess.Popen) -> None:
+    """``kill -9`` (no clean shutdown), then reap it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+
+
+def metric_series(admin_url: str, name: str, timeout: float = 5.0) -> dict[str, float]:
+    """Every series of one metric on a tokenproxy's ``/metrics``: label text -> value."""
+    text = httpx.get(admin_url + "/metrics", timeout=timeout).text
+    series: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            labels, _, value = line.rpartition(" ")
+            series[labels[len(name):]] = series.get(labels[len(name):], 0.0) + float(value)
+    return series
+
+
+@dataclass
+class LoadProcess:
+    """A running ``python -m bench.load`` (see :mod:`bench.load`)."""
+
+    proc: subprocess.Popen
+    out: Path
+    duration: float
+
+    def finish(self, stop: bool = True) -> dict:
+        """Stop it (SIGTERM: the requests in flight end first) and read its result."""
+        if stop and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=90 if stop else self.duration + 90)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise RuntimeError("the load process did not end in time") from None
+        if self.proc.returncode != 0 or not self.out.exists():
+            raise RuntimeError(f"the load process failed ({self.proc.returncode})")
+        return json.loads(self.out.read_text())
+
+
+def start_load(workdir: Path, targets: list[str], keys: list[str], clients: int,
+               interval: float, duration: float, failover: bool = False,
+               max_requests: int = 100_000, per_connection: int = 0) -> LoadProcess:
+    """The load generator in its own process; its stderr goes to ``workdir/load.log``."""
+    out = workdir / f"load-{time.monotonic_ns()}.json"
+    command = [sys.executable, "-m", "bench.load", "--clients", str(clients),
+               "--interval", str(interval), "--duration", str(duration),
+               "--max-requests", str(max_requests), "--out", str(out),
+               "--requests-per-connection", str(per_connection)]
+    command += [a for t in targets for a in ("--target", t)]
+    command += [a for k in keys for a in ("--key", k)]
+    if failover:
+        command.append("--failover")
+    with (workdir / "load.log").open("a") as log:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log,
+                                cwd=Path(__file__).resolve().parent.parent)
+    return LoadProcess(proc, out, duration)
+
+
+# ------------------------------------------------------------------- Redis with Sentinel
+REDIS_SERVER_BIN = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_SENTINEL_BIN = shutil.which("redis-sentinel") or "/usr/bin/redis-sentinel"
+
+
+def redis_command(port: int, *args: str, timeout: float = 2.0) -> list | str | int | None:
+    """One command to a loopback Redis or Sentinel; None when it does not answer."""
+    import redis  # the store's own client library (installed with tokenproxy)
+
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=timeout,
+                         socket_connect_timeout=timeout, decode_responses=True)
+    try:
+        return client.execute_command(*args)
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        client.close()
+
+
+@dataclass
+class RedisNode:
+    port: int
+    directory: Path
+    proc: subprocess.Popen | None = None
+
+    def start(self, replica_of: int | None = None) -> None:
+        args = [REDIS_SERVER_BIN, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", str(self.directory), "--appendonly", "yes",
+                "--appendfsync", "always", "--save", "", "--daemonize", "no",
+                "--logfile", str(self.directory / "redis.log")]
+        if replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(replica_of)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                log = (self.directory / "redis.log").read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"redis-server :{self.port} exited: {log}")
+            if redis_command(self.port, "PING", timeout=0.5) in (True, "PONG"):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server :{self.port} did not answer within 15 s")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class SentinelSet:
+    """A Redis primary, its replica and three Sentinels, all on loopback."""
+
+    service: str
+    nodes: list[RedisNode]
+    sentinel_ports: list[int]
+    sentinels: list[subprocess.Popen]
+
+    @property
+    def sentinel_addresses(self) -> list[str]:
+        return [f"127.0.0.1:{p}" for p in self.sentinel_ports]
+
+    def primary_port(self) -> int | None:
+        """The primary's port as the Sentinels' majority reports it (None: no answer)."""
+        votes: Counter[int] = Counter()
+        for port in self.sentinel_ports:
+            answer = redis_command(port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service,
+                                   timeout=0.5)
+            if isinstance(answer, list) and len(answer) == 2:
+                votes[int(answer[1])] += 1
+        return votes.most_common(1)[0][0] if votes else None
+
+    def node(self, port: int) -> RedisNode:
+        return next(n for n in self.nodes if n.port == port)
+
+    def wait_replicas_synced(self, timeout: float = 30.0) -> bool:
+        """True once the primary reports every other live node as an online replica."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            primary = self.primary_port()
+            if primary is not None:
+                info = redis_command(primary, "INFO", "replication")
+                wanted = sum(1 for n in self.nodes if n.port != primary and n.alive())
+                if isinstance(info, dict) and int(info.get("connected_slaves", 0)) >= wanted:
+                    return True
+            time.sleep(0.2)
+        return False
+
+
+_SENTINEL_CONF = """\
+port {port}
+bind 127.0.0.1
+daemonize no
+dir {dir}
+logfile {dir}/sentinel.log
+sentinel resolve-hostnames no
+sentinel monitor {service} 127.0.0.1 {primary} 2
+sentinel down-after-milliseconds {service} {down_after_ms}
+sentinel failover-timeout {service} {failover_timeout_ms}
+sentinel parallel-syncs {service} 1
+"""
+
+
+@contextlib.contextmanager
+def redis_sentinel_set(workdir: Path, service: str = "tokenproxy",
+                       down_after_ms: int = 1000,
+                       failover_timeout_ms: int = 10000) -> Iterator[SentinelSet]:
+    """``redis-server`` primary + replica (append-only, fsync always) and three
+    ``redis-sentinel`` processes (quorum 2) on free loopback ports; all stopped at the end."""
+    require_tools("redis-server", "redis-sentinel")
+    base = workdir / "redis-ha"
+    nodes = []
+    for name in ("a", "b"):
+        (base / name).mkdir(parents=True, exist_ok=True)
+        nodes.append(RedisNode(free_port(), base / name))
+    ha = SentinelSet(service, nodes, [], [])
+    try:
+        nodes[0].start()
+        nodes[1].start(replica_of=nodes[0].port)
+        for i in range(3):
+            port = free_port()
+            directory = base / f"sentinel-{i}"
+            directory.mkdir(parents=True, exist_ok=True)
+            conf = directory / "sentinel.conf"
+            conf.write_text(_SENTINEL_CONF.format(
+                port=port, dir=directory, service=service, primary=nodes[0].port,
+                down_after_ms=down_after_ms, failover_timeout_ms=failover_timeout_ms))
+            ha.sentinels.append(subprocess.Popen([REDIS_SENTINEL_BIN, str(conf)],
+                                                 stdout=subprocess.DEVNULL,
+                                                 stderr=subprocess.DEVNULL))
+            ha.sentinel_ports.append(port)
+            wait_listening(port, proc=ha.sentinels[-1])
+        deadline = time.monotonic() + 30
+        while ha.primary_port() != nodes[0].port and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not ha.wait_replicas_synced():
+            raise RuntimeError("the Redis replica did not sync with the primary in 30 s")
+        yield ha
+    finally:
+        for proc in ha.sentinels:
+            stop_process(proc, 5)
+        for node in nodes:
+            if node.proc is not None:
+                stop_process(node.proc, 5)

@@ -6,7 +6,7 @@ append it here.
 
 from __future__ import annotations
 
-from bench import fleet, memory, replicas, storm, throughput
+from bench import chaos, drain, fleet, memory, replicas, storm, throughput
 from bench.scenario import Scenario
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -15,6 +15,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     fleet.SCENARIO,
     memory.SCENARIO,
     replicas.SCENARIO,
+    drain.SCENARIO,
+    chaos.SCENARIO,
 )
 
 

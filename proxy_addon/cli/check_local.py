@@ -119,8 +119,15 @@ async def check_store(config: Config) -> tuple[Result, TokenStore | None]:
     missing = _sqlite_missing(config)
     if missing is not None:
         return missing, None
+    redis = f"redis (prefix {sc.prefix})"
+    if sc.sentinels:
+        redis = (f"redis sentinel service {sc.sentinel_service!r} via "
+                 f"{','.join(str(s) for s in sc.sentinels)} (prefix {sc.prefix}, "
+                 f"min_replicas_ack {sc.min_replicas_ack})")
+    elif sc.cluster:
+        redis = f"redis cluster (prefix {sc.prefix})"
     where = {"sqlite": f"sqlite {sc.path}", "memory": "memory (nothing persists: tests only)",
-             "redis": f"redis (prefix {sc.prefix})"}.get(sc.backend, sc.backend)
+             "redis": redis}.get(sc.backend, sc.backend)
     try:
         await store.open()
     except StoreKeyMismatch as exc:
@@ -133,7 +140,8 @@ async def check_store(config: Config) -> tuple[Result, TokenStore | None]:
     except StoreError as exc:
         await close_store(store)
         return Result(FAIL, "store", f"{where}: {exc}",
-                      "the store is unreachable: check [store] path/url and permissions"), None
+                      "the store is unreachable: check [store] path/url (or sentinels) and "
+                      "permissions"), None
     keyed = (f"opens with the key in {sc.key_env}" if store.codec.cipher.encrypts
              else "opens UNENCRYPTED ([store] allow_plaintext)")
     return Result(OK, "store", f"{where} {keyed}"), store

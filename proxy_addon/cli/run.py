@@ -112,6 +112,7 @@ async def _serve(config: Config, tls_pem: str | None = None) -> int:
             await master.run()
         finally:
             pool.close()
+            await pool.leave()
             await admin.stop()
             await store.close()
     return 0

@@ -188,18 +188,51 @@ class _Reader:
     def store(self, value: Any) -> StoreConfig:
         key = "store"
         table = self.table(value, key, {"backend", "path", "key_env", "allow_plaintext", "url",
-                                        "prefix", "lock_lease", "tls_ca_file"})
+                                        "prefix", "lock_lease", "tls_ca_file", "sentinels",
+                                        "sentinel_service", "sentinel_password", "cluster",
+                                        "min_replicas_ack"})
         defaults = StoreConfig()
         backend = self.string(table, "backend", key, default=defaults.backend) or ""
         if backend not in STORE_BACKENDS:
             raise self.fail("store.backend", f"unknown backend {backend!r} (expected one of "
                                              f"{', '.join(STORE_BACKENDS)})")
+        for name in ("sentinels", "sentinel_service", "sentinel_password", "cluster",
+                     "min_replicas_ack"):
+            if name in table and backend != "redis":
+                raise self.fail(f"store.{name}", f"only with backend = \"redis\" (the backend "
+                                                 f"is {backend!r})")
         key_env = self.string(table, "key_env", key, default=defaults.key_env) or ""
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key_env):
             raise self.fail("store.key_env", "must be the name of an environment variable")
-        url = self.secret(table, "url", key, required=backend == "redis")
+        sentinels = self.sentinels(table)
+        cluster = self.boolean(table, "cluster", key, defaults.cluster)
+        if sentinels and cluster:
+            raise self.fail("store.cluster", "sentinels and cluster exclude each other (a Redis "
+                                             "Cluster fails over by itself)")
+        url = self.secret(table, "url", key, required=backend == "redis" and not sentinels)
         if url is not None and not url.reveal().startswith(REDIS_SCHEMES):
             raise self.fail("store.url", "expected a redis://, rediss:// (TLS) or unix:// URL")
+        if url is not None and sentinels:
+            self.sentinel_url(url.reveal())
+        if url is not None and cluster and url.reveal().startswith("unix://"):
+            raise self.fail("store.url", "with cluster = true, a redis:// or rediss:// URL "
+                                         "naming one node of the cluster")
+        service = self.string(table, "sentinel_service", key)
+        if sentinels and not service:
+            raise self.fail("store.sentinel_service", "required with sentinels: the name the "
+                                                      "sentinels monitor the primary under")
+        if service is not None and not sentinels:
+            raise self.fail("store.sentinel_service", "only with sentinels")
+        if service is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", service):
+            raise self.fail("store.sentinel_service", "expected 1-64 letters, digits or _.-")
+        sentinel_password = self.secret(table, "sentinel_password", key)
+        if sentinel_password is not None and not sentinels:
+            raise self.fail("store.sentinel_password", "only with sentinels")
+        min_acks = int(self.number(table, "min_replicas_ack", key, 1 if sentinels else 0,
+                                   minimum=0, maximum=16, integer=True))
+        if cluster and min_acks:
+            raise self.fail("store.min_replicas_ack", "not supported with cluster = true "
+                                                      "(leave it 0)")
         prefix = self.string(table, "prefix", key, default=defaults.prefix) or ""
         if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", prefix):
             raise self.fail("store.prefix", "expected 1-64 letters, digits or _.:-")
@@ -214,12 +247,57 @@ class _Reader:
             tls_ca_file=self.string(table, "tls_ca_file", key),
             lock_lease=self.number(table, "lock_lease", key, defaults.lock_lease, minimum=1.0,
                                    maximum=300.0),
+            sentinels=sentinels,
+            sentinel_service=service,
+            sentinel_password=sentinel_password,
+            cluster=cluster,
+            min_replicas_ack=min_acks,
         )
+
+    def sentinels(self, table: dict[str, Any]) -> tuple[HostPort, ...]:
+        full = "store.sentinels"
+        if "sentinels" not in table:
+            return ()
+        value = table["sentinels"]
+        if not isinstance(value, list) or not value:
+            raise self.fail(full, "expected a non-empty array of \"HOST:PORT\" strings")
+        found: list[HostPort] = []
+        for index, item in enumerate(value):
+            item_key = f"{full}[{index}]"
+            if not isinstance(item, str):
+                raise self.fail(item_key, f"expected a \"HOST:PORT\" string, got {_kind(item)}")
+            address = self.host_port(self.interpolate(item, item_key), item_key)
+            if address.port == 0:
+                raise self.fail(item_key, "port 0 is not a sentinel's port")
+            if address in found:
+                raise self.fail(item_key, f"{address} is listed twice")
+            found.append(address)
+        return tuple(found)
+
+    def sentinel_url(self, url: str) -> None:
+        """With sentinels, ``url`` only carries TLS, credentials and DB: the sentinels name the
+        primary, so a host here would be a second, contradicting answer."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise self.fail("store.url", "with sentinels, a redis:// or rediss:// URL without "
+                                         "host (redis://:PASSWORD@/DB): the sentinels name the "
+                                         "primary")
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.hostname or port is not None:
+            raise self.fail("store.url", "with sentinels, the URL names no host (the sentinels "
+                                         "name the primary): write redis://:PASSWORD@/DB or "
+                                         "rediss://:PASSWORD@/DB")
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise self.fail("store.url", "the DB (path of the URL) must be a number")
 
     def proxy(self, value: Any) -> ProxyConfig:
         key = "proxy"
         allowed = {"listen", "metrics_listen", "upstream", "token_wait_timeout",
-                   "upstream_timeout", "refresh_ahead",
+                   "upstream_timeout", "refresh_ahead", "refresh_ahead_share",
                    "drain_timeout", "stream_threshold", "verify_upstream_tls",
                    "auth_budget_calls", "auth_budget_window", "log_format",
                    "media_upstream", "public_url", "allow_plaintext_listen", "bad_key_limit",
@@ -256,6 +334,9 @@ class _Reader:
                                          defaults.upstream_timeout, minimum=0.1),
             refresh_ahead=self.number(table, "refresh_ahead", key, defaults.refresh_ahead,
                                       minimum=0),
+            refresh_ahead_share=self.number(table, "refresh_ahead_share", key,
+                                            defaults.refresh_ahead_share, minimum=0.0,
+                                            maximum=0.5),
             drain_timeout=self.number(table, "drain_timeout", key, defaults.drain_timeout,
                                       minimum=0),
             stream_threshold=int(self.number(table, "stream_threshold", key,

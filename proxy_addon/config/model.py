@@ -124,6 +124,15 @@ class StoreConfig:
     prefix: str = "tokenproxy"  # Redis key prefix: one per deployment sharing a server
     tls_ca_file: str | None = None  # CA bundle that signed a rediss:// server's certificate
     lock_lease: float = 6.0  # seconds a crashed replica can hold an account's renewal lock
+    # Redis Sentinel: the sentinels' addresses and the service (master name) they watch; then
+    # `url` is optional and names no host (scheme for TLS, the primary's password, DB)
+    sentinels: tuple[HostPort, ...] = ()
+    sentinel_service: str | None = None
+    sentinel_password: Secret | None = None  # the sentinels' own requirepass, if any
+    cluster: bool = False  # Redis Cluster: `url` names any node
+    # replicas that must confirm a rotated pair (WAIT) before it is counted as durable; the
+    # loader makes it 1 when sentinels are configured, 0 otherwise
+    min_replicas_ack: int = 0
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,7 @@ class ProxyConfig:
     token_wait_timeout: float = 10.0
     upstream_timeout: float = 60.0
     refresh_ahead: float = 60.0
+    refresh_ahead_share: float = 0.04  # ... but never more than this share of the lifetime
     drain_timeout: float = 2.0
     stream_threshold: int = 1024 * 1024
     verify_upstream_tls: bool = True
@@ -181,6 +191,8 @@ class Config:
                     values.append(item.reveal())
         if self.store.url:
             values.append(self.store.url.reveal())
+        if self.store.sentinel_password:
+            values.append(self.store.sentinel_password.reveal())
         return values
 
     def account(self, name: str) -> AccountConfig:

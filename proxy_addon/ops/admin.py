@@ -70,6 +70,7 @@ class AdminServer:
         self._metrics = metrics or Metrics()
         self._runner: web.AppRunner | None = None
         self._probe: asyncio.Task[None] | None = None
+        self._probe_under_way: asyncio.Task[tuple[bool, str | None]] | None = None
         self._token = admin_token(config.proxy)
         if self._token:
             SECRETS.add([self._token], fixed=True)
@@ -150,6 +151,16 @@ class AdminServer:
         return web.json_response(body, status=200 if ready else 503)
 
     async def store_reachable(self) -> tuple[bool, str | None]:
+        """One probe at a time: concurrent readiness checks share the one under way, so a
+        burst of probes never queues store calls ahead of renewals (the SQLite store runs
+        every call on one thread; issue 15.9)."""
+        probe = self._probe_under_way
+        if probe is None or probe.done():
+            probe = self._probe_under_way = asyncio.get_running_loop().create_task(
+                self._probe_once())
+        return await asyncio.shield(probe)
+
+    async def _probe_once(self) -> tuple[bool, str | None]:
         first = next(iter(self._pool.accounts), "")
         try:
             await asyncio.wait_for(self._store.generation(first), 2.0)

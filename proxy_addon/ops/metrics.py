@@ -107,6 +107,10 @@ class Metrics:
         self.store_up = Gauge(
             f"{p}_store_up", "1 while the token store answers, 0 while it does not.",
             ["backend"], registry=r)
+        self.store_unreplicated = Counter(
+            f"{p}_store_unreplicated_writes", "Token writes that fewer replicas than [store] "
+            "min_replicas_ack confirmed in time (a failover then could lose them).",
+            ["backend"], registry=r)
 
     def prepare(self, config: Config, backend: str) -> None:
         """Create every series the configured accounts and clients can have, at 0."""
@@ -140,6 +144,7 @@ class Metrics:
                 self.store_ops.labels(backend, operation, outcome)
         self.store_lock_wait.labels(backend)
         self.store_up.labels(backend).set(1)
+        self.store_unreplicated.labels(backend)
 
     def watch_pool(self, pool: TokenPool) -> None:
         self.registry.register(PoolCollector(pool))
@@ -215,7 +220,8 @@ EXPORTED = (
     "tokenproxy_sessions_lost_total", "tokenproxy_token_wait_seconds",
     "tokenproxy_requests_total", "tokenproxy_upstream_duration_seconds",
     "tokenproxy_store_operations_total", "tokenproxy_store_lock_wait_seconds",
-    "tokenproxy_store_up", "tokenproxy_account_state",
+    "tokenproxy_store_up", "tokenproxy_store_unreplicated_writes_total",
+    "tokenproxy_account_state",
     "tokenproxy_access_token_remaining_seconds", "tokenproxy_refresh_token_remaining_seconds",
     "tokenproxy_live_sessions", "tokenproxy_max_live_sessions",
     "tokenproxy_last_refresh_timestamp_seconds",

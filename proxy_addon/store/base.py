@@ -271,11 +271,49 @@ class TokenStore(abc.ABC):
     async def list_index(self, index: str) -> list[tuple[str, float]]:
         """The unexpired members of ``index`` with their expiry, soonest first."""
 
-    async def watch(self, listener: Callable[[str, int], None]) -> None:
+    async def watch(self, listener: Callable[[str, int], None],
+                    announcements: Callable[[str, int, str], None] | None = None,
+                    hot: Callable[[], bool] | None = None) -> None:
         """Call ``listener(account, generation)`` when another process writes (backends that
-        can notify); ``listener("", 0)`` means "re-read everything". Default: no notifications,
-        other processes' writes are found on the next renewal or 401."""
+        can notify); ``listener("", 0)`` means "re-read everything". ``announcements(account,
+        generation, owner)`` when a process announces a rotation (:meth:`announce_rotation`).
+        ``hot()`` says whether a rotation is near, for backends that poll (poll faster then).
+        Default: no notifications, other processes' writes are found on the next renewal or
+        401."""
         return None
+
+    # -- cluster-wide drain (issue 15.2) ---------------------------------------------------
+    # Before a refresh kills the current access token, its renewer announces the rotation;
+    # every other live process stops leasing that generation, lets its requests on it finish
+    # and acknowledges; then the refresh is sent. Members are the processes sharing the store
+    # (each heartbeats); only their acknowledgements are waited for. A single-process backend
+    # has no other members, and these defaults make the drain a local one.
+
+    async def heartbeat(self, member: str, ttl: float) -> None:
+        """``member`` (a process) is alive for ``ttl`` seconds more."""
+        return None
+
+    async def leave(self, member: str) -> None:
+        """``member`` stops (shutdown): nobody waits for it any more."""
+        return None
+
+    async def members(self) -> set[str]:
+        """The processes whose heartbeat has not run out."""
+        return set()
+
+    async def announce_rotation(self, account: str, generation: int, owner: str,
+                                ttl: float) -> None:
+        """``owner`` is about to rotate ``account`` away from ``generation`` (for ``ttl``
+        seconds at most): tell every other process."""
+        return None
+
+    async def ack_rotation(self, account: str, generation: int, member: str) -> None:
+        """``member`` no longer uses ``generation`` of ``account``."""
+        return None
+
+    async def rotation_acks(self, account: str, generation: int) -> set[str]:
+        """The members that acknowledged the rotation of ``generation``."""
+        return set()
 
     @abc.abstractmethod
     async def close(self) -> None: ...

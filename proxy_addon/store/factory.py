@@ -45,8 +45,17 @@ def open_store(config: StoreConfig, environ: dict[str, str] | None = None) -> To
     if config.backend == "redis":
         from .redis import RedisStore  # redis-py is only imported when used
 
-        if config.url is None:
-            raise StoreConfigError("[store] backend = \"redis\" needs [store] url")
-        return RedisStore(codec, config.url.reveal(), config.prefix,
-                          tls_ca_file=config.tls_ca_file)
+        if config.url is None and not config.sentinels:
+            raise StoreConfigError("[store] backend = \"redis\" needs [store] url (or "
+                                   "sentinels)")
+        if config.sentinels and not config.sentinel_service:
+            raise StoreConfigError("[store] sentinels need [store] sentinel_service")
+        return RedisStore(
+            codec, config.url.reveal() if config.url else None, config.prefix,
+            tls_ca_file=config.tls_ca_file,
+            sentinels=[(s.host, s.port) for s in config.sentinels],
+            sentinel_service=config.sentinel_service,
+            sentinel_password=(config.sentinel_password.reveal()
+                               if config.sentinel_password else None),
+            cluster=config.cluster, min_replicas_ack=config.min_replicas_ack)
     raise StoreConfigError(f"unknown store backend {config.backend!r}")

@@ -23,6 +23,9 @@ class InstrumentedStore(TokenStore):
         self._metrics = metrics
         self.last_error: str | None = None
         self.last_checked = 0.0
+        if hasattr(inner, "on_unreplicated"):  # Redis with [store] min_replicas_ack
+            counter = metrics.store_unreplicated.labels(inner.backend)
+            inner.on_unreplicated = lambda account: counter.inc()
 
     async def _counted(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -87,8 +90,32 @@ class InstrumentedStore(TokenStore):
     async def list_index(self, index: str) -> list[tuple[str, float]]:
         return await self._counted("list_index", lambda: self.inner.list_index(index))
 
-    async def watch(self, listener: Callable[[str, int], None]) -> None:
-        await self.inner.watch(listener)
+    async def watch(self, listener: Callable[[str, int], None],
+                    announcements: Callable[[str, int, str], None] | None = None,
+                    hot: Callable[[], bool] | None = None) -> None:
+        await self.inner.watch(listener, announcements, hot)
+
+    async def heartbeat(self, member: str, ttl: float) -> None:
+        await self._counted("heartbeat", lambda: self.inner.heartbeat(member, ttl))
+
+    async def leave(self, member: str) -> None:
+        await self._counted("leave", lambda: self.inner.leave(member))
+
+    async def members(self) -> set[str]:
+        return await self._counted("members", self.inner.members)
+
+    async def announce_rotation(self, account: str, generation: int, owner: str,
+                                ttl: float) -> None:
+        await self._counted("announce_rotation", lambda: self.inner.announce_rotation(
+            account, generation, owner, ttl))
+
+    async def ack_rotation(self, account: str, generation: int, member: str) -> None:
+        await self._counted("ack_rotation",
+                            lambda: self.inner.ack_rotation(account, generation, member))
+
+    async def rotation_acks(self, account: str, generation: int) -> set[str]:
+        return await self._counted("rotation_acks",
+                                   lambda: self.inner.rotation_acks(account, generation))
 
     async def close(self) -> None:
         await self.inner.close()

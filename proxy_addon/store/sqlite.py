@@ -8,15 +8,25 @@ sqlite3 is blocking: every call runs on one dedicated thread, off the event loop
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from ..tokens.token_set import TokenSet
 from .base import RecordCodec, StoredTokens, StoreError, TokenStore
+
+log = logging.getLogger("tokenproxy.store")
+
+POLL_HOT = 0.05  # seconds between polls while a rotation is near
+POLL_IDLE = 1.0  # ... otherwise
+POLL_OVERLAP = 2.0  # re-read writes this far back (a write committed during the last poll)
+ACK_TTL = 30.0  # seconds an acknowledgement is kept
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -36,6 +46,21 @@ CREATE TABLE IF NOT EXISTS virtual_tokens (
     record BLOB NOT NULL,
     expires_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS members (member TEXT PRIMARY KEY, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS rotations (
+    account TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rotation_acks (
+    account TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    member TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (account, generation, member)
+);
+CREATE INDEX IF NOT EXISTS tokens_updated ON tokens (updated_at);
 CREATE TABLE IF NOT EXISTS virtual_index (
     name TEXT NOT NULL,
     member TEXT NOT NULL,
@@ -53,6 +78,7 @@ class SQLiteStore(TokenStore):
         self.path = Path(path)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tokenproxy-sqlite")
         self._db: sqlite3.Connection | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -219,6 +245,49 @@ class SQLiteStore(TokenStore):
             "SELECT member, expires_at FROM virtual_index WHERE name = ? AND expires_at > ? "
             "ORDER BY expires_at, member", (index, time.time()))]
 
+    # -- cluster-wide drain: members, announcements, acknowledgements (issue 15.2) -------
+
+    def _heartbeat(self, member: str, ttl: float) -> None:
+        db = self._connect()
+        now = time.time()
+        db.execute("INSERT OR REPLACE INTO members (member, expires_at) VALUES (?, ?)",
+                   (member, now + ttl))
+        db.execute("DELETE FROM members WHERE expires_at < ?", (now,))
+        db.execute("DELETE FROM rotations WHERE expires_at < ?", (now,))
+        db.execute("DELETE FROM rotation_acks WHERE expires_at < ?", (now,))
+
+    def _leave(self, member: str) -> None:
+        self._connect().execute("DELETE FROM members WHERE member = ?", (member,))
+
+    def _members(self) -> set[str]:
+        return {str(row[0]) for row in self._connect().execute(
+            "SELECT member FROM members WHERE expires_at > ?", (time.time(),))}
+
+    def _announce(self, account: str, generation: int, owner: str, ttl: float) -> None:
+        self._connect().execute(
+            "INSERT OR REPLACE INTO rotations (account, generation, owner, expires_at) "
+            "VALUES (?, ?, ?, ?)", (account, generation, owner, time.time() + ttl))
+
+    def _ack(self, account: str, generation: int, member: str) -> None:
+        self._connect().execute(
+            "INSERT OR REPLACE INTO rotation_acks (account, generation, member, expires_at) "
+            "VALUES (?, ?, ?, ?)", (account, generation, member, time.time() + ACK_TTL))
+
+    def _acks(self, account: str, generation: int) -> set[str]:
+        return {str(row[0]) for row in self._connect().execute(
+            "SELECT member FROM rotation_acks WHERE account = ? AND generation = ?",
+            (account, generation))}
+
+    def _changes(self, since: float) -> tuple[list[tuple[str, int]], list[tuple[str, int, str]]]:
+        """Token records written since ``since`` (Unix time) and the live announcements."""
+        db = self._connect()
+        written = [(str(a), int(g)) for a, g in db.execute(
+            "SELECT account, generation FROM tokens WHERE updated_at >= ?", (since,))]
+        announced = [(str(a), int(g), str(o)) for a, g, o in db.execute(
+            "SELECT account, generation, owner FROM rotations WHERE expires_at > ?",
+            (time.time(),))]
+        return written, announced
+
     def _close(self) -> None:
         if self._db is not None:
             self._db.close()
@@ -278,6 +347,66 @@ class SQLiteStore(TokenStore):
         result: list[tuple[str, float]] = await self._run(self._list_index, index)
         return result
 
+    async def heartbeat(self, member: str, ttl: float) -> None:
+        await self._run(self._heartbeat, member, ttl)
+
+    async def leave(self, member: str) -> None:
+        await self._run(self._leave, member)
+
+    async def members(self) -> set[str]:
+        result: set[str] = await self._run(self._members)
+        return result
+
+    async def announce_rotation(self, account: str, generation: int, owner: str,
+                                ttl: float) -> None:
+        await self._run(self._announce, account, generation, owner, ttl)
+
+    async def ack_rotation(self, account: str, generation: int, member: str) -> None:
+        await self._run(self._ack, account, generation, member)
+
+    async def rotation_acks(self, account: str, generation: int) -> set[str]:
+        result: set[str] = await self._run(self._acks, account, generation)
+        return result
+
+    async def watch(self, listener: Callable[[str, int], None],
+                    announcements: Callable[[str, int, str], None] | None = None,
+                    hot: Callable[[], bool] | None = None) -> None:
+        """SQLite cannot notify: poll the records written since the last look and the live
+        rotation announcements — every ``POLL_HOT`` s while a rotation is near (``hot()``),
+        else every ``POLL_IDLE`` s. Each poll is two indexed reads of small tables."""
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(
+                self._poll(listener, announcements, hot), name="tokenproxy-sqlite-watch")
+
+    async def _poll(self, listener: Callable[[str, int], None],
+                    announcements: Callable[[str, int, str], None] | None,
+                    hot: Callable[[], bool] | None) -> None:
+        seen: dict[str, int] = {}
+        heard: set[tuple[str, int, str]] = set()
+        since = time.time()
+        while True:
+            await asyncio.sleep(POLL_HOT if hot is not None and hot() else POLL_IDLE)
+            started = time.time()
+            try:
+                written, announced = await self._run(self._changes, since - POLL_OVERLAP)
+            except StoreError as exc:
+                log.warning("store: polling for other processes' writes: %s", exc)
+                continue
+            since = started
+            for account, generation in written:
+                if seen.get(account) != generation:
+                    seen[account] = generation
+                    listener(account, generation)
+            live = set(announced)
+            if announcements is not None:
+                for account, generation, owner in live - heard:
+                    announcements(account, generation, owner)
+            heard = live
+
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watcher
         await self._run(self._close)
         self._executor.shutdown(wait=False)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -26,10 +27,10 @@ import uuid
 from ..config import AccountConfig
 from ..store.base import CorruptRecord, StoreError, TokenStore
 from .budget import AuthBudget
-from .clock import Clock, SystemClock, Timer, within
+from .clock import Clock, SystemClock, Timer, monotonic_at, within
 from .failures import Reason, TokenUnavailable
 from .ports import NullObserver, Observer, Platform
-from .renewal import Renewal
+from .renewal import Renewal, new_epoch
 from .schedule import Scheduling
 from .settings import PoolSettings
 from .states import AccountState
@@ -66,13 +67,24 @@ class AccountTokens(Renewal, Scheduling):
         self._access_dead = False  # the platform rejected the current generation
         self._refresh_at = 0.0  # monotonic
         self._keepalive_at = math.inf  # monotonic
+        # When the current access and refresh tokens die, on the monotonic clock: fixed once
+        # when a set is obtained (from the instant its call was sent) or adopted, so a wall
+        # clock step afterwards moves no deadline (issue 15.5)
+        self._access_until = 0.0
+        self._refresh_until = math.inf if self._tokens is not None else 0.0  # config's token
+        self._sent_at = 0.0  # monotonic: when the call that obtained the pending pair was sent
+        self._epoch = ""  # the store record lineage of the current set (TokenSet.epoch)
         self._used = False  # a request leased the current generation
         self._inflight: dict[int, int] = {}
         self._renewal: asyncio.Task[None] | None = None
+        self._saving: asyncio.Task[None] | None = None  # a pair the store must still get
         self._pending: TokenSet | None = None  # obtained, not yet saved
         self._obtained_by = "refreshed"  # how the pending pair was obtained (metrics)
         self._checking = False  # a notification's store read is under way
-        self._awaiting_store = False  # a renewal waits for the store (lock, newer pair)
+        self._notice_again = False  # a notification came while that read was under way
+        self._waiting_for = ""  # what a renewal waits for: "store" (a call) or "holder"
+        self._lock_lost = False  # the renewal lock lapsed or was taken while we held it
+        self._remote_drain = -1  # generation another process announced it is rotating
         self._draining: tuple[int, asyncio.Event] | None = None
         self._timer: Timer | None = None
         self._failures = 0
@@ -113,20 +125,47 @@ class AccountTokens(Renewal, Scheduling):
         except StoreError:
             return self.generation
 
-    def _adopt(self, generation: int, tokens: TokenSet) -> None:
+    def _adopt(self, generation: int, tokens: TokenSet, sent_at: float | None = None) -> None:
+        """Make ``tokens`` (stored as ``generation``) the current set. ``sent_at``: the
+        monotonic instant the call that obtained them was sent (None: read from the store, so
+        their expiry is converted from wall time once, now)."""
         self._observer.secrets(tokens.access_token, tokens.refresh_token)
         self._tokens = tokens
+        self._anchor(tokens, sent_at)
         self.generation = generation
+        self._epoch = tokens.epoch
+        if self._remote_drain <= generation:
+            self._remote_drain = -1
         self._code_spent = True  # a stored session supersedes the config's one-time code
         self._access_dead = False
         self._used = False
         self._failures = 0
         self._retry_at = 0.0
         self._failure = None
-        now = self._clock.wall()
-        self._set_state(AccountState.HEALTHY if tokens.refresh_alive(now)
-                        or tokens.access_alive(now) else AccountState.IDLE)
+        self._set_state(AccountState.HEALTHY if self._refresh_alive()
+                        or self._access_alive() else AccountState.IDLE)
         self._schedule()
+
+    def _anchor(self, tokens: TokenSet, sent_at: float | None) -> None:
+        clock = self._clock
+        if sent_at is not None:  # lifetimes as the platform gave them, from the send
+            self._access_until = sent_at + max(0.0, tokens.access_expires_at - tokens.issued_at)
+            self._refresh_until = (math.inf if tokens.refresh_expires_at is None
+                                   else sent_at + tokens.refresh_expires_at - tokens.issued_at)
+        else:
+            self._access_until = monotonic_at(clock, tokens.access_expires_at)
+            self._refresh_until = (math.inf if tokens.refresh_expires_at is None
+                                   else monotonic_at(clock, tokens.refresh_expires_at))
+
+    def _access_alive(self) -> bool:
+        tokens = self._tokens
+        return (tokens is not None and bool(tokens.access_token)
+                and self._clock.monotonic() < self._access_until)
+
+    def _refresh_alive(self) -> bool:
+        tokens = self._tokens
+        return (tokens is not None and bool(tokens.refresh_token)
+                and self._clock.monotonic() < self._refresh_until)
 
     # -- hot path ------------------------------------------------------------------------
 
@@ -136,6 +175,8 @@ class AccountTokens(Renewal, Scheduling):
         if tokens is None or self._renewal is not None \
                 or self._clock.monotonic() >= self._refresh_at:
             return None
+        if self._remote_drain == self.generation:
+            return None  # another process is about to rotate it: wait for the new one
         return self._grant(tokens)
 
     def release(self, generation: int) -> None:
@@ -193,16 +234,14 @@ class AccountTokens(Renewal, Scheduling):
             except TokenUnavailable:
                 return self._fallback_or_raise()
             tokens = self._tokens
-            if tokens is not None and not self._access_dead \
-                    and tokens.access_alive(clock.wall()):
+            if tokens is not None and not self._access_dead and self._access_alive() \
+                    and self._remote_drain != self.generation:
                 return self._grant(tokens)
 
     def needs_session(self) -> bool:
         """No usable session: never logged in, or a person must authorize it again."""
-        tokens = self._tokens
-        now = self._clock.wall()
-        return (self.state is AccountState.REAUTH_REQUIRED or tokens is None
-                or not (tokens.access_alive(now) or tokens.refresh_alive(now)))
+        return (self.state is AccountState.REAUTH_REQUIRED or self._tokens is None
+                or not (self._access_alive() or self._refresh_alive()))
 
     def known_owner(self) -> str:
         return self._tokens.owner_id if self._tokens is not None else ""
@@ -214,6 +253,13 @@ class AccountTokens(Renewal, Scheduling):
         try:
             for _ in range(3):
                 current = await self._store.generation(name)
+                try:
+                    stored = await self._store.load(name) if current else None
+                except CorruptRecord:
+                    stored = None
+                epoch = stored.tokens.epoch if stored is not None and stored.tokens.epoch \
+                    else new_epoch()
+                tokens = dataclasses.replace(tokens, epoch=epoch)
                 if await self._store.compare_and_set(name, current, tokens):
                     self._adopt(current + 1, tokens)
                     log.info("account %s: session authorized by an app's login; serving again",
@@ -265,15 +311,15 @@ class AccountTokens(Renewal, Scheduling):
 
     def snapshot(self) -> dict[str, object]:
         """The account's state for status displays (no token values)."""
-        now = self._clock.wall()
+        now = self._clock.monotonic()
         tokens = self._tokens
         access_left = refresh_left = None
         if tokens is not None:
             if tokens.access_token and not self._access_dead:
-                access_left = max(0.0, tokens.access_expires_at - now)
+                access_left = max(0.0, self._access_until - now)
             if tokens.refresh_token:
-                refresh_left = (None if tokens.refresh_expires_at is None
-                                else max(0.0, tokens.refresh_expires_at - now))
+                refresh_left = (None if math.isinf(self._refresh_until)
+                                else max(0.0, self._refresh_until - now))
         return {
             "account": self._name,
             "grant": self.account.grant,
@@ -310,18 +356,24 @@ class AccountTokens(Renewal, Scheduling):
         tokens = self._tokens
         if tokens is None or not tokens.access_token:
             return "initial"
-        if self._access_dead or not tokens.access_alive(self._clock.wall()):
+        if self._access_dead or not self._access_alive():
             return "expired"
+        if self._remote_drain == self.generation:
+            return "remote"
         return "ahead"
 
-    async def _drain(self, generation: int) -> None:
-        """Let requests using ``generation`` finish before the refresh kills their token."""
+    def _inflight_on(self, generation: int) -> int:
+        return self._inflight.get(generation, 0)
+
+    async def _drain(self, generation: int, deadline: float | None = None) -> None:
+        """Let requests using ``generation`` finish before the refresh kills their token
+        (until ``deadline``, monotonic; default: ``drain_timeout`` from now)."""
         if not self._inflight.get(generation):
             return
-        tokens = self._tokens
-        assert tokens is not None
-        budget = min(self._settings.drain_timeout,
-                     tokens.access_expires_at - self._clock.wall() - 0.02)
+        now = self._clock.monotonic()
+        if deadline is None:
+            deadline = now + self._settings.drain_timeout
+        budget = min(deadline - now, self._access_until - now - 0.02)
         if budget <= 0:
             return
         event = asyncio.Event()
@@ -330,9 +382,8 @@ class AccountTokens(Renewal, Scheduling):
             await within(self._clock, event.wait(), budget)
 
     def _fallback_possible(self) -> bool:
-        tokens = self._tokens
-        return (tokens is not None and not self._access_dead
-                and tokens.access_alive(self._clock.wall()))
+        return not self._access_dead and self._access_alive() \
+            and self._remote_drain != self.generation
 
     def _fallback_or_raise(self) -> Lease:
         """While renewals fail, keep serving the old token as long as it is valid."""
@@ -345,9 +396,12 @@ class AccountTokens(Renewal, Scheduling):
         raise failure
 
     def _timeout(self) -> TokenUnavailable:
-        if self._awaiting_store:  # the renewal is stuck on the store: say so
+        if self._waiting_for == "store":  # the renewal is stuck on a store call: say so
             return TokenUnavailable(Reason.STORE_NOT_ANSWERING, self._name,
                                     retry_after=self._settings.store_retry)
+        if self._waiting_for == "holder":  # another process renews: say that
+            return TokenUnavailable(Reason.LOCK_HELD, self._name, retry_after=1.0,
+                                    waited=self._settings.token_wait_timeout)
         return TokenUnavailable(Reason.TIMEOUT, self._name, retry_after=1.0,
                                 waited=self._settings.token_wait_timeout)
 

@@ -8,8 +8,12 @@ given: the platform, the store, an observer and a clock. It relays the store's n
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+
 from ..config import Config
-from ..store.base import TokenStore
+from ..store.base import StoreError, TokenStore
 from .account import AccountTokens, Lease, process_owner
 from .budget import AuthBudgets
 from .clock import Clock, SystemClock
@@ -21,13 +25,21 @@ from .states import AccountState
 __all__ = ["AccountState", "AccountTokens", "Lease", "PoolSettings", "Reason", "TokenPool",
            "TokenUnavailable"]
 
+log = logging.getLogger("tokenproxy.pool")
+
+MEMBER_TTL = 6.0  # seconds a process stays a member without a heartbeat (every 2 s)
+
 class TokenPool:
     """All accounts of one proxy process."""
 
     def __init__(self, accounts: dict[str, AccountTokens],
-                 store: TokenStore | None = None) -> None:
+                 store: TokenStore | None = None, owner: str = "",
+                 clock: Clock | None = None) -> None:
         self.accounts = accounts
         self._store = store
+        self._owner = owner or process_owner()
+        self._clock = clock or SystemClock()
+        self._heartbeat: asyncio.Task[None] | None = None
 
     @classmethod
     def build(cls, config: Config, platform: Platform, store: TokenStore, *,
@@ -41,7 +53,7 @@ class TokenPool:
         return cls({a.name: AccountTokens(a, platform, settings, store,
                                           budgets.for_client(a.client_id), clock=clock,
                                           owner=owner, observer=observer)
-                    for a in config.accounts}, store)
+                    for a in config.accounts}, store, owner, clock)
 
     def __getitem__(self, name: str) -> AccountTokens:
         return self.accounts[name]
@@ -50,7 +62,33 @@ class TokenPool:
         for account in self.accounts.values():
             await account.start()
         if self._store is not None:
-            await self._store.watch(self._stored)
+            await self._beat()  # a member before anyone can announce a rotation to us
+            self._heartbeat = asyncio.get_running_loop().create_task(
+                self._keep_beating(), name="tokenproxy-member-heartbeat")
+            await self._store.watch(self._stored, self._announced, self._rotation_near)
+
+    async def _beat(self) -> None:
+        if self._store is None:
+            return
+        try:
+            await self._store.heartbeat(self._owner, MEMBER_TTL)
+        except StoreError as exc:
+            log.warning("store: membership heartbeat failed: %s", exc)
+
+    async def _keep_beating(self) -> None:
+        """Stay a member of the processes sharing the store, whose acknowledgements a
+        rotation waits for (cluster-wide drain)."""
+        while True:
+            await self._clock.sleep(MEMBER_TTL / 3)
+            await self._beat()
+
+    def _announced(self, account: str, generation: int, owner: str) -> None:
+        """Another process announced it is about to rotate ``account`` from ``generation``."""
+        if owner != self._owner and account in self.accounts:
+            self.accounts[account].announced(generation)
+
+    def _rotation_near(self) -> bool:
+        return any(a.rotation_near() for a in self.accounts.values())
 
     def _stored(self, account: str, generation: int) -> None:
         """A store notification: ``account`` has a new ``generation`` ("" = all, maybe)."""
@@ -63,3 +101,11 @@ class TokenPool:
     def close(self) -> None:
         for account in self.accounts.values():
             account.close()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+
+    async def leave(self) -> None:
+        """Shutting down: rotations no longer wait for this process."""
+        if self._store is not None:
+            with contextlib.suppress(StoreError):
+                await self._store.leave(self._owner)

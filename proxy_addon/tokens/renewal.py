@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import random
+import uuid
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from ..config import AccountConfig
 from ..store.base import CorruptRecord, StoredTokens, StoreError, TokenStore
 from .budget import AuthBudget
-from .clock import Clock
+from .clock import Clock, within
 from .failures import Reason, TokenUnavailable
 from .ports import Observer, Platform, PlatformRefused, PlatformUnreachable
 from .schedule import backoff_delay, retrieve_exception
@@ -55,7 +58,13 @@ class Renewal:
     _pending: TokenSet | None
     _obtained_by: str
     _code_spent: bool
-    _awaiting_store: bool
+    _waiting_for: str
+    _lock_lost: bool
+    _remote_drain: int
+    _saving: asyncio.Task[None] | None
+    _epoch: str
+    _sent_at: float
+    _refresh_at: float
     _renewal: asyncio.Task[None] | None
     _draining: tuple[int, asyncio.Event] | None
     _failure: TokenUnavailable | None
@@ -81,10 +90,25 @@ class Renewal:
         previous_state = self.state
         heartbeat: asyncio.Task[None] | None = None
         try:
-            if reason == "ahead":
-                await self._drain(self.generation)
-            record = await self._lock_or_newer()
-            if record is None:
+            while True:
+                record = await self._lock_or_newer()
+                if record is not None:
+                    break
+                if reason == "remote" and not self._due_anyway():
+                    # the announced rotation did not happen (its holder failed or died):
+                    # serve the current token again, nothing to call
+                    await self._release_lock()
+                    self._remote_drain = -1
+                    return
+                if reason in ("ahead", "keepalive", "remote"):
+                    await self._drain_cluster(self.generation)
+                # the lock may have lapsed while we drained or a store call was slow:
+                # check again right before the token call (issue 15.3)
+                record = await self._lock_still_ours()
+                if record is not None:
+                    break
+                if self._lock_lost:
+                    continue  # another process holds it now: wait for its pair
                 # "refreshing" from here: waiting for the store or a lock is not refreshing
                 self._set_state(AccountState.REFRESHING)
                 heartbeat = self._keep_lock()
@@ -92,7 +116,9 @@ class Renewal:
                     record = await self._persist(await self._obtain(reason))
                 except Superseded as exc:
                     record = exc.record
-            outcome = "adopted" if record.tokens is not self._pending else self._obtained_by
+                break
+            ours = record.tokens is self._pending
+            outcome = self._obtained_by if ours else "adopted"
             name = self._name
             log.info("account %s: renewal %s (reason %s), generation %d", name, outcome, reason,
                      record.generation,
@@ -109,11 +135,7 @@ class Renewal:
             self._set_state(previous_state)
             raise
         else:
-            self._observer.secrets(record.tokens.access_token, record.tokens.refresh_token)
-            self.generation = record.generation
-            self._tokens = record.tokens
-            self._access_dead = False
-            self._used = False
+            self._adopt(record.generation, record.tokens, self._sent_at if ours else None)
             self._failures = 0
             self._retry_at = 0.0
             self._failure = None
@@ -129,21 +151,26 @@ class Renewal:
             self._renewal = None
             self._schedule()
 
+    def _due_anyway(self) -> bool:
+        """The current token needs renewing on its own account (dead, or past refresh-ahead)."""
+        return (self._access_dead or not self._access_alive()
+                or self._clock.monotonic() >= self._refresh_at)
+
     # -- the platform --------------------------------------------------------------------
 
     async def _obtain(self, reason: str) -> TokenSet:
         """New tokens: refresh while the refresh token lives, else log in with the grant."""
         account = self.account
         tokens = self._tokens
-        now = self._clock.wall()
         session_gone = reason == "rejected:OAU-213" and account.can_login
         # A new login happens only once the held session is known dead (refresh refused, or
         # OAU-213), so re-authentication never adds a session beyond the account's budget.
         try:
-            if tokens is not None and tokens.refresh_alive(now) and not session_gone:
+            if tokens is not None and self._refresh_alive() and not session_gone:
                 try:
                     self._spend_budget()
                     self._obtained_by = "refreshed"
+                    self._sent_at = self._clock.monotonic()
                     return await self._platform.refresh(account, tokens.refresh_token or "")
                 except PlatformRefused as exc:
                     if not exc.refresh_token_dead:
@@ -159,6 +186,7 @@ class Renewal:
                 self._spend_budget()
                 self._code_spent = account.grant == "authorization_code"
                 self._obtained_by = "logged_in"
+                self._sent_at = self._clock.monotonic()
                 tokens = await self._platform.login(account)
                 log.info("account %s: new session (%s grant, reason %s)", account.name,
                          account.grant, reason)
@@ -229,29 +257,54 @@ class Renewal:
         self._retry_at = self._clock.monotonic() + delay
 
     # -- the store -----------------------------------------------------------------------
+    # Records are ordered by (epoch, generation), never by the wall clocks of the hosts that
+    # wrote them (issue 15.4): within one epoch a higher generation is newer; a record of
+    # another epoch was written after the store was reset, so it is newer than anything we
+    # held before; a lower generation of our epoch means the store lost our newest write
+    # (a failover), and we write it again.
 
-    async def _newer_in_store(self) -> StoredTokens | None:
-        """The pair another process stored since we last read or wrote, if it is readable,
-        alive and not older than ours (a lower generation means the store was reset).
-        StoreError propagates: the caller decides what an unreachable store means."""
+    def _compare(self, record: StoredTokens) -> str:
+        """"newer", "same" or "older" than what this process holds."""
+        if self._tokens is None or record.tokens.epoch != self._epoch:
+            return "newer"
+        if record.generation > self.generation:
+            return "newer"
+        return "same" if record.generation == self.generation else "older"
+
+    async def _read_store(self) -> tuple[str, StoredTokens | None]:
+        """The store's record compared with ours: "newer", "same", "older" (see
+        :meth:`_compare`), "dead" (newer but holding no live token: a revocation's
+        tombstone), "absent" or "unreadable". StoreError propagates."""
         name = self._name
-        if await self._store.generation(name) == self.generation:
-            return None
+        if await self._store.generation(name) == self.generation and self._epoch:
+            return "same", None
         try:
             record = await self._store.load(name)
         except CorruptRecord as exc:
             self.last_error, self.last_hint = "stored tokens unreadable", str(exc)
             log.error("account %s: %s; it will be overwritten by the next renewal", name, exc)
-            return None
-        if record is None or record.generation == self.generation:
-            return None
-        now, ours = self._clock.wall(), self._tokens
-        theirs = record.tokens
-        if not (theirs.access_alive(now) or theirs.refresh_alive(now)):
-            return None
-        if ours is not None and theirs.issued_at < ours.issued_at:
-            return None  # the store lost our latest write; the next persist restores it
-        return record
+            return "unreadable", None
+        if record is None:
+            return "absent", None
+        order = self._compare(record)
+        if order == "newer":
+            now, theirs = self._clock.wall(), record.tokens
+            if not (theirs.access_alive(now) or theirs.refresh_alive(now)):
+                return "dead", record
+        return order, record
+
+    async def _newer_in_store(self) -> StoredTokens | None:
+        """The pair another process stored since we last read or wrote, if it is readable,
+        alive and newer than ours. When the store turns out to have lost our newest pair,
+        it is written again. StoreError propagates."""
+        order, record = await self._read_store()
+        if order == "newer":
+            return record
+        if order in ("older", "absent") and self._tokens is not None and self._epoch \
+                and self._renewal is None and (self._access_alive() or self._refresh_alive()):
+            # the store lost our newest pair (a failover, a flush): put it back
+            self._save_later(self._tokens, delay=0.0)
+        return None
 
     async def _newer_in_store_or_none(self) -> StoredTokens | None:
         try:
@@ -260,33 +313,112 @@ class Renewal:
             log.warning("account %s: reading the store: %s", self._name, exc)
             return None
 
+    async def _store_call[T](self, call: Awaitable[T]) -> T:
+        self._waiting_for = "store"
+        try:
+            return await call
+        finally:
+            self._waiting_for = ""
+
     async def _lock_or_newer(self) -> StoredTokens | None:
         """Hold the account's renewal lock (None), or return the newer tokens another process
         stored meanwhile. Processes sharing a store thus renew one at a time, once. Without a
-        reachable store there is no renewal: a pair that cannot be saved could be lost."""
+        reachable store there is no renewal: a pair that cannot be saved could be lost.
+
+        While another process holds the lock, this waits as long as that process's renewal
+        may take (lease + token call), acknowledging its announced rotation once our own
+        requests on the old generation are done."""
         name, lease = self._name, self._settings.lock_lease
         clock = self._clock
         started = clock.monotonic()
-        give_up = started + lease + 1.0  # a dead holder's lease runs out
-        self._awaiting_store = True
+        give_up = started + lease + self._settings.token_call_timeout + 1.0
+        acked = -1
+        taken = False
+        self._lock_lost = False
         try:
             while True:
-                newer = await self._newer_in_store()
+                newer = await self._store_call(self._newer_in_store())
                 if newer is not None:
                     return newer
-                if await self._store.acquire_lock(name, self._owner, lease):
-                    newer = await self._newer_in_store()
+                taken = await self._store_call(self._store.acquire_lock(name, self._owner,
+                                                                        lease))
+                if taken:
+                    newer = await self._store_call(self._newer_in_store())
                     if newer is not None:
                         await self._release_lock()
                     return newer
+                if self._remote_drain == self.generation and acked != self.generation \
+                        and not self._inflight_on(self.generation):
+                    acked = self.generation
+                    await self._store_call(self._store.ack_rotation(name, acked, self._owner))
                 if clock.monotonic() >= give_up:
                     raise TokenUnavailable(Reason.LOCK_HELD, name, retry_after=1.0)
-                await clock.sleep(0.05)
+                self._waiting_for = "holder"
+                try:
+                    await clock.sleep(0.05)
+                finally:
+                    self._waiting_for = ""
         except StoreError as exc:
+            if taken:  # do not leave the lock held for a whole lease (issue 15.9)
+                await self._release_lock()
             raise self._store_down(exc) from None
         finally:
-            self._awaiting_store = False
             self._observer.store_lock_wait(self._store.backend, clock.monotonic() - started)
+
+    async def _lock_still_ours(self) -> StoredTokens | None:
+        """Right before the token call: re-take (extend) our lock. ``_lock_lost`` is set when
+        another process holds it now; a newer pair stored meanwhile is returned."""
+        name = self._name
+        try:
+            if self._lock_lost or not await self._store_call(
+                    self._store.acquire_lock(name, self._owner, self._settings.lock_lease)):
+                self._lock_lost = True
+                log.warning("account %s: the renewal lock lapsed and another process took it; "
+                            "waiting for its pair instead of calling the platform", name)
+                return None
+            newer = await self._store_call(self._newer_in_store())
+        except StoreError as exc:
+            await self._release_lock()
+            raise self._store_down(exc) from None
+        if newer is not None:
+            await self._release_lock()
+        return newer
+
+    async def _drain_cluster(self, generation: int) -> None:
+        """Before a refresh that kills ``generation``'s access token (refresh-ahead,
+        keep-alive): announce it, let our own requests on it finish, and wait until every
+        other live process sharing the store has stopped leasing it and finished its requests
+        on it — at most ``drain_timeout`` in all (issue 15.2)."""
+        clock, settings, name = self._clock, self._settings, self._name
+        if not self._access_alive() or self._access_dead:
+            return  # nobody can use it any more: nothing to drain
+        started = clock.monotonic()
+        deadline = started + min(settings.drain_timeout,
+                                 self._access_until - started - 0.02)
+        try:
+            others = await self._store.members() - {self._owner}
+            if others:
+                await self._store.announce_rotation(name, generation, self._owner,
+                                                    settings.drain_timeout + 1.0)
+        except StoreError as exc:
+            log.warning("account %s: could not announce the rotation (%s); draining this "
+                        "process only", name, exc)
+            others = set()
+        await self._drain(generation, deadline)
+        acked: set[str] = set()
+        while others - acked and clock.monotonic() < deadline:
+            try:
+                acked = await self._store.rotation_acks(name, generation)
+            except StoreError:
+                break
+            if others <= acked:
+                break
+            await clock.sleep(0.02)
+        if others:
+            missing = len(others - acked)
+            log.info("account %s: drained generation %d across %d processes in %.3f s%s",
+                     name, generation, len(others) + 1, clock.monotonic() - started,
+                     f" ({missing} did not answer)" if missing else "")
 
     def _store_down(self, exc: StoreError) -> TokenUnavailable:
         if self.last_error != "store unavailable":
@@ -299,19 +431,32 @@ class Renewal:
 
     def _keep_lock(self) -> asyncio.Task[None]:
         """Extend the renewal lock while we hold it (a slow token endpoint must not let the
-        lease run out under us); cancelled when the renewal ends."""
+        lease run out under us); cancelled when the renewal ends. A heartbeat that does not
+        answer within a third of the lease counts as a miss: two misses in a row and the
+        lease may have run out, so the lock is taken as lost (the pair we obtain is still
+        fenced by the store's compare-and-set)."""
         name, lease = self._name, self._settings.lock_lease
+        clock = self._clock
 
         async def beat() -> None:
+            misses = 0
             while True:
-                await self._clock.sleep(lease / 3)
+                await clock.sleep(lease / 3)
                 try:
-                    if not await self._store.acquire_lock(name, self._owner, lease):
-                        log.warning("account %s: lost the renewal lock to another process",
-                                    name)
-                        return
-                except StoreError as exc:
-                    log.warning("account %s: extending the renewal lock: %s", name, exc)
+                    held = await within(clock, self._store.acquire_lock(name, self._owner,
+                                                                        lease), lease / 3)
+                except (StoreError, TimeoutError) as exc:
+                    misses += 1
+                    log.warning("account %s: extending the renewal lock: %s", name,
+                                str(exc) or "no answer in time")
+                    if misses >= 2:
+                        self._lock_lost = True
+                    continue
+                misses = 0
+                if not held:
+                    self._lock_lost = True
+                    log.warning("account %s: lost the renewal lock to another process", name)
+                    return
 
         task = asyncio.get_running_loop().create_task(beat(), name=f"lock:{name}")
         task.add_done_callback(retrieve_exception)
@@ -326,10 +471,13 @@ class Renewal:
     async def _persist(self, tokens: TokenSet) -> StoredTokens:
         """Write the new pair to the store before anyone uses it. Returns what to use: our
         pair with its generation or, if another process stored a pair meanwhile (our lock ran
-        out), theirs — ours is then revoked, so it holds no session slot."""
-        self._pending = tokens
+        out), theirs — ours is then revoked, so it holds no session slot. A write whose reply
+        was lost and that the store client re-sent finds our own pair stored: that is ours
+        (issue 15.1)."""
         name = self._name
         based_on = expected = self.generation
+        epoch = self._epoch if expected > 0 and self._epoch else ""
+        tokens = self._stamped(tokens, epoch or new_epoch())
         try:
             for _ in range(3):
                 if await self._store.compare_and_set(name, expected, tokens):
@@ -338,12 +486,17 @@ class Renewal:
                     stored = await self._store.load(name)
                 except CorruptRecord:
                     stored = None
-                now = self._clock.wall()
-                if stored is not None and stored.tokens.refresh_alive(now) \
-                        and stored.tokens.issued_at >= tokens.issued_at - 60.0:
+                if stored is not None and stored.tokens.same_pair(tokens):
+                    return StoredTokens(stored.generation, tokens)  # our own write
+                if stored is not None and stored.generation > based_on \
+                        and stored.tokens.epoch == tokens.epoch \
+                        and stored.tokens.refresh_alive(self._clock.wall()):
                     self._discard(tokens, stored.tokens)
                     return stored
-                expected = await self._store.generation(name)  # dead, unreadable or reset
+                # dead, unreadable, reset or behind (a failover lost writes): ours goes over it
+                expected = await self._store.generation(name)
+                if expected == 0 or (stored is not None and stored.tokens.epoch != tokens.epoch):
+                    tokens = self._stamped(tokens, new_epoch())
         except StoreError as exc:
             # The platform has already rotated: the new pair is the only one that works.
             # Serve it from memory and keep trying to save it.
@@ -351,14 +504,24 @@ class Renewal:
                       "memory and retrying the store", name, exc)
             self._save_later(tokens)
             return StoredTokens(based_on + 1, tokens)
-        log.error("account %s: store generation keeps moving; using the new tokens unsaved",
-                  name)
+        log.error("account %s: store generation keeps moving; serving the new tokens and "
+                  "saving them when the store settles", name)
+        self._save_later(tokens)  # issue 15.9: never served unsaved without a retry
         return StoredTokens(expected + 1, tokens)
 
+    def _stamped(self, tokens: TokenSet, epoch: str) -> TokenSet:
+        """``tokens`` in record lineage ``epoch``; the pending pair is the stamped one."""
+        if tokens.epoch != epoch:
+            tokens = dataclasses.replace(tokens, epoch=epoch)
+        self._pending = tokens
+        return tokens
+
     def _discard(self, ours: TokenSet, kept: TokenSet) -> None:
-        """Revoke a pair we obtained but will not use (another process's pair won)."""
-        if ours.session_id and ours.session_id == kept.session_id:
-            return  # same session (grace replay): revoking would kill the kept pair too
+        """Revoke a pair we obtained but will not use (another process's pair won). Compared
+        by token value: a pair that shares a token with the kept one is the kept session's
+        (a grace replay, our own retried write) and revoking it would end the kept pair."""
+        if ours.shares_a_token(kept):
+            return
         token = ours.refresh_token or ours.access_token
         log.warning("account %s: another process stored a pair meanwhile; revoking ours",
                     self._name)
@@ -369,40 +532,63 @@ class Renewal:
 
         asyncio.get_running_loop().create_task(revoke()).add_done_callback(retrieve_exception)
 
-    def _save_later(self, tokens: TokenSet) -> None:
-        """Retry saving a pair the store refused while it was down, until it is saved or
-        superseded."""
+    def _save_later(self, tokens: TokenSet, delay: float | None = None) -> None:
+        """Save a pair the store does not hold (it was down, its generation kept moving, or a
+        failover lost it), until it is saved or superseded. One saver per account."""
+        if self._saving is not None and not self._saving.done():
+            return
         name = self._name
 
         async def retry() -> None:
-            delay = self._settings.store_retry
+            wait = self._settings.store_retry if delay is None else delay
             while not self._closed and (self._tokens is tokens or self._pending is tokens):
-                await self._clock.sleep(delay)
+                await self._clock.sleep(wait)
+                wait = self._settings.store_retry
                 try:
-                    newer = await self._newer_in_store()
-                    if newer is None:
-                        stored = await self._store.generation(name)
-                        if await self._store.compare_and_set(name, stored, tokens):
-                            if self._tokens is tokens:
-                                self.generation = stored + 1
-                            log.info("account %s: the new tokens are saved now", name)
-                            return
-                        continue
+                    order, record = await self._read_store()
+                    if order == "newer" and record is not None:
+                        if self._renewal is None:
+                            self._discard(tokens, record.tokens)
+                            self._adopt(record.generation, record.tokens)
+                        return
+                    if order in ("same", "dead"):  # saved already, or revoked since
+                        return
+                    stored = await self._store.generation(name)
+                    saved = tokens if stored > 0 and record is not None \
+                        and record.tokens.epoch == tokens.epoch \
+                        else dataclasses.replace(tokens, epoch=new_epoch())
+                    if await self._store.compare_and_set(name, stored, saved):
+                        if self._tokens is tokens:
+                            self._tokens = saved
+                            self._epoch = saved.epoch
+                            self.generation = stored + 1
+                        log.info("account %s: the new tokens are saved now (generation %d)",
+                                 name, stored + 1)
+                        return
                 except StoreError:
-                    delay = min(delay * 2, 10.0)
-                    continue
-                if self._renewal is None:
-                    self._discard(tokens, newer.tokens)
-                    self._adopt(newer.generation, newer.tokens)
-                return
+                    wait = min(wait * 2, 10.0)
 
-        asyncio.get_running_loop().create_task(retry()).add_done_callback(retrieve_exception)
+        task = asyncio.get_running_loop().create_task(retry(), name=f"save:{name}")
+        task.add_done_callback(retrieve_exception)
+        self._saving = task
 
     if TYPE_CHECKING:  # provided by AccountTokens and Scheduling
-        async def _drain(self, generation: int) -> None: ...
+        async def _drain(self, generation: int, deadline: float | None = None) -> None: ...
+
+        def _inflight_on(self, generation: int) -> int: ...
+
+        def _access_alive(self) -> bool: ...
+
+        def _refresh_alive(self) -> bool: ...
 
         def _set_state(self, state: AccountState) -> None: ...
 
         def _schedule(self) -> None: ...
 
-        def _adopt(self, generation: int, tokens: TokenSet) -> None: ...
+        def _adopt(self, generation: int, tokens: TokenSet,
+                   sent_at: float | None = None) -> None: ...
+
+
+def new_epoch() -> str:
+    """A fresh record lineage: 64 random bits, hex."""
+    return uuid.uuid4().hex[:16]

@@ -15,7 +15,8 @@ import math
 import random
 from typing import TYPE_CHECKING
 
-from .clock import Clock, Timer, monotonic_at
+from ..store.base import StoreError, TokenStore
+from .clock import Clock, Timer
 from .settings import PoolSettings
 from .states import AccountState
 from .token_set import TokenSet
@@ -72,6 +73,12 @@ class Scheduling:
     _used: bool
     _refresh_at: float  # monotonic; 0.0: due now
     _keepalive_at: float  # monotonic; inf: never
+    _access_until: float  # monotonic
+    _refresh_until: float  # monotonic; inf: never
+    _notice_again: bool
+    _remote_drain: int
+    _store: TokenStore
+    _owner: str
     _retry_at: float  # monotonic; inf: only after a person acts
     state: AccountState
     generation: int
@@ -91,14 +98,19 @@ class Scheduling:
         if tokens is None or not math.isfinite(self._retry_at):
             return
         settings = self._settings
+        # instants relative to the set's expiry anchors (monotonic, fixed when the set was
+        # obtained or adopted): re-arming after a wall clock step moves nothing (issue 15.5)
         if tokens.access_token and not self._access_dead:
-            self._refresh_at = monotonic_at(
-                clock, refresh_ahead_at(tokens, settings, self._rng.uniform(1.0, 1.2)))
+            margin = tokens.access_expires_at - refresh_ahead_at(
+                tokens, settings, self._rng.uniform(1.0, 1.2))
+            self._refresh_at = self._access_until - margin
         else:
             self._refresh_at = 0.0
         keepalive = keepalive_at(tokens, settings)
-        self._keepalive_at = monotonic_at(clock, keepalive) if math.isfinite(keepalive) \
-            else math.inf
+        if math.isfinite(keepalive) and tokens.refresh_expires_at is not None:
+            self._keepalive_at = self._refresh_until - (tokens.refresh_expires_at - keepalive)
+        else:
+            self._keepalive_at = math.inf
         due = min(self._keepalive_at, max(self._refresh_at, self._retry_at))
         if math.isfinite(due):
             delay = max(0.0, due - clock.monotonic())
@@ -141,30 +153,69 @@ class Scheduling:
 
     def notice(self, generation: int) -> None:
         """Another process wrote ``generation`` of this account (0: maybe, re-read): adopt
-        it now rather than on the next 401."""
-        if self._closed or self._checking or self._renewal is not None \
-                or generation == self.generation:
+        it now rather than on the next 401. A notice that comes while a read is under way is
+        kept and read after it (issue 15.9)."""
+        if self._closed or self._renewal is not None \
+                or (generation == self.generation and generation != 0):
+            return
+        if self._checking:
+            self._notice_again = True
             return
         self._checking = True
 
         async def check() -> None:
             try:
-                newer = await self._newer_in_store_or_none()
-                if newer is not None and self._renewal is None and not self._closed:
-                    log.info("account %s: adopted generation %d that another process stored",
-                             self._name, newer.generation)
-                    self._adopt(newer.generation, newer.tokens)
+                while True:
+                    self._notice_again = False
+                    newer = await self._newer_in_store_or_none()
+                    if newer is not None and self._renewal is None and not self._closed:
+                        log.info("account %s: adopted generation %d that another process "
+                                 "stored", self._name, newer.generation)
+                        self._adopt(newer.generation, newer.tokens)
+                    if not self._notice_again or self._closed:
+                        return
             finally:
                 self._checking = False
 
         asyncio.get_running_loop().create_task(check()).add_done_callback(retrieve_exception)
+
+    def announced(self, generation: int) -> None:
+        """Another process is about to rotate ``generation`` (issue 15.2): stop leasing it,
+        let our requests on it finish, acknowledge, and adopt the new pair when it is stored.
+        An announcement of a generation we do not serve is acknowledged at once."""
+        if self._closed:
+            return
+        if generation == self.generation and self._access_alive() and not self._access_dead:
+            self._remote_drain = generation
+            if self._renewal is None:
+                self._start_renewal("remote")
+            return  # the renewal acknowledges once our requests on it are done
+        task = asyncio.get_running_loop().create_task(self._acknowledge(generation))
+        task.add_done_callback(retrieve_exception)
+
+    async def _acknowledge(self, generation: int) -> None:
+        try:
+            await self._store.ack_rotation(self._name, generation, self._owner)
+        except StoreError as exc:
+            log.warning("account %s: acknowledging a rotation: %s", self._name, exc)
+
+    def rotation_near(self) -> bool:
+        """A rotation of this account may be announced soon (inside the refresh-ahead
+        window, or one is under way): stores without notifications poll faster then."""
+        if self._renewal is not None or self._remote_drain >= 0:
+            return True
+        return self._access_alive() and self._clock.monotonic() >= (
+            self._refresh_at - 2 * self._settings.drain_timeout - 1.0)
 
     if TYPE_CHECKING:  # provided by AccountTokens and Renewal
         _name: str
 
         def _start_renewal(self, reason: str) -> None: ...
 
-        def _adopt(self, generation: int, tokens: TokenSet) -> None: ...
+        def _adopt(self, generation: int, tokens: TokenSet,
+                   sent_at: float | None = None) -> None: ...
+
+        def _access_alive(self) -> bool: ...
 
         async def _newer_in_store_or_none(self) -> StoredTokens | None: ...
 

@@ -22,6 +22,9 @@ class PoolSettings:
     auth_budget_window: float = 60.0  # ... per this many seconds; 0 calls = unlimited
     reauth_poll: float = 1.0  # how often a reauth_required account looks for a new session
     lock_lease: float = 6.0  # how long a crashed process can block an account's renewal
+    # the longest a token call may take (the upstream timeout): a process waiting for another
+    # one's renewal waits this long beyond the lease before it calls the work lost
+    token_call_timeout: float = 60.0
     store_retry: float = 1.0  # how soon renewals try an unreachable store again
 
     @classmethod
@@ -29,10 +32,12 @@ class PoolSettings:
         proxy = config.proxy
         return cls(token_wait_timeout=proxy.token_wait_timeout,
                    refresh_ahead=proxy.refresh_ahead,
+                   refresh_ahead_share=proxy.refresh_ahead_share,
                    drain_timeout=proxy.drain_timeout,
                    auth_budget_calls=proxy.auth_budget_calls,
                    auth_budget_window=proxy.auth_budget_window,
-                   lock_lease=config.store.lock_lease)
+                   lock_lease=config.store.lock_lease,
+                   token_call_timeout=proxy.upstream_timeout)
 
     @property
     def safe_budget_window(self) -> float:

@@ -25,6 +25,10 @@ class TokenSet:
     owner_id: str = ""
     session_id: str = ""
     scope: str = ""
+    # The lineage of the store record this set was written in: minted when a record is
+    # created (generation 1), kept by every rotation after it. A different epoch under the
+    # same account means the store was reset (flushed, restored) and written anew since.
+    epoch: str = ""
 
     @property
     def access_lifetime(self) -> float:
@@ -51,7 +55,18 @@ class TokenSet:
             "refresh_token": self.refresh_token, "refresh_expires_at": self.refresh_expires_at,
             "issued_at": self.issued_at, "owner_id": self.owner_id,
             "session_id": self.session_id, "scope": self.scope,
+            **({"epoch": self.epoch} if self.epoch else {}),
         }, separators=(",", ":")).encode()
+
+    def same_pair(self, other: TokenSet) -> bool:
+        """The same tokens (by value): one session's pair, whatever was stored beside it."""
+        return (self.access_token, self.refresh_token) == (other.access_token,
+                                                            other.refresh_token)
+
+    def shares_a_token(self, other: TokenSet) -> bool:
+        """Either token is the other set's too: revoking one would end the other."""
+        mine = {self.access_token, self.refresh_token} - {None, ""}
+        return bool(mine & {other.access_token, other.refresh_token})
 
     @classmethod
     def from_json(cls, raw: bytes) -> TokenSet:
@@ -71,6 +86,7 @@ class TokenSet:
                 owner_id=str(body.get("owner_id", "")),
                 session_id=str(body.get("session_id", "")),
                 scope=str(body.get("scope", "")),
+                epoch=str(body.get("epoch", "")),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"stored token set is incomplete: {exc}") from None

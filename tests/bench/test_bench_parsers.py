@@ -104,4 +104,5 @@ def test_stats_helpers() -> None:
 
 
 def test_every_issue_scenario_is_registered() -> None:
-    assert list(by_name()) == ["throughput", "storm", "fleet", "memory", "replicas"]
+    assert list(by_name()) == ["throughput", "storm", "fleet", "memory", "replicas", "drain",
+                              "chaos"]

@@ -92,6 +92,20 @@ MORE_INPUTS = {
     "store prefix bad": doc((("store",), {"prefix": "a b"})),
     "store key_env bad": doc((("store",), {"key_env": "1X"})),
     "store unknown key": doc((("store",), {"bogus": 1})),
+    "store sentinel bad address": doc((("store",), {
+        "backend": "redis", "sentinels": ["127.0.0.1:26379", "x"], "sentinel_service": "m"})),
+    "store sentinels without service": doc((("store",), {
+        "backend": "redis", "sentinels": ["127.0.0.1:26379"]})),
+    "store sentinels and a url host": doc((("store",), {
+        "backend": "redis", "sentinels": ["127.0.0.1:26379"], "sentinel_service": "m",
+        "url": "redis://:pw@10.0.0.1:6379/0"})),
+    "store sentinels on sqlite": doc((("store",), {"sentinels": ["127.0.0.1:26379"]})),
+    "store sentinels and cluster": doc((("store",), {
+        "backend": "redis", "sentinels": ["127.0.0.1:26379"], "sentinel_service": "m",
+        "cluster": True})),
+    "store cluster with acks": doc((("store",), {
+        "backend": "redis", "cluster": True, "url": "redis://127.0.0.1:7000",
+        "min_replicas_ack": 1})),
     "metrics_listen bad": doc(((P, "metrics_listen"), "x")),
     "metrics_listen public": doc(((P, "metrics_listen"), "0.0.0.0:9464")),
     "upstream ftp": doc(((P, "upstream"), "ftp://x")),
@@ -128,10 +142,10 @@ TODAY = {
         'c.toml: proxy.listen_port: unknown key (allowed here: admin_token_env, '
         'allow_plaintext_listen, auth_budget_calls, auth_budget_window, bad_key_limit, '
         'drain_timeout, listen, log_format, login_failure_limit, media_upstream, '
-        'metrics_listen, public_url, refresh_ahead, replay_body_limit, replay_buffer_total, '
-        'stream_threshold, tls_cert, tls_key, token_wait_timeout, upstream, upstream_timeout, '
-        'verify_upstream_tls, virtual_access_ttl, virtual_grant_stale_max, '
-        'virtual_grants_per_account)'
+        'metrics_listen, public_url, refresh_ahead, refresh_ahead_share, replay_body_limit, '
+        'replay_buffer_total, stream_threshold, tls_cert, tls_key, token_wait_timeout, '
+        'upstream, upstream_timeout, verify_upstream_tls, virtual_access_ttl, '
+        'virtual_grant_stale_max, virtual_grants_per_account)'
     ),
     'unknown account key': (
         'c.toml: accounts[0].nmae: unknown key (allowed here: access_token_ttl, auth_code, '
@@ -212,8 +226,30 @@ TODAY_MORE = {
     'store prefix bad': 'c.toml: store.prefix: expected 1-64 letters, digits or _.:-',
     'store key_env bad': 'c.toml: store.key_env: must be the name of an environment variable',
     'store unknown key': (
-        'c.toml: store.bogus: unknown key (allowed here: allow_plaintext, backend, key_env, '
-        'lock_lease, path, prefix, tls_ca_file, url)'
+        'c.toml: store.bogus: unknown key (allowed here: allow_plaintext, backend, cluster, '
+        'key_env, lock_lease, min_replicas_ack, path, prefix, sentinel_password, '
+        'sentinel_service, sentinels, tls_ca_file, url)'
+    ),
+    'store sentinel bad address': (
+        "c.toml: store.sentinels[1]: expected HOST:PORT (e.g. 127.0.0.1:8080), got 'x'"
+    ),
+    'store sentinels without service': (
+        'c.toml: store.sentinel_service: required with sentinels: the name the sentinels '
+        'monitor the primary under'
+    ),
+    'store sentinels and a url host': (
+        'c.toml: store.url: with sentinels, the URL names no host (the sentinels name the '
+        'primary): write redis://:PASSWORD@/DB or rediss://:PASSWORD@/DB'
+    ),
+    'store sentinels on sqlite': (
+        'c.toml: store.sentinels: only with backend = "redis" (the backend is \'sqlite\')'
+    ),
+    'store sentinels and cluster': (
+        'c.toml: store.cluster: sentinels and cluster exclude each other (a Redis Cluster '
+        'fails over by itself)'
+    ),
+    'store cluster with acks': (
+        'c.toml: store.min_replicas_ack: not supported with cluster = true (leave it 0)'
     ),
     'metrics_listen bad': (
         "c.toml: proxy.metrics_listen: expected HOST:PORT (e.g. 127.0.0.1:8080), got 'x'"
@@ -264,10 +300,10 @@ TODAY_MORE = {
         'c.toml: proxy.zzz: unknown key (allowed here: admin_token_env, '
         'allow_plaintext_listen, auth_budget_calls, auth_budget_window, bad_key_limit, '
         'drain_timeout, listen, log_format, login_failure_limit, media_upstream, '
-        'metrics_listen, public_url, refresh_ahead, replay_body_limit, replay_buffer_total, '
-        'stream_threshold, tls_cert, tls_key, token_wait_timeout, upstream, upstream_timeout, '
-        'verify_upstream_tls, virtual_access_ttl, virtual_grant_stale_max, '
-        'virtual_grants_per_account)'
+        'metrics_listen, public_url, refresh_ahead, refresh_ahead_share, replay_body_limit, '
+        'replay_buffer_total, stream_threshold, tls_cert, tls_key, token_wait_timeout, '
+        'upstream, upstream_timeout, verify_upstream_tls, virtual_access_ttl, '
+        'virtual_grant_stale_max, virtual_grants_per_account)'
     ),
     'order: proxy before account': (
         'c.toml: proxy.upstream_timeout: expected a number, got a string'

@@ -57,7 +57,7 @@ class Raw:
                 return bytes(db.execute("SELECT value FROM tokens WHERE account = ?",
                                         (account,)).fetchone()[0])
         assert self.redis is not None
-        return bytes(self.redis.client().hget(f"{self.prefix}:tokens:{account}", "value"))
+        return bytes(self.redis.client().hget(f"{self.prefix}:tokens:{{{account}}}", "value"))
 
     def put(self, account: str, value: bytes) -> None:
         if self.kind == "sqlite":
@@ -65,7 +65,7 @@ class Raw:
                 db.execute("UPDATE tokens SET value = ? WHERE account = ?", (value, account))
         else:
             assert self.redis is not None
-            self.redis.client().hset(f"{self.prefix}:tokens:{account}", "value", value)
+            self.redis.client().hset(f"{self.prefix}:tokens:{{{account}}}", "value", value)
 
     def get_virtual(self, name: str) -> bytes:
         if self.kind == "sqlite":

@@ -65,7 +65,7 @@ class Backend:
                 db.execute("UPDATE tokens SET value = ? WHERE account = ?", (value, account))
         else:
             assert self.redis is not None
-            self.redis.client().hset(f"{self.prefix}:tokens:{account}", "value", value)
+            self.redis.client().hset(f"{self.prefix}:tokens:{{{account}}}", "value", value)
 
     def raw_bytes(self) -> bytes:
         if self.kind == "sqlite":
@@ -349,5 +349,44 @@ def test_virtual_grant_index_counts_caps_and_lists(backend: Backend) -> None:
             for store in stores:
                 if not isinstance(store, MemoryStore):
                     await store.close()
+
+    run(scenario)
+
+
+def test_members_announcements_and_acknowledgements(backend: Backend) -> None:
+    """The cluster-wide drain's primitives (issue 15.2): members heartbeat and lapse, a
+    rotation is announced to the other process's watcher, acknowledgements are per
+    generation."""
+    if backend.kind == "memory":
+        pytest.skip("one process: nobody else to drain (the base class's no-ops)")
+
+    async def scenario() -> None:
+        async with opened(backend.make()) as a, opened(backend.make()) as b:
+            heard: list[tuple[str, int, str]] = []
+            written: list[tuple[str, int]] = []
+            await b.watch(lambda acc, gen: written.append((acc, gen)),
+                          lambda acc, gen, owner: heard.append((acc, gen, owner)),
+                          lambda: True)
+            await asyncio.sleep(0.3)  # subscribed / first poll done
+            await a.heartbeat("proc-a", 6.0)
+            await b.heartbeat("proc-b", 0.3)
+            assert await a.members() == {"proc-a", "proc-b"}
+            await asyncio.sleep(0.5)
+            assert await a.members() == {"proc-a"}  # b's heartbeat lapsed
+            await b.heartbeat("proc-b", 6.0)
+            await a.announce_rotation("main", 4, "proc-a", 2.0)
+            assert await a.compare_and_set("main", 0, tokens(1))
+            for _ in range(100):  # bounded: up to 5 s
+                if heard and ("main", 1) in written:
+                    break
+                await asyncio.sleep(0.05)
+            assert ("main", 4, "proc-a") in heard
+            assert ("main", 1) in written
+            assert await a.rotation_acks("main", 4) == set()
+            await b.ack_rotation("main", 4, "proc-b")
+            assert await a.rotation_acks("main", 4) == {"proc-b"}
+            assert await a.rotation_acks("main", 5) == set()  # per generation
+            await b.leave("proc-b")
+            assert await a.members() == {"proc-a"}
 
     run(scenario)

@@ -85,7 +85,7 @@ def test_foreign_value_written_while_running(tmp_path: Path, emulator_factory,
             assert client.get(EXT).status_code == 200
             generation = stored(redis_server, prefix).generation
             raw = redis_server.client()
-            raw.hset(f"{prefix}:tokens:main", mapping={"generation": generation + 1,
+            raw.hset(f"{prefix}:tokens:{{main}}", mapping={"generation": generation + 1,
                                                        "value": b"fernet:not-ours"})
             raw.publish(f"{prefix}:rotations",
                         json.dumps({"account": "main", "generation": generation + 1}))
@@ -130,7 +130,7 @@ def test_password_and_tls_url(tmp_path: Path, emulator_factory, redis_factory) -
     finally:
         proxy.stop()
     keys = [k.decode() for k in redis.client().scan_iter()]
-    assert "tokenproxy:tokens:main" in keys
+    assert "tokenproxy:tokens:{main}" in keys
     # a wrong password: refuses to start, naming the store but not the password
     env["REDIS_PASSWORD"] = "wrong-password"
     result = subprocess.run(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy_addon.config import AccountConfig, parse_config
-from proxy_addon.store.base import RecordCodec, StoreError
+from proxy_addon.store.base import RecordCodec, StoredTokens, StoreError
 from proxy_addon.store.crypto import TokenCipher
 from proxy_addon.store.memory import MemoryStore
 from proxy_addon.tokens.account import AccountTokens
@@ -67,6 +67,10 @@ class FakeClock:
             await future
         finally:
             timer.cancel()
+
+    def step_wall(self, seconds: float) -> None:
+        """The wall clock jumps (NTP step); monotonic time does not."""
+        self._offset += seconds
 
     def pending(self) -> list[float]:
         """Delays (from now) of the armed timers."""
@@ -128,13 +132,15 @@ class FakePlatform:
         self.script: list[BaseException | None] = []
         self.gate: asyncio.Event | None = None
         self.delay = 0.0  # fake seconds each call takes
+        self.session_ids = True  # False: answers without session_id (TokenInfo may lack it)
         self._numbers = itertools.count(1)
 
     def issue(self) -> TokenSet:
         n, now = next(self._numbers), self.clock.wall()
         return TokenSet(f"a{n}", now + self.access_ttl, f"r{n}",
                         None if self.refresh_ttl is None else now + self.refresh_ttl,
-                        issued_at=now, owner_id="owner-1", session_id=f"s{n}", scope="ReadX")
+                        issued_at=now, owner_id="owner-1",
+                        session_id=f"s{n}" if self.session_ids else "", scope="ReadX")
 
     async def _answer(self, kind: str, what: str) -> TokenSet:
         self.calls.append((kind, what))
@@ -167,10 +173,40 @@ class FakeStore(MemoryStore):
         super().__init__(RecordCodec(TokenCipher(None)))
         self.down = False
         self.hold: asyncio.Event | None = None  # when set: generation() hangs until it is set
+        self.fail_after_acquire = 0  # store calls that fail right after a lock is taken
 
     def _check(self) -> None:
         if self.down:
             raise StoreError("store is down (fake)")
+        if self.fail_after_acquire < 0:
+            self.fail_after_acquire += 1
+            raise StoreError("store failed once (fake)")
+
+    # -- faults and views that tests set up (another process, an operator, a failover) -----
+
+    async def holder(self, account: str) -> str | None:
+        holder = self._locks.get(account)
+        return holder[0] if holder is not None else None
+
+    def steal_lock(self, account: str, owner: str, lease: float = 60.0) -> None:
+        """``owner`` holds the renewal lock now (our lease ran out and another took it)."""
+        import time
+
+        self._locks[account] = (owner, time.monotonic() + lease)
+
+    def corrupt(self, account: str) -> None:
+        """Another writer stored something unreadable, one generation on."""
+        generation = self._records.get(account, (0, b""))[0]
+        self._records[account] = (generation + 1, b"plain:not json")
+
+    def reset(self) -> None:
+        """The store was flushed: every record gone, generations start again."""
+        self._records.clear()
+        self._locks.clear()
+
+    def roll_back(self, account: str, record: StoredTokens) -> None:
+        """A failover lost the writes after ``record``."""
+        self._records[account] = (record.generation, self.codec.encode(account, record.tokens))
 
     async def load(self, account):  # type: ignore[no-untyped-def]
         self._check()
@@ -188,7 +224,10 @@ class FakeStore(MemoryStore):
 
     async def acquire_lock(self, account: str, owner: str, lease: float) -> bool:
         self._check()
-        return await super().acquire_lock(account, owner, lease)
+        taken = await super().acquire_lock(account, owner, lease)
+        if taken and self.fail_after_acquire > 0:
+            self.fail_after_acquire = -self.fail_after_acquire  # the next calls fail
+        return taken
 
     async def release_lock(self, account: str, owner: str) -> None:
         self._check()

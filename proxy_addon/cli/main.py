@@ -248,7 +248,12 @@ def main(argv: list[str] | None = None) -> int:
                               args.login_hint)
     logs.setup(args.log_level, args.log_format or config.proxy.log_format)
     from .run import StartupError, run
+    from .workers import unshared_store
 
+    problem = unshared_store(config, args.workers, args.worker is not None)
+    if problem is not None:
+        print(f"tokenproxy: config error: {args.config}: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.workers > 1 and args.worker is None:
         from .workers import supervise
 

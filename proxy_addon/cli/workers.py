@@ -22,6 +22,21 @@ from dataclasses import replace
 from ..config import Config, HostPort
 
 RESTARTS_PER_MINUTE = 5
+SHARED_BACKENDS = ("sqlite", "redis")  # what several processes can share
+
+
+def unshared_store(config: Config, workers: int, worker: bool) -> str | None:
+    """Why this config cannot run as several workers, or None. A memory store lives inside one
+    process: N workers would be N stores (N platform sessions for each account, a virtual token
+    valid on one worker only), so it is refused rather than run that way."""
+    backend = config.store.backend
+    if (workers <= 1 and not worker) or backend in SHARED_BACKENDS:
+        return None
+    many = f"--workers {workers}" if workers > 1 else "a --worker process"
+    return (f"store.backend: {backend!r} keeps the tokens inside one process, so {many} would "
+            "run separate stores (one platform session per worker for each account, virtual "
+            "tokens valid on one worker only): set [store] backend = \"sqlite\" (shared by "
+            "the workers of one host) or \"redis\", or run without --workers")
 
 
 def for_worker(config: Config, index: int, port: int) -> Config:

@@ -305,7 +305,7 @@ class _Reader:
                    "media_upstream", "public_url", "allow_plaintext_listen", "bad_key_limit",
                    "replay_body_limit", "replay_buffer_total", "tls_cert", "tls_key",
                    "admin_token_env", "login_failure_limit", "virtual_access_ttl",
-                   "virtual_grants_per_account"}
+                   "virtual_grants_per_account", "virtual_grant_stale_max"}
         table = self.table(value, key, allowed)
         defaults = ProxyConfig()
         log_format = self.string(table, "log_format", key, default=defaults.log_format)
@@ -366,6 +366,8 @@ class _Reader:
             virtual_grants_per_account=int(self.number(
                 table, "virtual_grants_per_account", key, defaults.virtual_grants_per_account,
                 minimum=0, integer=True)),
+            virtual_grant_stale_max=self.number(table, "virtual_grant_stale_max", key,
+                                                defaults.virtual_grant_stale_max, minimum=0),
             replay_body_limit=int(self.number(table, "replay_body_limit", key,
                                               defaults.replay_body_limit, minimum=0,
                                               integer=True)),

@@ -163,6 +163,8 @@ class ProxyConfig:
     # outstanding virtual grants (logins through the proxy) per account; beyond, the least
     # recently refreshed one ends. 0: no cap
     virtual_grants_per_account: int = 1000
+    # seconds a virtual grant read from the store is still served while the store is away
+    virtual_grant_stale_max: float = 300.0
     replay_body_limit: int = 64 * 1024 * 1024  # request bodies up to this are replayable
     # request-body bytes buffered for replay by the whole process at once (a quarter of the
     # 1 GiB memory limit of deploy/k8s); beyond it bodies stream

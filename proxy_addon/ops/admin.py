@@ -35,6 +35,12 @@ log = logging.getLogger("tokenproxy.admin")
 
 HEALTHY_STATES = {AccountState.HEALTHY, AccountState.IDLE, AccountState.REFRESHING}
 Handler = Callable[[web.Request], Awaitable[web.Response]]
+# what a replica cannot do while the store is unreachable (``/readyz`` "impaired")
+IMPAIRED_WITHOUT_STORE = (
+    "renewals",  # a token that expires is not renewed (a pair that cannot be saved is lost)
+    "virtual_logins",  # logins, refreshes and revocations through the proxy
+    "uncached_virtual_tokens",  # virtual tokens not read here within virtual_grant_stale_max
+)
 
 
 def admin_token(proxy: ProxyConfig, environ: Mapping[str, str] | None = None) -> str | None:
@@ -55,6 +61,7 @@ def bearer_matches(authorization: str | None, token: str) -> bool:
 
 class AdminServer:
     PROBE_EVERY = 5.0  # seconds between store probes
+    PROBE_FRESH = 0.5  # seconds a probe's answer is reused for readiness checks
 
     def __init__(self, config: Config, pool: TokenPool, store: TokenStore,
                  metrics: Metrics | None = None) -> None:
@@ -65,6 +72,7 @@ class AdminServer:
         self._runner: web.AppRunner | None = None
         self._probe: asyncio.Task[None] | None = None
         self._probe_under_way: asyncio.Task[tuple[bool, str | None]] | None = None
+        self._probed_at = 0.0  # monotonic: when the last probe started
         self._token = admin_token(config.proxy)
         if self._token:
             SECRETS.add([self._token], fixed=True)
@@ -135,15 +143,24 @@ class AdminServer:
         store: dict[str, object] = {"backend": self._store.backend, "ok": store_ok}
         if problem and self._authorized(request):
             store["error"] = problem
-        body = {"ready": ready, "degraded": not store_ok, "store": store}
+        body: dict[str, object] = {"ready": ready, "degraded": not store_ok, "store": store}
+        if not store_ok:
+            # Still ready: client keys and the virtual tokens this process read lately
+            # ([proxy] virtual_grant_stale_max) are served, and the store is shared, so every
+            # replica is as degraded as this one: taking them out would end that traffic too.
+            # What needs the store's word fails fast with 503 TPX-STORE-UNAVAILABLE:
+            body["impaired"] = list(IMPAIRED_WITHOUT_STORE)
         return web.json_response(body, status=200 if ready else 503)
 
     async def store_reachable(self) -> tuple[bool, str | None]:
-        """One probe at a time: concurrent readiness checks share the one under way, so a
-        burst of probes never queues store calls ahead of renewals (the SQLite store runs
-        every call on one thread; issue 15.9)."""
+        """One probe at a time: concurrent readiness checks share the one under way, and an
+        answer is reused for PROBE_FRESH seconds, so a burst of probes never queues store
+        calls ahead of renewals (the SQLite store runs every call on one thread; issue
+        15.9)."""
         probe = self._probe_under_way
-        if probe is None or probe.done():
+        if probe is None or (probe.done() and time.monotonic() - self._probed_at
+                             >= self.PROBE_FRESH):
+            self._probed_at = time.monotonic()
             probe = self._probe_under_way = asyncio.get_running_loop().create_task(
                 self._probe_once())
         return await asyncio.shield(probe)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..tokens.token_set import TokenSet
-from .crypto import TokenCipher, UnreadableRecord
+from .crypto import PLAIN, SEALED, TokenCipher, UnreadableRecord, bind, unbind
 
 KEY_CHECK_PLAINTEXT = b"tokenproxy-key-check-v1"
 
@@ -34,47 +34,156 @@ class StoredTokens:
     tokens: TokenSet
 
 
+TOKENS, VIRTUAL, META = "tokens", "virtual", "meta"  # what a record is (its binding)
+KEY_CHECK_BOUND = b"tokenproxy-key-check-v2"  # the store's records are all bound
+
+
+def _what(kind: str, name: str) -> str:
+    """A record named for a message (an account's name; never a virtual digest)."""
+    if kind == TOKENS:
+        return f"account {name!r}"
+    return {VIRTUAL: "a virtual-grant record", META: "the store's key check"}.get(
+        kind, "another kind of record")
+
+
 class RecordCodec:
-    """Token set <-> stored bytes (sealed by the cipher)."""
+    """Token set <-> stored bytes, sealed by the cipher and bound to the record's kind and name
+    (:func:`~.crypto.bind`): a sealed record is refused anywhere but where it was written.
+
+    Stores written before the binding (key check ``…-v1``) are migrated when they open: the
+    stores' re-seal pass hands every token record to :meth:`resealed`, which seals it again
+    bound to the account it is stored under, then :meth:`finish_reseal` gives the ``…-v2`` key
+    check that marks the store as migrated. Until then an unbound sealed token record is read
+    (it was written by an older release); from then on it is refused. Virtual-grant records of
+    the old format name their own digest inside the sealed JSON
+    (:meth:`~proxy_addon.virtual.grants.VirtualGrant.from_json` checks it), so they stay
+    readable until they lapse; new ones are bound like the rest. A ``plain:`` record is refused
+    whenever a key is configured, except that a store kept in clear before a key was set has
+    its plaintext token records sealed (bound) by that migration."""
 
     def __init__(self, cipher: TokenCipher) -> None:
         self.cipher = cipher
+        self.bound_only = True  # False while the store holds records from before the binding
+        self._migrating = False  # the re-seal pass binds unbound token records
+        self._was_plain = False  # ... and seals plaintext ones (the store had no key before)
 
-    def encode(self, tokens: TokenSet) -> bytes:
-        return self.cipher.seal(tokens.to_json())
+    @property
+    def needs_reseal(self) -> bool:
+        """The stores' re-seal pass has work: a key rotation, or records to bind."""
+        return self.cipher.rotating or self._migrating
+
+    def seal(self, kind: str, name: str, payload: bytes) -> bytes:
+        if not self.cipher.encrypts:
+            return self.cipher.seal(payload)  # in clear: a binding would protect nothing
+        return self.cipher.seal(bind(kind, name, payload))
+
+    def open(self, kind: str, name: str, blob: bytes) -> bytes:
+        """The payload of the record stored as ``kind``/``name``; UnreadableRecord (with the
+        reason, never the value) when it belongs elsewhere or cannot be trusted."""
+        if self.cipher.encrypts and blob.startswith(PLAIN):
+            raise UnreadableRecord(
+                "it is stored in clear although a store key is configured: refused (written "
+                "without the key: planted, or left from before the store was encrypted)")
+        plaintext = self.cipher.open(blob)
+        if not self.cipher.encrypts:
+            return plaintext
+        bound = unbind(plaintext)
+        if bound is None:
+            if self.bound_only and kind != VIRTUAL:
+                raise UnreadableRecord(
+                    "it is sealed in the format from before records were bound to their "
+                    "account, but this store was migrated: refused (an old copy put back, or "
+                    "moved from another record)")
+            return plaintext
+        if (bound[0], bound[1]) != (kind, name):
+            raise UnreadableRecord(f"it was sealed for {_what(bound[0], bound[1])}: refused "
+                                   "(records were swapped or moved in the store)")
+        return bound[2]
+
+    def encode(self, account: str, tokens: TokenSet) -> bytes:
+        return self.seal(TOKENS, account, tokens.to_json())
 
     def decode(self, account: str, blob: bytes) -> TokenSet:
         try:
-            return TokenSet.from_json(self.cipher.open(blob))
+            return TokenSet.from_json(self.open(TOKENS, account, blob))
         except UnreadableRecord as exc:
             raise CorruptRecord(account, str(exc)) from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise CorruptRecord(account, f"not a token set ({type(exc).__name__})") from None
 
+    def seal_virtual(self, digest: str, record: bytes) -> bytes:
+        return self.seal(VIRTUAL, digest, record)
+
+    def open_virtual(self, digest: str, blob: bytes) -> bytes:
+        """UnreadableRecord for a record that is not this digest's (see :meth:`open`)."""
+        return self.open(VIRTUAL, digest, blob)
+
     def check_key(self, stored_check: bytes | None) -> bytes | None:
-        """Verify the key against the store's key-check value; returns a value to write when
-        the store has none yet (or only a plaintext one while a key is now configured)."""
+        """Verify the key against the store's key-check value; returns a value to write now
+        (a new store, a key rotation). Learns whether the store still holds records from
+        before the binding (then :attr:`needs_reseal`, and :meth:`finish_reseal` after the
+        stores' re-seal pass)."""
+        self.bound_only, self._migrating, self._was_plain = True, False, False
         if stored_check is None:
-            return self.cipher.seal(KEY_CHECK_PLAINTEXT)
+            return self._key_check()
         try:
             opened = self.cipher.open(stored_check)
+            bound = unbind(opened) if stored_check.startswith(SEALED) else None
         except UnreadableRecord as exc:
             if not self.cipher.encrypts:
                 raise StoreKeyMismatch(
                     "the store is encrypted but no store key is configured (set the "
                     "environment variable named by [store] key_env)") from None
             raise StoreKeyMismatch(f"the store key does not match the store: {exc}") from None
-        if opened != KEY_CHECK_PLAINTEXT:
+        if bound is not None:
+            if (bound[0], bound[1], bound[2]) != (META, "key_check", KEY_CHECK_BOUND):
+                raise StoreKeyMismatch("the store's key check value is foreign data")
+        elif opened not in (KEY_CHECK_PLAINTEXT, KEY_CHECK_BOUND):
             raise StoreKeyMismatch("the store's key check value is foreign data")
-        if self.cipher.encrypts and not stored_check.startswith(b"fernet:"):
-            return self.cipher.seal(KEY_CHECK_PLAINTEXT)  # upgrade a plaintext store
+        if not self.cipher.encrypts:
+            return None
+        if bound is None:  # written before the binding (or in clear): migrate on this open
+            self.bound_only = False
+            self._migrating = True
+            self._was_plain = not stored_check.startswith(SEALED)
+            return None
         if self.cipher.stale(stored_check):
-            return self.cipher.seal(KEY_CHECK_PLAINTEXT)  # key rotation: now the new key's
+            return self._key_check()  # key rotation: now the new key's
         return None
 
-    def resealed(self, blob: bytes) -> bytes | None:
-        """During a key rotation: ``blob`` sealed with the first key when an older key sealed
-        it; None when it needs nothing or cannot be opened (left for the reader to report)."""
+    def _key_check(self) -> bytes:
+        if not self.cipher.encrypts:
+            return self.cipher.seal(KEY_CHECK_PLAINTEXT)
+        return self.seal(META, "key_check", KEY_CHECK_BOUND)
+
+    def finish_reseal(self) -> bytes | None:
+        """After the stores' re-seal pass: the key check to write when that pass bound the
+        store's records (from now on only bound records are read), else None."""
+        if not self._migrating:
+            return None
+        self._migrating = self._was_plain = False
+        self.bound_only = True
+        return self._key_check()
+
+    def resealed(self, blob: bytes, kind: str = VIRTUAL, name: str = "") -> bytes | None:
+        """``blob``, stored as ``kind``/``name``, sealed again: with the first key during a key
+        rotation, bound during the migration of an older store. None when it needs nothing or
+        cannot be opened or belongs elsewhere (left for the reader to report)."""
+        if not self.cipher.encrypts:
+            return None
+        if blob.startswith(PLAIN):
+            if kind == TOKENS and self._migrating and self._was_plain:
+                return self.seal(kind, name, blob[len(PLAIN):])
+            return None
+        try:
+            plaintext = self.cipher.open(blob)
+            bound = unbind(plaintext)
+        except UnreadableRecord:
+            return None
+        if bound is None and kind == TOKENS and self._migrating:
+            return self.seal(kind, name, plaintext)
+        if bound is not None and (bound[0], bound[1]) != (kind, name):
+            return None
         if not self.cipher.stale(blob):
             return None
         try:

@@ -5,10 +5,20 @@ before it is written and opens it after it is read. Keys come from an environmen
 (comma-separated: the first encrypts, all decrypt, so old keys can be listed during rotation).
 While older keys are listed, the stores re-seal what they hold with the first key when they
 open, so the older keys can be dropped after one start of every replica.
+
+Every sealed record is bound to what it is (a token set, a virtual-grant record, the key check)
+and to its name (the account, the virtual token's digest): :func:`bind` puts both in front of
+the plaintext *inside* the Fernet token, so they are encrypted and authenticated with it, and
+:func:`unbind` hands them back for the reader to compare (:class:`~.base.RecordCodec`). Fernet
+has no associated data; a header under its HMAC protects the binding just as well, and keeps
+the key format, key rotation (``MultiFernet.rotate`` keeps the plaintext, binding included) and
+the key environment variables as they are. Values sealed before the binding have no header
+(:data:`BOUND` is never the start of a token set's JSON or of the old key-check value).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -17,6 +27,7 @@ log = logging.getLogger("tokenproxy.crypto")
 
 SEALED = b"fernet:"
 PLAIN = b"plain:"
+BOUND = b"tokenproxy-bound-v2 "  # + JSON [kind, name] + newline + the record's plaintext
 
 
 class BadKeyMaterial(ValueError):
@@ -90,6 +101,25 @@ class TokenCipher:
         if blob.startswith(PLAIN):
             return blob[len(PLAIN):]
         raise UnreadableRecord("value is not a tokenproxy record")
+
+
+def bind(kind: str, name: str, payload: bytes) -> bytes:
+    """``payload`` with what it is and whose it is in front (sealed with it)."""
+    return BOUND + json.dumps([kind, name]).encode() + b"\n" + payload
+
+
+def unbind(plaintext: bytes) -> tuple[str, str, bytes] | None:
+    """(kind, name, payload) of a bound plaintext; None for one sealed before the binding."""
+    if not plaintext.startswith(BOUND):
+        return None
+    head, sep, payload = plaintext[len(BOUND):].partition(b"\n")
+    try:
+        kind, name = json.loads(head) if sep else (None, None)
+    except (ValueError, TypeError):
+        kind = name = None
+    if not isinstance(kind, str) or not isinstance(name, str):
+        raise UnreadableRecord("its binding header is damaged")
+    return kind, name, payload
 
 
 def generate_key() -> str:

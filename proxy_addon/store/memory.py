@@ -34,7 +34,7 @@ class MemoryStore(TokenStore):
     async def compare_and_set(self, account: str, expected: int, tokens: TokenSet) -> bool:
         if await self.generation(account) != expected:
             return False
-        self._records[account] = (expected + 1, self.codec.encode(tokens))
+        self._records[account] = (expected + 1, self.codec.encode(account, tokens))
         return True
 
     async def acquire_lock(self, account: str, owner: str, lease: float) -> bool:

@@ -249,8 +249,10 @@ class RedisStore(TokenStore):
             if replacement is not None:
                 await self._client.set(key, replacement)
             await self._migrate_layout()
-            if self.codec.cipher.rotating:
+            if self.codec.needs_reseal:  # key rotation, or records to bind to their account
                 await self._reseal()
+                if (migrated := self.codec.finish_reseal()) is not None:
+                    await self._client.set(key, migrated)
             await self._warn_without_persistence()
         except RedisError as exc:
             raise self._error(exc) from None
@@ -268,7 +270,11 @@ class RedisStore(TokenStore):
                     value = await self._client.hget(key, "value")
                 else:
                     value = await self._client.get(key)
-                new = self.codec.resealed(value) if value is not None else None
+                name = key.decode()[len(f"{self.prefix}:{kind}:"):]  # the account, the digest
+                name = name[1:-1] if kind in TAGGED_KINDS else name  # {account}: its hash tag
+                if self._key(kind, name) != key.decode():
+                    continue  # not a name this store writes: left for the reader to report
+                new = self.codec.resealed(value, kind, name) if value is not None else None
                 if new is not None:
                     await script(keys=[key], args=[value, new])
 
@@ -334,7 +340,7 @@ class RedisStore(TokenStore):
         # one id per call: redis-py's re-send of this call, and ours below, carry the same one
         write_id = secrets.token_hex(16)
         keys = [self._key("tokens", account)]
-        args = [expected, self.codec.encode(tokens), time.time(), self.channel, account,
+        args = [expected, self.codec.encode(account, tokens), time.time(), self.channel, account,
                 write_id]
         try:
             # Sentinel: a promotion since the pool last connected means its idle connections

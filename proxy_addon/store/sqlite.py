@@ -111,20 +111,25 @@ class SQLiteStore(TokenStore):
         if replacement is not None:
             db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('key_check', ?)",
                        (replacement,))
-        if self.codec.cipher.rotating:
+        if self.codec.needs_reseal:
             self._reseal(db)
+            migrated = self.codec.finish_reseal()
+            if migrated is not None:  # every record is bound now: say so in the store
+                db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('key_check', ?)",
+                           (migrated,))
 
     def _reseal(self, db: sqlite3.Connection) -> None:
         """Key rotation: values sealed with an older key are sealed again with the first, in
-        place (same generation; skipped if a writer changed the value meanwhile)."""
+        place (same generation; skipped if a writer changed the value meanwhile); a store
+        written before records were bound to their account has them bound."""
         for account, value in db.execute("SELECT account, value FROM tokens").fetchall():
-            new = self.codec.resealed(value)
+            new = self.codec.resealed(value, "tokens", account)
             if new is not None:
                 db.execute("UPDATE tokens SET value = ? WHERE account = ? AND value = ?",
                            (new, account, value))
         for digest, record in db.execute(
                 "SELECT digest, record FROM virtual_tokens").fetchall():
-            new = self.codec.resealed(record)
+            new = self.codec.resealed(record, "virtual", digest)
             if new is not None:
                 db.execute("UPDATE virtual_tokens SET record = ? WHERE digest = ? AND record = ?",
                            (new, digest, record))
@@ -304,7 +309,8 @@ class SQLiteStore(TokenStore):
         return row[0] if row else 0
 
     async def compare_and_set(self, account: str, expected: int, tokens: TokenSet) -> bool:
-        return bool(await self._run(self._cas, account, expected, self.codec.encode(tokens)))
+        value = self.codec.encode(account, tokens)
+        return bool(await self._run(self._cas, account, expected, value))
 
     async def acquire_lock(self, account: str, owner: str, lease: float) -> bool:
         return bool(await self._run(self._acquire, account, owner, lease))

@@ -4,8 +4,10 @@ A virtual pair (access + refresh) maps the app to one configured account. The to
 (``TPXA…``/``TPXR…``), kept in the shared store only as SHA-256 digests with their metadata, so
 every replica honours them and they survive restarts. Each record is sealed with the store key
 (authenticated encryption) and names its own digest: someone who can write to the store but
-has no key can neither plant a grant nor move one under a token of their choosing. A short
-in-process cache keeps the hot path free of store round trips. Refreshing a virtual refresh
+has no key can neither plant a grant nor move one under a token of their choosing. An
+in-process cache keeps the hot path off the store: one read per record every 5 s, shared by
+every concurrent lookup, at most 0.5 s of waiting, and a grant read lately is still served
+while the store is away (``[proxy] virtual_grant_stale_max``). Refreshing a virtual refresh
 token rotates the pair like the platform does; revoking either token of a pair revokes that
 pair only. No platform session is created: a hundred apps logging in every minute cost the
 account nothing.
@@ -26,6 +28,7 @@ evicts its oldest session) and lets ``tokenproxy revoke --virtual`` list and end
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -35,13 +38,16 @@ from dataclasses import dataclass
 
 from ..config import AccountConfig
 from ..store import StoreError, TokenStore
-from ..store.crypto import SEALED, UnreadableRecord
+from ..store.crypto import UnreadableRecord
 
 ACCESS_PREFIX, REFRESH_PREFIX = "TPXA", "TPXR"
 ACCESS_TTL, REFRESH_TTL = 3600, 7 * 86400
 log = logging.getLogger("tokenproxy.virtual")
 
 CACHE_SECONDS = 5.0  # a revocation on another replica is honoured here within this time
+READ_DEADLINE = 0.5  # a lookup waits this long for the store, then serves stale or fails
+STALE_MAX = 300.0  # a cached grant is served this long without the store's word
+CACHE_ENTRIES = 50_000  # bounded
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,13 @@ class VirtualTokens:
                  refresh_ttl: int = REFRESH_TTL) -> None:
         self._store = store
         self.access_ttl, self.refresh_ttl = access_ttl, refresh_ttl
+        # digest -> (grant or None for "not there", monotonic time of the store read)
         self._cache: dict[str, tuple[VirtualGrant | None, float]] = {}
+        self._reads: dict[str, asyncio.Task[VirtualGrant | None]] = {}  # one read per digest
+        self._store_failing = False  # the last store read failed (or missed its deadline)
+        self.refresh_every = CACHE_SECONDS  # re-read a cached record after this long
+        self.read_deadline = READ_DEADLINE
+        self.stale_max = STALE_MAX  # [proxy] virtual_grant_stale_max
         self.fingerprints: dict[str, str] | None = None  # by account; None: not checked
         self.grants_per_account = 0  # outstanding lineages per account; 0: no cap
 
@@ -133,7 +145,7 @@ class VirtualTokens:
         await self._store.put_virtual(key, self._seal(grant, key), keep_until)
 
     def _seal(self, grant: VirtualGrant, key: str) -> bytes:
-        return self._store.codec.cipher.seal(grant.to_json(key))
+        return self._store.codec.seal_virtual(key, grant.to_json(key))
 
     async def issue(self, account: str, client_id: str, lineage: str = "") -> IssuedPair:
         """A new pair; a new lineage (a login) unless ``lineage`` names the one it continues."""
@@ -157,50 +169,117 @@ class VirtualTokens:
                                               pair, lineage), refresh_until)
         return IssuedPair(access, refresh, self.access_ttl, self.refresh_ttl)
 
-    async def _lookup(self, key: str) -> VirtualGrant | None:
+    async def _lookup(self, key: str, deadline: float | None = None) -> VirtualGrant | None:
         """The record under ``key`` (cached); a token's only while its lineage lives (looked
-        up each time, cached too: a lineage ended here is honoured at once)."""
-        now = time.monotonic()
+        up each time, cached too: a lineage ended here is honoured at once). ``deadline``
+        (monotonic): how long to wait for the store before serving the cached record, within
+        ``stale_max``, or StoreError; None: wait for the store's word."""
         cached = self._cache.get(key)
-        if cached is not None and now - cached[1] < CACHE_SECONDS:
+        if cached is not None and time.monotonic() - cached[1] < self.refresh_every:
             grant = cached[0]
         else:
-            raw = await self._store.get_virtual(key)
-            grant = self._open(raw, key) if raw is not None else None
-            if len(self._cache) > 50_000:  # bounded: drop everything rather than grow
-                self._cache.clear()
-            self._cache[key] = (grant, now)
+            grant = await self._refresh(key, cached, deadline)
         if grant is None:
             return None
+        if grant.kind == "lineage" and grant.expires_at <= time.time():
+            return None  # never served beyond its own end, cached or not
         if grant.kind in ("access", "refresh") and (
-                not grant.lineage or await self._lookup(lineage_key(grant.lineage)) is None):
+                not grant.lineage or
+                await self._lookup(lineage_key(grant.lineage), deadline) is None):
             return None  # its lineage was ended
-        if grant.kind == "lineage" and not await self._lineage_valid(grant):
+        if grant.kind == "lineage" and not await self._lineage_valid(grant, deadline):
             return None
         return grant
 
-    async def _lineage_valid(self, lineage: VirtualGrant) -> bool:
+    async def _refresh(self, key: str, cached: tuple[VirtualGrant | None, float] | None,
+                       deadline: float | None) -> VirtualGrant | None:
+        """The store's word on ``key``: one read at a time per key, shared by every lookup
+        that needs it; the cached record when the store does not answer in time."""
+        read = self._reads.get(key)
+        if read is None:
+            read = asyncio.get_running_loop().create_task(self._read(key))
+            # its failure may outlive every waiter's deadline: retrieved here, not logged
+            read.add_done_callback(lambda task: task.cancelled() or task.exception())
+            self._reads[key] = read
+        if deadline is None:
+            return await asyncio.shield(read)
+        usable = cached is not None and time.monotonic() - cached[1] <= self.stale_max
+        if usable and self._store_failing:
+            assert cached is not None
+            return cached[0]  # the store is away: do not wait for it again; the read retries
+        try:
+            return await asyncio.wait_for(asyncio.shield(read),
+                                          max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            self._store_failing = True
+            if usable:
+                assert cached is not None
+                return cached[0]
+            raise StoreError(f"the token store did not answer within {self.read_deadline:g} "
+                             "s") from None
+        except StoreError:
+            if usable:
+                assert cached is not None
+                return cached[0]
+            raise
+
+    async def _read(self, key: str) -> VirtualGrant | None:
+        """One store read of ``key``; its answer goes into the cache unless a newer word came
+        meanwhile (a revocation here while the read was under way)."""
+        started = time.monotonic()
+        try:
+            raw = await self._store.get_virtual(key)
+        except StoreError:
+            self._store_failing = True
+            raise
+        finally:
+            self._reads.pop(key, None)
+        self._store_failing = False
+        grant = self._open(raw, key) if raw is not None else None
+        current = self._cache.get(key)
+        if current is not None and current[1] >= started:
+            return current[0]  # written here after the read began: that is newer
+        self._remember(key, grant, started)
+        return grant
+
+    def _remember(self, key: str, grant: VirtualGrant | None, at: float) -> None:
+        if len(self._cache) >= CACHE_ENTRIES:  # bounded: the oldest words go first
+            horizon = time.monotonic() - self.stale_max
+            for old in [k for k, (_, t) in self._cache.items() if t < horizon]:
+                del self._cache[old]
+            if len(self._cache) >= CACHE_ENTRIES:
+                for old in [k for k, (g, _) in self._cache.items() if g is None]:
+                    del self._cache[old]
+            if len(self._cache) >= CACHE_ENTRIES:
+                self._cache.clear()
+        self._cache[key] = (grant, at)
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.read_deadline
+
+    async def _lineage_valid(self, lineage: VirtualGrant,
+                             deadline: float | None = None) -> bool:
         """False when the account's credentials changed since the login, or its grants were
         ended after it (``tokenproxy revoke``)."""
         if self.fingerprints is not None and \
                 self.fingerprints.get(lineage.account) != lineage.fingerprint:
             return False
-        ended = await self._lookup(account_key(lineage.account))
+        ended = await self._lookup(account_key(lineage.account), deadline)
         return ended is None or lineage.created_at > ended.created_at
 
     async def end_account(self, account: str) -> None:
         """End every grant of ``account`` made until now (kept as long as a grant can live)."""
         now = time.time()
         key = account_key(account)
-        await self._put(key, VirtualGrant(account, "", "ended", now + self.refresh_ttl,
-                                          ("", ""), "", "", now), now + self.refresh_ttl)
-        self._cache.pop(key, None)
+        ended = VirtualGrant(account, "", "ended", now + self.refresh_ttl, ("", ""), "", "", now)
+        await self._put(key, ended, now + self.refresh_ttl)
+        self._remember(key, ended, time.monotonic())  # honoured here at once
         await self.grants(account)  # drops the ended ones from the account's index
 
     async def resolve_access(self, token: str) -> tuple[VirtualGrant | None, str]:
         """(grant, "") for a live virtual access token; (None, "OAU-210") when it has expired,
         (None, "OAU-213") when unknown, revoked or of another kind. StoreError propagates."""
-        grant = await self._lookup(digest(token))
+        grant = await self._lookup(digest(token), self._deadline())
         if grant is None or grant.kind != "access":
             return None, "OAU-213"
         if grant.expires_at <= time.time():
@@ -210,18 +289,15 @@ class VirtualTokens:
     async def resolve(self, token: str, kind: str) -> VirtualGrant | None:
         """The live grant of a virtual token of ``kind``, or None (unknown, revoked, expired,
         or the other kind). StoreError propagates (the caller answers 503)."""
-        grant = await self._lookup(digest(token))
+        grant = await self._lookup(digest(token), self._deadline())
         if grant is None or grant.kind != kind or grant.expires_at <= time.time():
             return None
         return grant
 
     def _open(self, raw: bytes, token_digest: str) -> VirtualGrant | None:
-        cipher = self._store.codec.cipher
-        if cipher.encrypts and not raw.startswith(SEALED):
-            return None  # written in clear while we hold a key: planted
-        try:
-            plaintext = cipher.open(raw)
-        except UnreadableRecord:  # not sealed with our key: foreign or damaged
+        try:  # refused: written in clear while we hold a key (planted), sealed for another
+            plaintext = self._store.codec.open_virtual(token_digest, raw)  # record, or not
+        except UnreadableRecord:  # with our key: foreign or damaged
             return None
         return VirtualGrant.from_json(plaintext, token_digest)
 
@@ -235,7 +311,7 @@ class VirtualTokens:
         None when the refresh token is not (or no longer) valid. The token is spent atomically:
         a reuse (a spent token, or a concurrent refresh that lost) ends the whole lineage."""
         key = digest(refresh_token)
-        raw = await self._store.get_virtual(key)  # uncached: spending needs the store's word
+        raw = await self._read_now(key)  # uncached: spending needs the store's word
         seen = self._open(raw, key) if raw is not None else None
         if seen is None or seen.client_id != client_id:
             return None
@@ -245,9 +321,9 @@ class VirtualTokens:
         if seen.kind != "refresh" or seen.expires_at <= time.time():
             return None
         lkey = lineage_key(seen.lineage)
-        raw_lineage = await self._store.get_virtual(lkey) if seen.lineage else None
+        raw_lineage = await self._read_now(lkey) if seen.lineage else None
         current = self._open(raw_lineage, lkey) if raw_lineage is not None else None
-        if current is None or not await self._lineage_valid(current):
+        if current is None or not await self._lineage_valid(current, self._deadline()):
             return None  # its lineage was ended
         spent = VirtualGrant(seen.account, client_id, "spent", seen.expires_at, seen.pair,
                              seen.lineage)
@@ -266,6 +342,14 @@ class VirtualTokens:
                                              lineage.expires_at) is not None:
             await self._index(won.account, won.lineage, lineage.expires_at)
         return won.account, pair
+
+    async def _read_now(self, key: str) -> bytes | None:
+        """The store's current record (no cache), within the read deadline (StoreError)."""
+        try:
+            return await asyncio.wait_for(self._store.get_virtual(key), self.read_deadline)
+        except TimeoutError:
+            raise StoreError(f"the token store did not answer within {self.read_deadline:g} "
+                             "s") from None
 
     async def _index(self, account: str, lineage: str, expires_at: float) -> None:
         """Count the lineage for its account until ``expires_at``; end those beyond the cap."""
@@ -320,8 +404,8 @@ class VirtualTokens:
 
     async def _forget(self, keys: list[str]) -> None:
         await self._store.delete_virtual(keys)
-        for key in keys:
-            self._cache[key] = (None, time.monotonic())
+        for key in keys:  # honoured here at once, and newer than any read under way
+            self._remember(key, None, time.monotonic())
 
 
 __all__ = ["IssuedPair", "StoreError", "VirtualGrant", "VirtualTokens", "looks_virtual"]

@@ -89,6 +89,7 @@ class LoginInterceptor:
         self._upstream = config.proxy.upstream
         self._virtual = virtual
         virtual.access_ttl = config.proxy.virtual_access_ttl
+        virtual.stale_max = config.proxy.virtual_grant_stale_max  # served while the store is away
         # at most this many outstanding logins per account: an app (or a stolen credential)
         # logging in in a loop cannot grow the store without bound; the least recently
         # refreshed grant ends first, as the platform ends sessions beyond "the limit (usually

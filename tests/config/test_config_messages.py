@@ -143,9 +143,9 @@ TODAY = {
         'allow_plaintext_listen, auth_budget_calls, auth_budget_window, bad_key_limit, '
         'drain_timeout, listen, log_format, login_failure_limit, media_upstream, '
         'metrics_listen, public_url, refresh_ahead, refresh_ahead_share, replay_body_limit, '
-        'replay_buffer_total, '
-        'stream_threshold, tls_cert, tls_key, token_wait_timeout, upstream, upstream_timeout, '
-        'verify_upstream_tls, virtual_access_ttl, virtual_grants_per_account)'
+        'replay_buffer_total, stream_threshold, tls_cert, tls_key, token_wait_timeout, '
+        'upstream, upstream_timeout, verify_upstream_tls, virtual_access_ttl, '
+        'virtual_grant_stale_max, virtual_grants_per_account)'
     ),
     'unknown account key': (
         'c.toml: accounts[0].nmae: unknown key (allowed here: access_token_ttl, auth_code, '
@@ -301,9 +301,9 @@ TODAY_MORE = {
         'allow_plaintext_listen, auth_budget_calls, auth_budget_window, bad_key_limit, '
         'drain_timeout, listen, log_format, login_failure_limit, media_upstream, '
         'metrics_listen, public_url, refresh_ahead, refresh_ahead_share, replay_body_limit, '
-        'replay_buffer_total, '
-        'stream_threshold, tls_cert, tls_key, token_wait_timeout, upstream, upstream_timeout, '
-        'verify_upstream_tls, virtual_access_ttl, virtual_grants_per_account)'
+        'replay_buffer_total, stream_threshold, tls_cert, tls_key, token_wait_timeout, '
+        'upstream, upstream_timeout, verify_upstream_tls, virtual_access_ttl, '
+        'virtual_grant_stale_max, virtual_grants_per_account)'
     ),
     'order: proxy before account': (
         'c.toml: proxy.upstream_timeout: expected a number, got a string'

@@ -37,4 +37,6 @@ def test_a_burst_of_readiness_probes_costs_one_store_call(emulator_factory,
     spent = generation_calls(proxy.admin_url) - before
     print(f"figures readyz burst: {PROBES} probes -> {spent:g} store calls")
     assert statuses == [200] * PROBES
-    assert spent <= 5, spent  # one per probe before the fix: 60
+    # one per probe before the fix (60); now one per PROBE_FRESH (0.5 s) at most, however
+    # slowly a loaded machine lets the burst arrive
+    assert spent <= 10, spent

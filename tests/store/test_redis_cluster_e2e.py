@@ -135,14 +135,15 @@ def test_keys_of_the_untagged_layout_move_on_open(redis_server: RedisServer) -> 
 
     asyncio.run(seed_old_layout())
     raw.delete(f"{prefix}:meta:layout")  # as before the upgrade
-    value = codec().encode(tokens("old"))
+    value = codec().encode("main", tokens("old"))  # sealed bound to its account
     raw.hset(f"{prefix}:tokens:main", mapping={"generation": 7, "value": value,
                                                 "updated_at": time.time()})
     raw.zadd(f"{prefix}:vindex:main", {"lineage": time.time() + 60})
     raw.pexpire(f"{prefix}:vindex:main", 60_000)
     # an account present under both names keeps the new (tagged) one
-    raw.hset(f"{prefix}:tokens:both", mapping={"generation": 1, "value": value})
-    raw.hset(f"{prefix}:tokens:{{both}}", mapping={"generation": 3, "value": value})
+    both_value = codec().encode("both", tokens("old"))
+    raw.hset(f"{prefix}:tokens:both", mapping={"generation": 1, "value": both_value})
+    raw.hset(f"{prefix}:tokens:{{both}}", mapping={"generation": 3, "value": both_value})
 
     async def upgraded() -> tuple[int | None, int | None, list[tuple[str, float]]]:
         store = RedisStore(codec(), redis_server.url, prefix)

@@ -206,7 +206,7 @@ class FakeStore(MemoryStore):
 
     def roll_back(self, account: str, record: StoredTokens) -> None:
         """A failover lost the writes after ``record``."""
-        self._records[account] = (record.generation, self.codec.encode(record.tokens))
+        self._records[account] = (record.generation, self.codec.encode(account, record.tokens))
 
     async def load(self, account):  # type: ignore[no-untyped-def]
         self._check()

@@ -21,8 +21,11 @@ from tests.support.proxy import APP_KEY, DEMO_CLIENT_SECRET, jwt_account
 EXT = "/restapi/v1.0/account/~/extension/~"
 SEEDED_KEY = "seeded-app-key-0123456789"
 WRONG_KEY = "wrong-app-key-0123456789"
-# Alerts the scenario cannot raise: more sessions than the budget needs a leak.
-NOT_RAISED = {"TokenproxySessionsOverBudget"}
+# Alerts the scenario cannot raise: more sessions than the budget needs a leak; unreplicated
+# writes need a Redis replica that falls behind (the counter is raised for real, with a frozen
+# replica, in tests/store/test_redis_sentinel_e2e.py, and the rule fires in promtool's unit
+# tests, dashboards/alerts.test.yml). Their queries still run through Prometheus here.
+NOT_RAISED = {"TokenproxySessionsOverBudget", "TokenproxyStoreUnreplicatedWrites"}
 
 
 @pytest.mark.timeout(400)

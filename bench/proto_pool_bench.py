@@ -128,6 +128,7 @@ TARGETS = {
     "proto": {"POOL_HTTP2": "0"},
     "proto-h2": {"POOL_HTTP2": "1"},
     "proto-uvloop": {"POOL_HTTP2": "0", "PYTHONPATH": os.environ.get("UVLOOP_PATH", "")},
+    "loophop": {},  # option 1c: bench/proto_loophop.py
 }
 
 
@@ -136,13 +137,18 @@ def mitmdump(upstream: str, ca: Path, target: str) -> Iterator[tuple[str, int]]:
     port = free_port()
     launcher = ([sys.executable, str(ROOT / "bench/proto_uvloop_mitmdump.py")]
                 if target.endswith("uvloop") else [str(BIN / "mitmdump")])
-    command = [*launcher, "--mode", f"reverse:{upstream}",
+    hop = free_port()
+    mode = f"reverse:http://127.0.0.1:{hop}" if target == "loophop" else f"reverse:{upstream}"
+    command = [*launcher, "--mode", mode,
                "--listen-host", "127.0.0.1", "--listen-port", str(port),
                "--set", f"ssl_verify_upstream_trusted_ca={ca}",
                "--set", "stream_large_bodies=1m"]
     env = dict(os.environ)
     if target == "bare-resume":
         command += ["-s", str(ROOT / "bench/proto_tls_resume.py")]
+    elif target == "loophop":
+        command += ["-s", str(ROOT / "bench/proto_loophop.py")]
+        env.update(POOL_UPSTREAM=upstream, POOL_HOP_PORT=str(hop), POOL_CA=str(ca))
     elif target != "bare":
         command += ["--set", "connection_strategy=lazy", "-s", str(ROOT / "bench/proto_pool.py")]
         env.update(TARGETS[target], POOL_CA=str(ca))
@@ -152,7 +158,8 @@ def mitmdump(upstream: str, ca: Path, target: str) -> Iterator[tuple[str, int]]:
     try:
         # no probe connection before start-up is over: mitmdump exits on any error logged
         # during start-up (errorcheck), and an early connection makes addons log one
-        ready = "proto_pool: forwarding" if target.startswith("proto") else "listening at"
+        ready = ("proto_pool: forwarding" if target.startswith(("proto", "loophop"))
+                 else "listening at")
         deadline = time.monotonic() + 20
         while ready not in logfile.read_text():
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -265,5 +272,26 @@ def main(targets: list[str]) -> None:
     out.write_text(json.dumps(previous, indent=1) + "\n")
 
 
+def table(results: dict) -> str:
+    """The markdown table of docs/design/upstream-pool.md §4."""
+    lines = ["| target | hey -disable-keepalive req/s | p50 ms | upstream conns / 1,000 | "
+             "wrk -c16 req/s | p50 ms | upstream conns / 1,000 | 200 MB s | peak RSS +MB | "
+             "RSS +MB in 3 s stall |", "|---|" + "---:|" * 9]
+    for target, row in results.items():
+        if not isinstance(row, dict) or "hey" not in row:
+            continue
+        h, w, d, st = row["hey"], row["wrk"], row["download"], row["stall"]
+        lines.append(
+            f"| {target} | {h['rps']:,.0f} | {h['p50_ms']} | {h['upstream_conns_per_1000']} | "
+            f"{w['rps']:,.0f} | {w['p50_ms']} | {w['upstream_conns_per_1000']} | "
+            f"{d['seconds']}{'' if d['sha256_ok'] else ' (BAD sha256)'} | "
+            f"{d['peak_rss_mb_after'] - d['peak_rss_mb_before']} | "
+            f"{st['rss_mb_after_3s_stall'] - st['rss_mb_at_stall_start']} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--table"]:
+        print(table(json.loads((ROOT / "docs/design/proto_pool_results.json").read_text())))
+        sys.exit(0)
     main(sys.argv[1:] or list(TARGETS))

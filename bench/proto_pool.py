@@ -201,7 +201,9 @@ class PoolForward:
             return
         fields = [(k, v) for k, v in answer.headers.raw if k.lower() not in HOP_BY_HOP]
         length = answer.headers.get("content-length", "")
-        whole = (answer.status_code == 401 or request.method == "HEAD"
+        bodiless = request.method == "HEAD" or answer.status_code in (204, 304) \
+            or answer.status_code < 200
+        whole = (bodiless or answer.status_code == 401
                  or (length.isdigit() and int(length) <= self.threshold))
         if whole:
             try:
@@ -211,7 +213,11 @@ class PoolForward:
                 return
             finally:
                 await answer.aclose()
-            fields.append((b"content-length", str(len(raw)).encode()))
+            if bodiless:  # HEAD keeps the upstream's Content-Length; 204/304 have none
+                if length and request.method == "HEAD":
+                    fields.append((b"content-length", length.encode()))
+            else:
+                fields.append((b"content-length", str(len(raw)).encode()))
             content: bytes | None = raw
             self.buffered += 1
         else:

@@ -35,6 +35,7 @@ import logging
 import os
 import ssl
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 from mitmproxy import ctx, http
@@ -79,8 +80,9 @@ class PoolChunk(HttpEvent):
 class _Pending:
     """A streamed pooled answer: the body still to come, and the stream that will carry it."""
 
-    def __init__(self, answer: httpx.Response) -> None:
-        self.answer = answer
+    def __init__(self, chunks: AsyncIterator[bytes], close: Callable[[], Awaitable[None]],
+                 errors: tuple[type[BaseException], ...]) -> None:
+        self.chunks, self.close, self.errors = chunks, close, errors  # any pool client
         self.stream_id: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.cancelled = False  # the app hung up: stop reading the upstream
         self.task: asyncio.Task | None = None  # the pump (a reference keeps it alive)
@@ -197,8 +199,7 @@ class PoolForward:
             await self.session.close()
 
     async def _request_aiohttp(self, flow: http.HTTPFlow) -> None:
-        """The same as :meth:`request` with aiohttp (buffered answers only: enough for the
-        throughput comparison; streamed ones would use the same pooled body)."""
+        """:meth:`request` with aiohttp's pool: the same decisions, the same pooled body."""
         import aiohttp
         from yarl import URL
         request = flow.request
@@ -206,21 +207,50 @@ class PoolForward:
                    for k, v in request.headers.fields if k.lower() not in HOP_BY_HOP]
         started = time.time()
         try:
-            async with self.session.request(
-                    request.method, URL(self.upstream + request.path, encoded=True),
-                    headers=headers, data=request.raw_content or None,
-                    allow_redirects=False) as answer:
-                raw = await answer.content.read()
-                fields = [(k, v) for k, v in answer.raw_headers if k.lower() not in HOP_BY_HOP]
-                status, reason = answer.status, answer.reason or ""
+            answer = await self.session.request(
+                request.method, URL(self.upstream + request.path, encoded=True),
+                headers=headers, data=request.raw_content or None, allow_redirects=False)
         except aiohttp.ClientError as exc:
             flow.response = http.Response.make(502, f"upstream: {type(exc).__name__}\n")
             return
-        fields.append((b"content-length", str(len(raw)).encode()))
-        flow.response = http.Response(
-            http_version=b"HTTP/1.1", status_code=status, reason=reason.encode("latin-1"),
-            headers=http.Headers(fields), content=raw, trailers=None,
-            timestamp_start=started, timestamp_end=time.time())
+        fields = [(k, v) for k, v in answer.raw_headers if k.lower() not in HOP_BY_HOP]
+        length = answer.headers.get("content-length", "")
+        status = answer.status
+        bodiless = request.method == "HEAD" or status in (204, 304) or status < 200
+        whole = (bodiless or status == 401
+                 or (length.isdigit() and int(length) <= self.threshold))
+        content = b""
+        if whole:
+            try:
+                raw = await answer.content.read()
+            except aiohttp.ClientError as exc:
+                flow.response = http.Response.make(502, f"upstream: {type(exc).__name__}\n")
+                return
+            finally:
+                answer.release()
+            if bodiless:
+                if length and request.method == "HEAD":
+                    fields.append((b"content-length", length.encode()))
+            else:
+                fields.append((b"content-length", str(len(raw)).encode()))
+            content = raw
+        elif length.isdigit():
+            fields.append((b"content-length", length.encode()))
+        elif request.http_version == "HTTP/1.1":
+            fields.append((b"transfer-encoding", b"chunked"))
+        response = http.Response(
+            http_version=b"HTTP/1.1", status_code=status,
+            reason=(answer.reason or "").encode("latin-1", "replace"),
+            headers=http.Headers(fields), content=content, trailers=None,
+            timestamp_start=started, timestamp_end=time.time() if whole else None)
+        if not whole:
+            async def close() -> None:
+                answer.release()
+            response.stream = True
+            pending = flow.metadata[KEY] = _Pending(answer.content.iter_any(), close,
+                                                    (aiohttp.ClientError,))
+            pending.task = asyncio.get_running_loop().create_task(self._pump(flow, pending))
+        flow.response = response
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.request.stream or self.client is None:
@@ -274,7 +304,8 @@ class PoolForward:
             timestamp_start=started, timestamp_end=time.time() if whole else None)
         if not whole:
             response.stream = True
-            pending = flow.metadata[KEY] = _Pending(answer)
+            pending = flow.metadata[KEY] = _Pending(answer.aiter_raw(), answer.aclose,
+                                                    (httpx.HTTPError,))
             pending.task = asyncio.get_running_loop().create_task(self._pump(flow, pending))
         flow.response = response
 
@@ -282,24 +313,23 @@ class PoolForward:
         """Feed the streamed body into the flow's HTTP stream, one chunk per drain."""
         proxyserver = ctx.master.addons.get("proxyserver")
         handler = proxyserver.connections.get(flow.client_conn.id)
-        answer = pending.answer
         try:
             stream_id = await asyncio.wait_for(pending.stream_id, 30)
             try:
-                async for chunk in answer.aiter_raw():
+                async for chunk in pending.chunks:
                     if pending.cancelled or \
                             proxyserver.connections.get(flow.client_conn.id) is not handler:
                         return  # the app went away: stop reading the upstream
                     await handler.server_event(PoolChunk(stream_id, chunk))
                     await handler.drain_writers()  # back-pressure: O(1) memory
-            except httpx.HTTPError as exc:
+            except pending.errors as exc:
                 await handler.server_event(PoolChunk(stream_id, None, type(exc).__name__))
                 return
             await handler.server_event(PoolChunk(stream_id, None))
         except TimeoutError:
             log.warning("proto_pool: stream never started (flow killed?)")
         finally:
-            await answer.aclose()
+            await pending.close()
 
 
 addons = [PoolForward()]

@@ -259,10 +259,9 @@ def main(targets: list[str]) -> None:
                 if os.environ.get("SMOKE"):  # a functional check only, no load
                     row = {"download": download(url, pid, expected), "stall": stall(url, pid)}
                 else:
-                    row = {"hey": hey(url, status_url), "wrk": wrk(url, status_url)}
-                    if "aiohttp" not in target:  # its prototype buffers answers whole
-                        row.update(download=download(url, pid, expected), stall=stall(url, pid))
-                    row["rss_mb_end"] = vm(pid, "VmRSS")
+                    row = {"hey": hey(url, status_url), "wrk": wrk(url, status_url),
+                           "download": download(url, pid, expected),
+                           "stall": stall(url, pid), "rss_mb_end": vm(pid, "VmRSS")}
             log = (Path(tempfile.gettempdir()) / f"proto-pool-{target}.log").read_text()
             counts = re.findall(r"offered (\d+), resumed (\d+)", log)  # bare-resume's count
             row["log"] = {"mitmproxy_server_connects": log.count("server connect"),

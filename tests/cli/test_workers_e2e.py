@@ -4,7 +4,6 @@ store: both take requests, the account is renewed once between them, one platfor
 from __future__ import annotations
 
 import re
-import socket
 import threading
 import time
 from collections import Counter
@@ -12,25 +11,30 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.proxy import STORE_KEY, jwt_account, render_config, start_proxy_with_config
+from tests.support.proxy import (
+    STORE_KEY,
+    Proxy,
+    jwt_account,
+    render_config,
+    start_proxy_with_config,
+)
 
 EXT = "/restapi/v1.0/account/~/extension/~"
 KEY = "workers-app-key-0123456789"
 
 
-def two_free_ports() -> int:
-    """A port p with p and p + 1 free on loopback (metrics of worker 0 and 1)."""
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            try:
-                with socket.socket() as second:
-                    second.bind(("127.0.0.1", port + 1))
-                    return port
-            except OSError:
-                continue
-    raise RuntimeError("no two adjacent free ports")
+def metrics_urls(proxy: Proxy, workers: int, timeout: float = 20.0) -> list[str]:
+    """Each worker's metrics URL, as it printed it: the config says port 0, so every worker
+    binds a free port (no port picked ahead and taken by another test meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        urls = sorted({line.split()[-1] for line in list(proxy.stdout)
+                       if line.startswith("tokenproxy metrics on ")})
+        if len(urls) >= workers:
+            return urls
+        time.sleep(0.1)
+    raise AssertionError(f"{workers} workers did not all print their metrics URL:\n"
+                         f"{''.join(proxy.stdout)}{proxy.logs()}")
 
 
 def served_2xx(metrics_url: str) -> float:
@@ -43,10 +47,9 @@ def served_2xx(metrics_url: str) -> float:
 def test_two_workers_share_one_address_and_one_session(tmp_path: Path,
                                                        emulator_factory) -> None:
     emulator = emulator_factory("--access-ttl", "2", "--auth-rate", "0")
-    metrics_port = two_free_ports()
     config = tmp_path / "workers.toml"
     config.write_text(render_config(
-        {"listen": "127.0.0.1:0", "metrics_listen": f"127.0.0.1:{metrics_port}",
+        {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0",
          "upstream": emulator.url, "auth_budget_calls": 0},
         [jwt_account()], [{"name": "app", "account": "main", "key": KEY}],
         {"path": str(tmp_path / "workers.db")}))
@@ -68,18 +71,13 @@ def test_two_workers_share_one_address_and_one_session(tmp_path: Path,
                 statuses[status] += 1
 
     try:
-        for _ in range(50):  # both workers up
-            try:
-                httpx.get(f"http://127.0.0.1:{metrics_port + 1}/healthz", timeout=2)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        worker_metrics = metrics_urls(proxy, 2)  # both workers up
         threads = [threading.Thread(target=client) for _ in range(8)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(60)
-        per_worker = [served_2xx(f"http://127.0.0.1:{metrics_port + i}") for i in range(2)]
+        per_worker = [served_2xx(url) for url in worker_metrics]
     finally:
         proxy.stop()
     counters = emulator.counters()

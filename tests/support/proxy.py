@@ -69,6 +69,7 @@ class Proxy:
     log_path: Path
     admin_url: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    stdout: list[str] = field(default_factory=list)  # what it printed (addresses it bound)
 
     def status(self) -> dict[str, Any]:
         assert self.admin_url, "the proxy runs without metrics_listen"
@@ -122,8 +123,10 @@ def start_proxy_with_config(config_path: Path, *, timeout: float = 20.0,
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     url = admin_url = None
+    printed: list[str] = []
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
+        printed.append(line)
         if line.startswith("tokenproxy metrics on "):
             admin_url = line.split()[-1]
         if line.startswith("tokenproxy listening on "):
@@ -140,12 +143,13 @@ def start_proxy_with_config(config_path: Path, *, timeout: float = 20.0,
     # keep draining stdout so the child never blocks on a full pipe
     import threading
 
-    threading.Thread(target=_drain, args=(proc,), daemon=True).start()
+    threading.Thread(target=_drain, args=(proc, printed), daemon=True).start()
     return Proxy(url=url, proc=proc, config_path=config_path, log_path=log_path,
-                 admin_url=admin_url, env=env or {})
+                 admin_url=admin_url, env=env or {}, stdout=printed)
 
 
-def _drain(proc: subprocess.Popen[str]) -> None:
+def _drain(proc: subprocess.Popen[str], printed: list[str]) -> None:
     assert proc.stdout is not None
-    for _ in proc.stdout:
-        pass
+    for line in proc.stdout:
+        if len(printed) < 10_000:  # bounded: a test reads the first lines (bound addresses)
+            printed.append(line)

@@ -37,6 +37,7 @@ from ..store import StoreError, StoreKeyMismatch
 from ..store.factory import StoreConfigError, make_cipher, open_store
 from ..store.instrumented import InstrumentedStore
 from ..tokens.pool import TokenPool
+from ..upstream.clients import upstream_clients
 from ..upstream.replay_sender import Replayer
 from ..upstream.token_endpoint import TokenEndpoint
 from ..virtual.grants import VirtualTokens
@@ -81,12 +82,9 @@ def run(config: Config, worker: bool = False) -> int:
 
 
 async def _serve(config: Config, tls_pem: str | None = None) -> int:
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
-    async with httpx.AsyncClient(timeout=config.proxy.upstream_timeout, limits=limits,
-                                 verify=config.proxy.verify_upstream_tls,
-                                 follow_redirects=False) as http_client:
+    async with upstream_clients(config) as clients:
         metrics = Metrics()
-        endpoint = TokenEndpoint(config.proxy.upstream, http_client, metrics)
+        endpoint = TokenEndpoint(config.proxy.upstream, clients.control, metrics)
         store = InstrumentedStore(open_store(config.store), metrics)
         try:
             await store.open()
@@ -101,7 +99,7 @@ async def _serve(config: Config, tls_pem: str | None = None) -> int:
         login = LoginInterceptor(config, pool, virtual, endpoint, throttle=throttle)
         # request bodies and replayed answers held for replay share one process-wide budget
         buffer = ReplayBuffer(config.proxy.replay_body_limit, config.proxy.replay_buffer_total)
-        master = build_master(config, _gateway(config, pool, http_client, metrics, virtual,
+        master = build_master(config, _gateway(config, pool, clients.data, metrics, virtual,
                                                login, throttle, buffer), tls_pem=tls_pem)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -25,6 +25,7 @@ from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers.http import _http1
 
 from ..config import Config
+from ..upstream.tls_resume import UpstreamTlsResumption
 from . import early_answer, errors, stream_abort
 from .guard import Guard
 from .identify import Identify
@@ -73,6 +74,7 @@ def build_master(config: Config, gateway: Gateway, *extra_addons: object,
         proxyserver.Proxyserver(),
         next_layer.NextLayer(),
         tlsconfig.TlsConfig(),
+        UpstreamTlsResumption(),  # after TlsConfig: it offers a kept session on its connection
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
         gateway,
         *extra_addons,

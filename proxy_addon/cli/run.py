@@ -17,9 +17,9 @@ import sys
 import time
 from collections.abc import Iterator
 
-import httpx
-
 from ..config import Config
+from ..gateway import pooled_body
+from ..gateway.forward import Forward
 from ..gateway.guard import Guard
 from ..gateway.identify import Identify
 from ..gateway.inject import Inject
@@ -38,6 +38,7 @@ from ..store.factory import StoreConfigError, make_cipher, open_store
 from ..store.instrumented import InstrumentedStore
 from ..tokens.pool import TokenPool
 from ..upstream.clients import upstream_clients
+from ..upstream.data_plane import DataPlane
 from ..upstream.replay_sender import Replayer
 from ..upstream.token_endpoint import TokenEndpoint
 from ..virtual.grants import VirtualTokens
@@ -116,7 +117,7 @@ async def _serve(config: Config, tls_pem: str | None = None) -> int:
     return 0
 
 
-def _gateway(config: Config, pool: TokenPool, http_client: httpx.AsyncClient, metrics: Metrics,
+def _gateway(config: Config, pool: TokenPool, plane: DataPlane, metrics: Metrics,
              virtual: VirtualTokens, login: LoginInterceptor, throttle: BadKeyThrottle,
              buffer: ReplayBuffer) -> Gateway:
     """The gateway's addons, each built from what it needs (order: see ``Gateway``)."""
@@ -128,11 +129,24 @@ def _gateway(config: Config, pool: TokenPool, http_client: httpx.AsyncClient, me
         identify=Identify(config.clients, config.accounts, pool, throttle, virtual),
         login=Login(login, config.accounts),
         inject=Inject(buffer, proxy.media_upstream),
-        replay=Replay(Replayer(http_client, buffer), buffer, rewriter, metrics),
+        replay=Replay(Replayer(plane, buffer), buffer, rewriter, metrics),
         links=Links(rewriter, proxy.stream_threshold),
         request_metrics=RequestMetrics(metrics),
         listening=Listening(tls, on_listening=lambda urls: _print_banner(config, urls)),
+        forward=_forward(config, plane),
     )
+
+
+def _forward(config: Config, plane: DataPlane) -> Forward | None:
+    """The shared pool for forwarded requests, unless turned off or this mitmproxy lacks what
+    streaming its bodies needs (then each app connection gets its own, as mitmproxy does)."""
+    if not config.proxy.upstream_pool:
+        return None
+    if not pooled_body.install():
+        log.warning("the shared upstream pool is off: this mitmproxy version cannot stream "
+                    "its answers; each app connection opens its own upstream connection")
+        return None
+    return Forward(plane, config.proxy.stream_threshold, config.proxy.upstream_timeout)
 
 
 def _print_banner(config: Config, urls: list[str]) -> None:

@@ -18,6 +18,8 @@ from ..tokens.failures import Reason, TokenUnavailable
 CLIENT_UNKNOWN = "TPX-CLIENT-UNKNOWN"
 OAUTH_MANAGED = "TPX-OAUTH-MANAGED"
 UPSTREAM_UNREACHABLE = "TPX-UPSTREAM-UNREACHABLE"
+UPSTREAM_BUSY = "TPX-UPSTREAM-BUSY"  # every pooled connection to the platform stayed busy
+UPSTREAM_TIMEOUT = "TPX-UPSTREAM-TIMEOUT"  # the platform took the request, never answered
 PROXY_ERROR = "TPX-PROXY-ERROR"
 BAD_TARGET = "TPX-BAD-REQUEST-TARGET"  # absolute-form for another host, dot-segments, ...
 NOT_SERVED = "TPX-NOT-SERVED"  # a route the proxy never forwards (the emulator's admin)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from mitmproxy import addons as _unused  # noqa: F401 - import order: registers addon modules
 from mitmproxy import options
@@ -27,6 +28,7 @@ from mitmproxy.proxy.layers.http import _http1
 from ..config import Config
 from ..upstream.tls_resume import UpstreamTlsResumption
 from . import early_answer, errors, stream_abort
+from .forward import Forward
 from .guard import Guard
 from .identify import Identify
 from .inject import Inject
@@ -49,12 +51,14 @@ class Gateway:
 
     def __init__(self, *, guard: Guard, identify: Identify, login: Login | None,
                  inject: Inject, replay: Replay, links: Links,
-                 request_metrics: RequestMetrics, listening: Listening) -> None:
+                 request_metrics: RequestMetrics, listening: Listening,
+                 forward: Forward | None = None) -> None:
         self.addons: list[object] = [
             guard,  # requestheaders: TLS, target, OAuth routes, spoofable/hop-by-hop headers
             identify,  # requestheaders: client key or virtual token, else 401 (throttled)
             *([login] if login is not None else []),  # request: /restapi/oauth/token, revoke
             inject,  # body policy; request: lease + Authorization; leases end at answer/error
+            *([forward] if forward is not None else []),  # request: out through the pool
             replay,  # response: token 401 -> renew -> send again (at most twice)
             links,  # responseheaders: streaming; response: links point at the proxy
             request_metrics,  # responseheaders: upstream latency; response/error: counted
@@ -92,6 +96,12 @@ def build_master(config: Config, gateway: Gateway, *extra_addons: object,
         # is ever buffered, in either direction (chunked ones included, once they grow past it)
         stream_large_bodies=str(max(1, config.proxy.replay_body_limit)),
     )
+    # the CA bundle of SSL_CERT_FILE / SSL_CERT_DIR (an egress proxy's CA), as the pool and
+    # the token endpoint's client read it; mitmproxy itself reads only certifi's bundle
+    if os.environ.get("SSL_CERT_FILE"):
+        opts.update(ssl_verify_upstream_trusted_ca=os.environ["SSL_CERT_FILE"])
+    if os.environ.get("SSL_CERT_DIR"):
+        opts.update(ssl_verify_upstream_trusted_confdir=os.environ["SSL_CERT_DIR"])
     if tls_pem is not None:
         opts.update(certs=[f"*={tls_pem}"])
     install_json_error_pages()

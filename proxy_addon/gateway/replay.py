@@ -20,6 +20,7 @@ from mitmproxy import http
 
 from ..ops.metrics import TOKEN_ERROR_CODES, Metrics, bounded
 from ..tokens.pool import TokenUnavailable
+from ..upstream.data_plane import PoolBusy
 from ..upstream.platform_errors import token_error_code_of
 from ..upstream.replay_sender import Replayer, ReplayTooLarge
 from ..upstream.token_endpoint import UpstreamUnreachable
@@ -107,6 +108,11 @@ class Replay:
                     log.warning("account %s: replay after %s failed: upstream unreachable",
                                 name, failed_code,
                                 extra={"event": "replay_failed", "account": name})
+                    return
+                except PoolBusy as exc:
+                    flow.response = errors.error_response(
+                        503, errors.UPSTREAM_BUSY, f"The proxy's connections to the platform "
+                        f"are all busy: {exc}; retry shortly.", 1.0)
                     return
                 except ReplayTooLarge:
                     flow.response = errors.error_response(

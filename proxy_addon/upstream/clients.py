@@ -1,13 +1,11 @@
-"""The process's ways out to the platform, split by plane (issue 16, item 2).
+"""The process's ways out to the platform, split by plane (issue 16, items 1 and 2).
 
 * **control**: the token endpoint's own client (logins, refreshes, revocations): a few
   connections that nothing else uses, so a renewal never queues behind API traffic;
-* **data**: API traffic the proxy sends itself (replays of token 401s): at most 100
-  connections; waiting for a free one is bounded by ``upstream_timeout`` like every phase of
-  the request (a full pool fails that replay, it does not hang).
-
-Forwarded requests still leave through mitmproxy's own per-client connection; moving them onto a
-shared pool is the rest of issue 16 (``docs/design/upstream-pool.md``).
+* **data**: the shared pool (:class:`~.data_plane.DataPlane`) every app's forwarded request
+  and every replay leaves through: ``[proxy] upstream_pool_size`` connections, kept alive
+  ``upstream_keepalive`` seconds; waiting for a free one is bounded by
+  ``upstream_pool_wait`` (a full pool refuses, it does not hang).
 """
 
 from __future__ import annotations
@@ -19,30 +17,30 @@ from dataclasses import dataclass
 import httpx
 
 from ..config import Config
+from .data_plane import DataPlane, data_plane, upstream_ssl_context
 
 CONTROL_CONNECTIONS = 4  # renewals are single-flight per account: a few suffice
-DATA_CONNECTIONS = 100
-DATA_KEEPALIVE = 20
 
 
 @dataclass(frozen=True)
 class UpstreamClients:
     control: httpx.AsyncClient  # the token endpoint's, never shared
-    data: httpx.AsyncClient  # replays (API requests)
-
-
-def _client(config: Config, connections: int, keepalive: int) -> httpx.AsyncClient:
-    proxy = config.proxy
-    return httpx.AsyncClient(
-        timeout=proxy.upstream_timeout, verify=proxy.verify_upstream_tls, follow_redirects=False,
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=keepalive))
+    data: DataPlane  # forwarded requests and replays
 
 
 @contextlib.asynccontextmanager
 async def upstream_clients(config: Config, *, control_connections: int = CONTROL_CONNECTIONS,
-                           data_connections: int = DATA_CONNECTIONS
+                           data_connections: int | None = None
                            ) -> AsyncIterator[UpstreamClients]:
     """Both clients, closed on exit."""
-    async with _client(config, control_connections, control_connections) as control, \
-            _client(config, data_connections, min(DATA_KEEPALIVE, data_connections)) as data:
+    proxy = config.proxy
+    control = httpx.AsyncClient(
+        timeout=proxy.upstream_timeout, verify=upstream_ssl_context(proxy.verify_upstream_tls),
+        follow_redirects=False,
+        limits=httpx.Limits(max_connections=control_connections,
+                            max_keepalive_connections=control_connections))
+    async with control, data_plane(
+            data_connections or proxy.upstream_pool_size, proxy.upstream_timeout,
+            proxy.upstream_pool_wait, proxy.verify_upstream_tls,
+            proxy.upstream_keepalive) as data:
         yield UpstreamClients(control=control, data=data)

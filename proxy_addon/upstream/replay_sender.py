@@ -1,8 +1,9 @@
 """Transparent replay: re-send a request the platform refused with a token 401.
 
 The addon calls :meth:`Replayer.send` after the pool handed out a newer token. The request goes
-out again byte-identical (method, path, query, headers, body) but for ``Authorization``; the
-answer comes back undecoded, ready to stand in for the 401 in the client's flow.
+out again byte-identical (method, path, query, headers, body) but for ``Authorization``, through
+the same shared pool as forwarded requests (:mod:`.data_plane`); the answer comes back
+undecoded, ready to stand in for the 401 in the client's flow.
 """
 
 from __future__ import annotations
@@ -10,17 +11,13 @@ from __future__ import annotations
 import io
 import time
 
-import httpx
 from mitmproxy import http
 
 from ..gateway.replay_buffer import ReplayBuffer
-from .token_endpoint import UpstreamUnreachable
+from .data_plane import DataPlane, UpstreamAnswer
+from .forward import HOP_BY_HOP, bodiless, outgoing_headers
 
-# Connection-level headers: meaningful for one hop only, never copied.
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "transfer-encoding", "upgrade", "host", "content-length", "authorization",
-})
+_NOT_COPIED = HOP_BY_HOP | {"authorization"}
 
 
 class ReplayTooLarge(Exception):
@@ -28,50 +25,42 @@ class ReplayTooLarge(Exception):
 
 
 class Replayer:
-    def __init__(self, http_client: httpx.AsyncClient, buffer: ReplayBuffer) -> None:
-        self._http = http_client
+    def __init__(self, plane: DataPlane, buffer: ReplayBuffer) -> None:
+        self._plane = plane
         self._buffer = buffer  # a replay's answer is held whole: it takes room in the buffer
 
     async def send(self, request: http.Request, access_token: str) -> tuple[http.Response, int]:
         """The answer to the request sent again with ``access_token``, and the bytes it holds
-        in the replay buffer (the caller releases them once the answer is passed on)."""
-        headers = [(k, v) for k, v in request.headers.fields
-                   if k.decode("latin-1").lower() not in HOP_BY_HOP]
-        headers.append((b"Authorization", f"Bearer {access_token}".encode("latin-1")))
-        body = request.raw_content or b""
-        # httpx.Request, not client.build_request: no client default headers get added. The
-        # request target goes out exactly as the app sent it ("target": httpx would re-encode
-        # the path and query of request.url).
-        outgoing = httpx.Request(request.method, request.url, headers=headers, content=body,
-                                 extensions={"target": request.path.encode("latin-1",
-                                                                           "surrogateescape")})
+        in the replay buffer (the caller releases them once the answer is passed on). Raises
+        what :meth:`DataPlane.send` raises, or :class:`ReplayTooLarge`."""
+        headers = outgoing_headers(request, _NOT_COPIED)
+        headers.append(("Authorization", f"Bearer {access_token}"))
         started = time.time()
+        answer = await self._plane.send(request.method, request.scheme, request.host,
+                                        request.port, request.path, headers,
+                                        request.raw_content)
+        complete = False
         try:
-            answer = await self._http.send(outgoing, stream=True)
-            try:
-                raw = await self._read(answer)
-            finally:
-                await answer.aclose()
-        except httpx.TimeoutException:
-            raise UpstreamUnreachable("timed out replaying the request upstream") from None
-        except httpx.TransportError as exc:
-            raise UpstreamUnreachable(
-                f"cannot reach the upstream to replay: {type(exc).__name__}") from None
-        fields = [(k, v) for k, v in answer.headers.raw
-                  if k.decode("latin-1").lower() not in HOP_BY_HOP]
+            raw = b"" if bodiless(request.method, answer.status) else await self._read(answer)
+            complete = True
+        finally:
+            answer.release(reuse=complete)
+        fields = [(k, v) for k, v in answer.raw_headers
+                  if k.decode("latin-1").lower() not in _NOT_COPIED]
         fields.append((b"content-length", str(len(raw)).encode()))
         return http.Response(
-            http_version=b"HTTP/1.1", status_code=answer.status_code,
-            reason=answer.reason_phrase.encode("latin-1", "replace"),
+            http_version=b"HTTP/1.1", status_code=answer.status,
+            reason=answer.reason.encode("latin-1", "replace"),
             headers=http.Headers(fields), content=raw, trailers=None,
             timestamp_start=started, timestamp_end=time.time()), len(raw)
 
-    async def _read(self, answer: httpx.Response) -> bytes:
+    async def _read(self, answer: UpstreamAnswer) -> bytes:
         """The answer's raw (still encoded) body, reserved in the replay buffer as it arrives;
         refused when it does not fit: mitmproxy sends an answer set in the ``response`` hook
         whole, so a replayed download cannot stream. The app is told to repeat the request
         instead (its token is fresh by then)."""
-        length = answer.headers.get("content-length", "")
+        length = next((v.decode("latin-1").strip() for k, v in answer.raw_headers
+                       if k.lower() == b"content-length"), "")
         if length.isdigit():
             if not self._buffer.admit(int(length)):
                 raise ReplayTooLarge(int(length))
@@ -80,7 +69,7 @@ class Replayer:
             reserved = 0
         raw = io.BytesIO()  # getvalue() hands over its buffer: the body is held once, not twice
         try:
-            async for chunk in answer.aiter_raw():
+            async for chunk in answer.chunks():
                 raw.write(chunk)
                 size = raw.tell()
                 if size > reserved:

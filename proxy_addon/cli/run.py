@@ -26,7 +26,7 @@ from ..gateway.inject import Inject
 from ..gateway.links import LinkRewriter, Links
 from ..gateway.listening import Listening
 from ..gateway.login import Login
-from ..gateway.master import Gateway, build_master, enable_reuse_port
+from ..gateway.master import Gateway, build_master, listen_tcp_only
 from ..gateway.replay import Replay
 from ..gateway.replay_buffer import ReplayBuffer
 from ..gateway.request_metrics import RequestMetrics
@@ -75,8 +75,7 @@ def run(config: Config, worker: bool = False) -> int:
         make_cipher(config.store)  # fail fast on key problems, before starting anything
     except StoreConfigError as exc:
         raise StartupError(f"store: {exc}", exit_code=2) from None
-    if worker:
-        enable_reuse_port()
+    listen_tcp_only(reuse_port=worker)  # workers share the address (SO_REUSEPORT)
     emulator = _emulator(config) if not worker else contextlib.nullcontext()
     with emulator, _combined_pem(config) as tls_pem:
         return asyncio.run(_serve(config, tls_pem))
@@ -94,6 +93,7 @@ async def _serve(config: Config, tls_pem: str | None = None) -> int:
         metrics.prepare(config, store.backend)
         pool = TokenPool.build(config, endpoint, store, observer=PoolObserver(metrics))
         metrics.watch_pool(pool)
+        metrics.watch_upstream(clients.data)
         await pool.start()
         virtual = VirtualTokens(store)
         throttle = BadKeyThrottle(config.proxy.bad_key_limit)  # guesses of keys and logins

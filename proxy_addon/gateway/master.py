@@ -156,23 +156,28 @@ def _no_check(self: object) -> None:
     return None
 
 
-def enable_reuse_port() -> None:
-    """Bind the proxy's TCP listener with SO_REUSEPORT, so several worker processes serve one
-    address. mitmproxy has no option for it: its listener is rebound here (version-guarded)."""
+def listen_tcp_only(reuse_port: bool = False) -> None:
+    """Serve apps over TCP only, optionally binding with SO_REUSEPORT so several worker
+    processes (``--workers``) serve one address.
+
+    mitmproxy's ``reverse:https://…`` mode listens on UDP as well (``transport_protocol =
+    "both"``, for HTTP/3): a second worker then fails with "address already in use" on the UDP
+    port, and a single process exposes a QUIC/UDP door no app needs and nothing here guards.
+    mitmproxy has no option for either: its listener is rebound here (version-guarded)."""
     from mitmproxy.proxy import mode_servers
 
     server_class = getattr(mode_servers, "AsyncioServerInstance", None)
     original = getattr(server_class, "listen", None)
     if server_class is None or original is None:
         raise RuntimeError("this mitmproxy version has no AsyncioServerInstance.listen: "
-                           "--workers is not supported with it")
-    if getattr(original, "tokenproxy_reuse_port", False):
-        return
+                           "tokenproxy cannot bind its listener with it")
+    original = getattr(original, "tokenproxy_original", original)
 
     async def listen(self, host, port):  # type: ignore[no-untyped-def]
-        if self.mode.transport_protocol == "tcp" and port:
-            return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)]
+        if self.mode.transport_protocol in ("tcp", "both"):
+            return [await asyncio.start_server(self.handle_stream, host, port,
+                                               reuse_port=reuse_port or None)]
         return await original(self, host, port)
 
-    listen.tokenproxy_reuse_port = True  # type: ignore[attr-defined]
+    listen.tokenproxy_original = original  # type: ignore[attr-defined]
     server_class.listen = listen

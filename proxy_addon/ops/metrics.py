@@ -12,7 +12,7 @@ alerts see a value instead of "no data".
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -21,7 +21,7 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .logs import remember
@@ -149,6 +149,39 @@ class Metrics:
     def watch_pool(self, pool: TokenPool) -> None:
         self.registry.register(PoolCollector(pool))
 
+    def watch_upstream(self, plane: UpstreamPool) -> None:
+        self.registry.register(UpstreamPoolCollector(plane))
+
+
+class UpstreamPool(Protocol):
+    """What the metrics read of the shared upstream pool (``upstream.data_plane.DataPlane``)."""
+
+    size: int  # its connections
+    busy: int  # requests out now
+    connects: int  # connections opened so far
+    refused: int  # requests refused: no connection came free in time
+
+
+class UpstreamPoolCollector(Collector):
+    """The shared upstream pool's gauges and counters, read at scrape time."""
+
+    def __init__(self, plane: UpstreamPool) -> None:
+        self._plane = plane
+
+    def collect(self) -> Iterator[Metric]:
+        p, plane = PREFIX, self._plane
+        yield GaugeMetricFamily(f"{p}_upstream_pool_size", "Connections the shared upstream "
+                                "pool may hold ([proxy] upstream_pool_size).", value=plane.size)
+        yield GaugeMetricFamily(f"{p}_upstream_pool_in_use", "Requests out to the platform "
+                                "through the shared pool right now (one connection each).",
+                                value=plane.busy)
+        yield CounterMetricFamily(f"{p}_upstream_connections_opened", "Connections (TLS "
+                                  "handshakes, on https) the shared pool opened to the "
+                                  "platform.", value=plane.connects)
+        yield CounterMetricFamily(f"{p}_upstream_pool_refused", "Requests refused with 503 "
+                                  "TPX-UPSTREAM-BUSY: no pooled connection came free in "
+                                  "upstream_pool_wait.", value=plane.refused)
+
 
 class PoolObserver:
     """What the token core reports (its :class:`~proxy_addon.tokens.ports.Observer` port):
@@ -225,4 +258,6 @@ EXPORTED = (
     "tokenproxy_access_token_remaining_seconds", "tokenproxy_refresh_token_remaining_seconds",
     "tokenproxy_live_sessions", "tokenproxy_max_live_sessions",
     "tokenproxy_last_refresh_timestamp_seconds",
+    "tokenproxy_upstream_pool_size", "tokenproxy_upstream_pool_in_use",
+    "tokenproxy_upstream_connections_opened_total", "tokenproxy_upstream_pool_refused_total",
 )

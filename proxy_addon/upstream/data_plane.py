@@ -115,6 +115,7 @@ class DataPlane:
         self._session: aiohttp.ClientSession | None = None
         self.connects = 0  # new upstream connections made (TLS handshakes, when https)
         self.busy = 0  # requests out at this moment (each holds a pooled connection)
+        self.refused = 0  # requests refused with PoolBusy
 
     async def start(self) -> None:
         if self._session is not None:
@@ -153,6 +154,7 @@ class DataPlane:
             async with asyncio.timeout(self._acquire_timeout):
                 await self._slots.acquire()
         except TimeoutError:
+            self.refused += 1
             raise PoolBusy(f"all {self.size} upstream connections stayed busy for "
                            f"{self._acquire_timeout:g} s") from None
         self.busy += 1

@@ -89,3 +89,35 @@ def test_two_workers_share_one_address_and_one_session(tmp_path: Path,
     assert sum(per_worker) == statuses[200]
     assert counters["token_calls"] <= duration / 2 + 3  # one renewal per expiry, not two
     assert max(counters["max_live_sessions_proxy"].values()) == 1
+
+
+def test_workers_start_with_an_https_upstream_and_nothing_listens_on_udp(
+        tmp_path: Path) -> None:
+    """Regression (found by the transport benchmark): mitmproxy's ``reverse:https://`` mode
+    listens on UDP too (HTTP/3), without SO_REUSEPORT, so the second worker died with "address
+    already in use" and the supervisor gave up; a single process had an unguarded UDP port."""
+    import socket
+
+    config = tmp_path / "workers-https.toml"
+    # an https upstream on this host that nothing answers: starting is what is tested
+    config.write_text(render_config(
+        {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0",
+         "upstream": "https://127.0.0.1:9", "verify_upstream_tls": False,
+         "auth_budget_calls": 0},
+        [jwt_account()], [{"name": "app", "account": "main", "key": KEY}],
+        {"path": str(tmp_path / "workers.db")}))
+    proxy = start_proxy_with_config(config, env={"TOKENPROXY_STORE_KEY": STORE_KEY},
+                                    args=("--workers", "2"))
+    try:
+        urls = metrics_urls(proxy, 2)
+        time.sleep(2)  # a worker that fails to bind exits within this
+        assert proxy.proc.poll() is None, proxy.logs()
+        assert all(httpx.get(url + "/healthz", timeout=10).status_code == 200 for url in urls)
+        port = int(proxy.url.rsplit(":", 1)[1])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", port))  # free: no worker listens on UDP
+        answer = httpx.get(proxy.url + EXT, timeout=30, headers={"Authorization": f"Bearer {KEY}"})
+        assert answer.status_code in (502, 503) and answer.json()["errorCode"].startswith("TPX-")
+    finally:
+        proxy.stop()
+    assert "address already in use" not in proxy.logs().lower()

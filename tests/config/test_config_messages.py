@@ -144,7 +144,8 @@ TODAY = {
         'drain_timeout, listen, log_format, login_failure_limit, media_upstream, '
         'metrics_listen, public_url, refresh_ahead, refresh_ahead_share, replay_body_limit, '
         'replay_buffer_total, stream_threshold, tls_cert, tls_key, token_wait_timeout, '
-        'upstream, upstream_timeout, verify_upstream_tls, virtual_access_ttl, '
+        'upstream, upstream_http2, upstream_keepalive, upstream_pool, upstream_pool_size, '
+        'upstream_pool_wait, upstream_timeout, verify_upstream_tls, virtual_access_ttl, '
         'virtual_grant_stale_max, virtual_grants_per_account)'
     ),
     'unknown account key': (
@@ -302,7 +303,8 @@ TODAY_MORE = {
         'drain_timeout, listen, log_format, login_failure_limit, media_upstream, '
         'metrics_listen, public_url, refresh_ahead, refresh_ahead_share, replay_body_limit, '
         'replay_buffer_total, stream_threshold, tls_cert, tls_key, token_wait_timeout, '
-        'upstream, upstream_timeout, verify_upstream_tls, virtual_access_ttl, '
+        'upstream, upstream_http2, upstream_keepalive, upstream_pool, upstream_pool_size, '
+        'upstream_pool_wait, upstream_timeout, verify_upstream_tls, virtual_access_ttl, '
         'virtual_grant_stale_max, virtual_grants_per_account)'
     ),
     'order: proxy before account': (
@@ -353,3 +355,14 @@ def test_more_messages_are_todays(name: str) -> None:
 
 def test_good_input_is_accepted() -> None:
     assert parse_config(doc(), "c.toml", ENV).account("main").client_id == "id"
+
+
+def test_upstream_http2_is_refused_not_ignored() -> None:
+    assert message("upstream_http2", {"proxy": {"upstream_http2": True}}) == (
+        "c.toml: proxy.upstream_http2: HTTP/2 to the upstream is not available in this version "
+        "(the shared HTTP/1.1 pool measured faster: see docs/design/upstream-pool.md); remove "
+        "the key or set it to false")
+
+
+def test_upstream_pool_size_is_bounded() -> None:
+    assert "proxy.upstream_pool_size" in message("pool 0", {"proxy": {"upstream_pool_size": 0}})

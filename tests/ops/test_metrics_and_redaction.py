@@ -14,6 +14,7 @@ from proxy_addon.store.base import RecordCodec
 from proxy_addon.store.crypto import TokenCipher
 from proxy_addon.store.memory import MemoryStore
 from proxy_addon.tokens.pool import TokenPool
+from proxy_addon.upstream.data_plane import DataPlane
 from proxy_addon.upstream.token_endpoint import TokenEndpoint
 
 CONFIG = {
@@ -32,6 +33,7 @@ def test_catalogue_is_what_the_registry_exports() -> None:
                            MemoryStore(RecordCodec(TokenCipher(None))),
                            observer=PoolObserver(metrics))
     metrics.watch_pool(pool)
+    metrics.watch_upstream(DataPlane(size=4, timeout=1, acquire_timeout=1, verify=True))
     names = set()
     for line in generate_latest(metrics.registry).decode().splitlines():
         if line and not line.startswith("#"):

@@ -94,7 +94,7 @@ def dataclass_keys() -> dict[str, set[str]]:
 
 
 _TABLE_HEADING = re.compile(r"^##\s+\[{1,2}([a-z_]+)\]{1,2}\s*$")
-_KEY_ROW = re.compile(r"^\|\s*`([a-z_]+)`\s*\|")
+_KEY_ROW = re.compile(r"^\|\s*`([a-z_][a-z0-9_]*)`\s*\|")
 
 
 def documented_keys(text: str) -> dict[str, set[str]]:

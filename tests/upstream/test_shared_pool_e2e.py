@@ -13,6 +13,7 @@ import socket
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.proxy import APP_KEY, Proxy, start_proxy
@@ -80,6 +81,12 @@ def test_twenty_app_connections_share_one_upstream_connection(proxy_for) -> None
         assert len(upstream.api_connections) <= 2, upstream.api_connections
         # the app's credential never left; the account's token did
         assert all(s.headers["authorization"] == "Bearer upstream-access-1" for s in api)
+        assert proxy.admin_url is not None
+        scrape = httpx.get(proxy.admin_url.rstrip("/") + "/metrics", timeout=10).text
+        opened = next(float(line.split()[-1]) for line in scrape.splitlines()
+                      if line.startswith("tokenproxy_upstream_connections_opened_total"))
+        assert opened == len(upstream.api_connections)
+        assert "tokenproxy_upstream_pool_in_use 0.0" in scrape
 
 
 def test_the_request_leaves_as_the_app_sent_it(proxy_for) -> None:

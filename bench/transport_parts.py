@@ -291,6 +291,10 @@ def tokenproxy(keys: Pki, workdir: Path, upstream: str,
         proxy.stop()
 
 
+class WorkersBroken(RuntimeError):
+    """``tokenproxy run --workers N`` started, but not every worker keeps serving."""
+
+
 @contextlib.contextmanager
 def tokenproxy_workers(keys: Pki, workdir: Path, upstream: str,
                        workers: int) -> Iterator[parts.Target]:
@@ -309,6 +313,13 @@ def tokenproxy_workers(keys: Pki, workdir: Path, upstream: str,
         parts.wait_listening(port, timeout=30, proc=proc)
         url = f"http://127.0.0.1:{port}"
         parts.warm_up(url, requests=40)
+        time.sleep(3)  # a worker that cannot serve exits within this (and is restarted)
+        log.flush()
+        text = (workdir / f"transport-workers-{workers}.log").read_text(errors="replace")
+        if "exited (" in text or proc.poll() is not None:
+            errors = [line for line in text.splitlines() if "ERROR" in line or "exited" in line]
+            raise WorkersBroken(f"`tokenproxy run --workers {workers}` does not keep "
+                                f"{workers} workers serving: {' / '.join(errors[:2])}")
         yield parts.Target(f"tokenproxy --workers {workers}", url, (proc.pid,))
     finally:
         stop_process(proc, timeout=15)

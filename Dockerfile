@@ -46,7 +46,8 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request as u; r = u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:9464/healthz', timeout=3); sys.exit(0 if r.status == 200 else 1)"]
 
 ENTRYPOINT ["tokenproxy"]
-CMD ["run", "--config", "/etc/tokenproxy/tokenproxy.toml"]
+# one process per container (one metrics port to scrape): scale with replicas
+CMD ["run", "--config", "/etc/tokenproxy/tokenproxy.toml", "--workers", "1"]
 
 # -- demo: the runtime plus the bundled emulator (compose's emulator service) --------------------
 FROM runtime AS demo

@@ -236,8 +236,7 @@ def tokenproxy_workers(workdir: Path, upstream: str, workers: int) -> Iterator[T
                                metrics_listen="")
     log = (workdir / f"workers-{workers}.log").open("w")
     args = ["run", "--config", str(config)]
-    if workers > 1:
-        args += ["--workers", str(workers)]
+    args += ["--workers", str(workers)]
     proc = subprocess.Popen([sys.executable, "-m", "proxy_addon", *args],
                             stdout=subprocess.DEVNULL, stderr=log,
                             env={**os.environ, "TOKENPROXY_STORE_KEY": _STORE_KEY},

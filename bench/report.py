@@ -3,7 +3,8 @@
 The document is a header (title, machine facts of the latest run) followed by one section per
 scenario between ``<!-- bench:begin NAME -->`` and ``<!-- bench:end NAME -->`` markers.
 :func:`update_document` rewrites the header and the sections of the scenarios that ran and keeps
-every other section as it was, so each scenario can be run alone.
+every other section as it was, so each scenario can be run alone. Hand-written notes between one
+section's end marker and the next section's begin marker stay after that section.
 """
 
 from __future__ import annotations
@@ -143,14 +144,32 @@ def parse_sections(text: str) -> dict[str, str]:
     return {m.group("name"): m.group(0).rstrip("\n") + "\n" for m in _SECTION_RE.finditer(text)}
 
 
+def parse_notes(text: str) -> dict[str, str]:
+    """Hand-written text after each section (up to the next section), name -> text."""
+    matches = list(_SECTION_RE.finditer(text))
+    notes = {}
+    for index, here in enumerate(matches):
+        after = matches[index + 1] if index + 1 < len(matches) else None
+        between = text[here.end():after.start() if after is not None else len(text)]
+        if between.strip():
+            notes[here.group("name")] = between.strip("\n") + "\n"
+    return notes
+
+
 def update_document(path: Path, facts: Mapping[str, str], new_sections: Mapping[str, str],
                     order: Sequence[str]) -> None:
     """Write ``path``: a fresh header, then sections in ``order`` (new ones replace old ones of
-    the same name, old ones are kept), then any other old sections in their previous order."""
-    old = parse_sections(path.read_text(encoding="utf-8")) if path.exists() else {}
+    the same name, old ones are kept), then any other old sections in their previous order;
+    each followed by the hand-written notes that followed it."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    old, notes = parse_sections(text), parse_notes(text)
     merged = {**old, **new_sections}
     names = [n for n in order if n in merged] + [n for n in old if n not in order]
-    parts = [render_header(facts)] + [merged[n] for n in names]
+    parts = [render_header(facts)]
+    for name in names:
+        parts.append(merged[name])
+        if name in notes:
+            parts.append(notes[name])
     text = "\n".join(parts)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -32,8 +32,10 @@ def _parser() -> argparse.ArgumentParser:
                      choices=["debug", "info", "warning", "error"])
     run.add_argument("--log-format", choices=["text", "json"],
                      help="log lines as text or JSON objects (default: [proxy] log_format)")
-    run.add_argument("--workers", type=_positive, default=1,
-                     help="proxy processes serving the listen address together (SO_REUSEPORT)")
+    run.add_argument("--workers", type=_workers, default="auto",
+                     help="proxy processes serving the listen address together (SO_REUSEPORT); "
+                          "default 'auto': one per CPU core this process may use (cgroup CPU "
+                          "limits included) when the store is shared (sqlite, redis), else 1")
     run.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     run.add_argument("--listen-port", type=int, help=argparse.SUPPRESS)
 
@@ -179,6 +181,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _workers(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive(text)
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -248,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                               args.login_hint)
     logs.setup(args.log_level, args.log_format or config.proxy.log_format)
     from .run import StartupError, run
-    from .workers import unshared_store
+    from .workers import resolve_workers, unshared_store
 
+    args.workers = resolve_workers(args.workers, config, args.worker is not None)
     problem = unshared_store(config, args.workers, args.worker is not None)
     if problem is not None:
         print(f"tokenproxy: config error: {args.config}: {problem}", file=sys.stderr)
@@ -267,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 
         config = for_worker(config, args.worker, args.listen_port)
     try:
-        return run(config, worker=worker)
+        return run(config, worker=worker, banner=args.worker in (None, 0))  # the demo's, once
     except StartupError as exc:
         print(f"tokenproxy: {exc}", file=sys.stderr)
         return exc.exit_code

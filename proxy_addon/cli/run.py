@@ -67,7 +67,7 @@ def _raise_file_limit() -> None:
         pass
 
 
-def run(config: Config, worker: bool = False) -> int:
+def run(config: Config, worker: bool = False, banner: bool = True) -> int:
     """Serve until stopped; ``worker``: one of several processes sharing the listen address
     (``--workers``): it binds with SO_REUSEPORT and leaves the emulator to the supervisor."""
     _raise_file_limit()
@@ -78,10 +78,10 @@ def run(config: Config, worker: bool = False) -> int:
     listen_tcp_only(reuse_port=worker)  # workers share the address (SO_REUSEPORT)
     emulator = _emulator(config) if not worker else contextlib.nullcontext()
     with emulator, _combined_pem(config) as tls_pem:
-        return asyncio.run(_serve(config, tls_pem))
+        return asyncio.run(_serve(config, tls_pem, banner))
 
 
-async def _serve(config: Config, tls_pem: str | None = None) -> int:
+async def _serve(config: Config, tls_pem: str | None = None, banner: bool = True) -> int:
     async with upstream_clients(config) as clients:
         metrics = Metrics()
         endpoint = TokenEndpoint(config.proxy.upstream, clients.control, metrics)
@@ -101,7 +101,8 @@ async def _serve(config: Config, tls_pem: str | None = None) -> int:
         # request bodies and replayed answers held for replay share one process-wide budget
         buffer = ReplayBuffer(config.proxy.replay_body_limit, config.proxy.replay_buffer_total)
         master = build_master(config, _gateway(config, pool, clients.data, metrics, virtual,
-                                               login, throttle, buffer), tls_pem=tls_pem)
+                                               login, throttle, buffer, banner),
+                              tls_pem=tls_pem)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, master.shutdown)
@@ -119,7 +120,7 @@ async def _serve(config: Config, tls_pem: str | None = None) -> int:
 
 def _gateway(config: Config, pool: TokenPool, plane: DataPlane, metrics: Metrics,
              virtual: VirtualTokens, login: LoginInterceptor, throttle: BadKeyThrottle,
-             buffer: ReplayBuffer) -> Gateway:
+             buffer: ReplayBuffer, banner: bool = True) -> Gateway:
     """The gateway's addons, each built from what it needs (order: see ``Gateway``)."""
     proxy = config.proxy
     rewriter = LinkRewriter(proxy.upstream, proxy.media_upstream, proxy.public_url)
@@ -132,7 +133,8 @@ def _gateway(config: Config, pool: TokenPool, plane: DataPlane, metrics: Metrics
         replay=Replay(Replayer(plane, buffer), buffer, rewriter, metrics),
         links=Links(rewriter, proxy.stream_threshold),
         request_metrics=RequestMetrics(metrics),
-        listening=Listening(tls, on_listening=lambda urls: _print_banner(config, urls)),
+        listening=Listening(tls, on_listening=lambda urls: _print_banner(config, urls)
+                            if banner else None),
         forward=_forward(config, plane),
     )
 

@@ -25,6 +25,34 @@ RESTARTS_PER_MINUTE = 5
 SHARED_BACKENDS = ("sqlite", "redis")  # what several processes can share
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on: the affinity mask, capped by a cgroup v2 CPU limit
+    (``cpu.max``: a container limited to 1.5 CPUs gets 2 workers, not the host's 64)."""
+    import math
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as limit:
+            quota, period = limit.read().split()[:2]
+        if quota != "max" and int(period) > 0:
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def resolve_workers(requested: int | str, config: Config, worker: bool) -> int:
+    """``--workers``: a number as given; ``auto``: the usable cores when the store can be
+    shared by several processes, else 1 (and always 1 inside a worker)."""
+    if worker:
+        return 1
+    if requested != "auto":
+        return int(requested)
+    return usable_cores() if config.store.backend in SHARED_BACKENDS else 1
+
+
 def unshared_store(config: Config, workers: int, worker: bool) -> str | None:
     """Why this config cannot run as several workers, or None. A memory store lives inside one
     process: N workers would be N stores (N platform sessions for each account, a virtual token
@@ -83,6 +111,7 @@ def supervise(config: Config, config_path: str, workers: int, extra_args: list[s
     with _emulator(config):
         procs = [start(i) for i in range(workers)]
         restarts: deque[float] = deque()
+        exit_code = 0
         try:
             while not stopping.wait(0.5):
                 for index, proc in enumerate(procs):
@@ -95,6 +124,7 @@ def supervise(config: Config, config_path: str, workers: int, extra_args: list[s
                     if code == 2 or len(restarts) >= RESTARTS_PER_MINUTE:
                         print(f"tokenproxy: worker {index} exited ({code}); stopping",
                               file=sys.stderr, flush=True)
+                        exit_code = 2 if code == 2 else 1  # bad config or store: as one process
                         stopping.set()
                         break
                     print(f"tokenproxy: worker {index} exited ({code}); restarting",
@@ -110,4 +140,4 @@ def supervise(config: Config, config_path: str, workers: int, extra_args: list[s
                     proc.wait(15)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-    return 0
+    return exit_code

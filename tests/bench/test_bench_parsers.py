@@ -105,4 +105,20 @@ def test_stats_helpers() -> None:
 
 def test_every_issue_scenario_is_registered() -> None:
     assert list(by_name()) == ["throughput", "storm", "fleet", "memory", "replicas", "drain",
-                              "chaos"]
+                              "chaos", "transport"]
+
+
+def test_rewriting_a_section_keeps_the_hand_written_notes_after_it(tmp_path) -> None:
+    from bench.report import render_section, update_document
+
+    doc = tmp_path / "benchmarks.md"
+    facts = {"Date": "d1", "tokenproxy": "t"}
+    first = {n: render_section(n, n.upper(), "cmd", facts, f"old {n}") for n in ("a", "b")}
+    update_document(doc, facts, first, ["a", "b"])
+    doc.write_text(doc.read_text().replace("<!-- bench:end a -->\n",
+                                           "<!-- bench:end a -->\n\nWhat run 1 found.\n"))
+    update_document(doc, facts, {"a": render_section("a", "A", "cmd", facts, "new a")},
+                    ["a", "b"])
+    text = doc.read_text()
+    assert "new a" in text and "old a" not in text and "old b" in text
+    assert text.index("new a") < text.index("What run 1 found.") < text.index("old b")

@@ -116,6 +116,8 @@ def start_proxy_with_config(config_path: Path, *, timeout: float = 20.0,
                             args: tuple[str, ...] = ()) -> Proxy:
     log_path = config_path.with_suffix(".log")
     log_file = log_path.open("a")  # a restarted proxy adds to its predecessor's log
+    if "--workers" not in args:  # one process unless the test asks (auto: one per core)
+        args = (*args, "--workers", "1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "proxy_addon", "run", "--config", str(config_path), *args],
         stdout=subprocess.PIPE, stderr=log_file, text=True,

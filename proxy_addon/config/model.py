@@ -176,7 +176,8 @@ class ProxyConfig:
     # the shared upstream pool (issue 16): every app connection's requests and the replays
     # leave through one set of keep-alive connections; false: one per app connection
     upstream_pool: bool = True
-    upstream_pool_size: int = 100  # connections (= requests out at once) per process
+    # connections (= requests out at once) per process: Envoy's default circuit-breaker limit
+    upstream_pool_size: int = 1024
     upstream_pool_wait: float = 5.0  # s a request waits for a free connection, then 503
     upstream_keepalive: float = 15.0  # s an idle pooled connection is kept
     upstream_http2: bool = False  # HTTP/2 to the platform (not supported by this build)

@@ -295,3 +295,16 @@ def test_bodiless_answers_keep_the_app_connection_usable(proxy_for, method: str,
         if method == "HEAD":
             assert b"content-length: 8" in head.lower()  # what a GET would carry
         assert b'etag: "v1"' in head.lower()
+
+
+def test_an_empty_post_and_odd_targets_leave_as_sent(proxy_for) -> None:
+    with ScriptedUpstream(ok) as upstream:
+        proxy = proxy_for(upstream)
+        port = port_of(proxy)
+        assert status_of(request(port, "POST", EXT + "/empty", b"")) == 200
+        for target in (EXT + "?a=1&a=2&b=%20x", EXT + "/%7Euser", EXT + "?q=caf%C3%A9"):
+            assert status_of(request(port, target=target)) == 200
+        seen = upstream.api()
+        assert seen[0].method == "POST" and seen[0].headers.get("content-length") == "0"
+        assert [s.target for s in seen[1:]] == [EXT + "?a=1&a=2&b=%20x", EXT + "/%7Euser",
+                                                EXT + "?q=caf%C3%A9"]

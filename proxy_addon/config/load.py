@@ -387,19 +387,8 @@ class _Reader:
                                            defaults.upstream_pool_wait, minimum=0.01),
             upstream_keepalive=self.number(table, "upstream_keepalive", key,
                                            defaults.upstream_keepalive, minimum=0),
-            upstream_http2=self.upstream_http2(table, key),
+            upstream_http2=self.boolean(table, "upstream_http2", key, defaults.upstream_http2),
         )
-
-    def upstream_http2(self, table: dict[str, Any], key: str) -> bool:
-        """HTTP/2 to the platform measured slower than the HTTP/1.1 pool here
-        (docs/design/upstream-pool.md §4) and the pool's client has none: refused, not
-        silently ignored."""
-        wanted = self.boolean(table, "upstream_http2", key, False)
-        if wanted:
-            raise self.fail("proxy.upstream_http2", "HTTP/2 to the upstream is not available "
-                            "in this version (the shared HTTP/1.1 pool measured faster: see "
-                            "docs/design/upstream-pool.md); remove the key or set it to false")
-        return False
 
     def admin_token_env(self, table: dict[str, Any], key: str) -> str | None:
         """The variable's name, read as written (not interpolated: a ``${NAME}`` here would

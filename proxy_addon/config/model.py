@@ -180,7 +180,7 @@ class ProxyConfig:
     upstream_pool_size: int = 1024
     upstream_pool_wait: float = 5.0  # s a request waits for a free connection, then 503
     upstream_keepalive: float = 15.0  # s an idle pooled connection is kept
-    upstream_http2: bool = False  # HTTP/2 to the platform (not supported by this build)
+    upstream_http2: bool = False  # HTTP/2 to the platform (ALPN), off: it measured slower
 
 
 @dataclass(frozen=True)

@@ -42,5 +42,5 @@ async def upstream_clients(config: Config, *, control_connections: int = CONTROL
     async with control, data_plane(
             data_connections or proxy.upstream_pool_size, proxy.upstream_timeout,
             proxy.upstream_pool_wait, proxy.verify_upstream_tls,
-            proxy.upstream_keepalive) as data:
+            proxy.upstream_keepalive, proxy.upstream_http2) as data:
         yield UpstreamClients(control=control, data=data)

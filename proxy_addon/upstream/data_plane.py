@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
 
 import aiohttp
 import httpx
@@ -55,7 +54,6 @@ def upstream_ssl_context(verify: bool) -> ssl.SSLContext | bool:
     return httpx.create_ssl_context(verify=True, trust_env=True)
 
 
-@dataclass
 class UpstreamAnswer:
     """An answer whose headers arrived; its body is read with :meth:`read` or :meth:`chunks`,
     and :meth:`release` gives the connection (and the pool slot) back — always call it."""
@@ -63,12 +61,42 @@ class UpstreamAnswer:
     status: int
     reason: str
     raw_headers: tuple[tuple[bytes, bytes], ...]
-    _response: aiohttp.ClientResponse
-    _plane: DataPlane
-    _released: bool = False
+
+    def __init__(self, status: int, reason: str, raw_headers: tuple[tuple[bytes, bytes], ...],
+                 plane: DataPlane) -> None:
+        self.status, self.reason, self.raw_headers = status, reason, raw_headers
+        self._plane = plane
+        self._released = False
 
     async def read(self) -> bytes:
         """The whole (still encoded) body."""
+        return b"".join([chunk async for chunk in self.chunks()])
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives (still encoded), chunk by chunk."""
+        raise NotImplementedError
+
+    def release(self, reuse: bool = True) -> None:
+        """Done with the answer: a fully read body gives the connection back to the pool;
+        ``reuse=False`` (or a body not read to the end) closes it (HTTP/2: resets the
+        stream)."""
+        if self._released:
+            return
+        self._released = True
+        self._close(reuse)
+        self._plane._free_slot()
+
+    def _close(self, reuse: bool) -> None:
+        raise NotImplementedError
+
+
+class _AiohttpAnswer(UpstreamAnswer):
+    def __init__(self, response: aiohttp.ClientResponse, plane: DataPlane) -> None:
+        super().__init__(response.status, response.reason or "",
+                         tuple(response.raw_headers), plane)
+        self._response = response
+
+    async def read(self) -> bytes:
         try:
             return await self._response.content.read()
         except TimeoutError:
@@ -77,7 +105,6 @@ class UpstreamAnswer:
             raise UpstreamUnreachable(f"the answer was cut off: {_describe(exc)}") from None
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives (still encoded), chunk by chunk."""
         try:
             async for chunk in self._response.content.iter_any():
                 yield chunk
@@ -86,17 +113,11 @@ class UpstreamAnswer:
         except aiohttp.ClientError as exc:
             raise UpstreamUnreachable(f"the answer was cut off: {_describe(exc)}") from None
 
-    def release(self, reuse: bool = True) -> None:
-        """Done with the answer: a fully read body gives the connection back to the pool;
-        ``reuse=False`` (or a body not read to the end) closes it."""
-        if self._released:
-            return
-        self._released = True
+    def _close(self, reuse: bool) -> None:
         if reuse:
             self._response.release()
         else:
             self._response.close()
-        self._plane._free_slot()
 
 
 class DataPlane:
@@ -148,7 +169,7 @@ class DataPlane:
                    headers: Iterable[tuple[str, str]], body: bytes | None) -> UpstreamAnswer:
         """Send one request; the answer's headers, or :class:`PoolBusy`,
         :class:`UpstreamTimeout`, :class:`UpstreamUnreachable`."""
-        if self._session is None:
+        if not self.running:
             raise UpstreamUnreachable("the upstream pool is not running")
         try:
             async with asyncio.timeout(self._acquire_timeout):
@@ -159,22 +180,30 @@ class DataPlane:
                            f"{self._acquire_timeout:g} s") from None
         self.busy += 1
         try:
-            response = await self._session.request(
-                method, request_url(scheme, host, port, target), headers=list(headers),
-                data=body if body else None, allow_redirects=False,
-                compress=None, chunked=None, auto_decompress=False)
-        except BaseException as exc:
+            return await self._open(method, scheme, host, port, target, list(headers), body)
+        except BaseException:
             self._free_slot()
-            if isinstance(exc, TimeoutError):
-                raise UpstreamTimeout("the platform did not answer in time") from None
-            if isinstance(exc, aiohttp.ClientError):
-                raise UpstreamUnreachable(_describe(exc)) from None
-            if isinstance(exc, ValueError):  # yarl/aiohttp refusing a target or header
-                raise UpstreamUnreachable(f"request not sendable: {exc}") from None
             raise
-        return UpstreamAnswer(status=response.status, reason=response.reason or "",
-                              raw_headers=tuple(response.raw_headers), _response=response,
-                              _plane=self)
+
+    @property
+    def running(self) -> bool:
+        return self._session is not None
+
+    async def _open(self, method: str, scheme: str, host: str, port: int, target: str,
+                    headers: list[tuple[str, str]], body: bytes | None) -> UpstreamAnswer:
+        """The transport: send the request, return once the answer's headers are in."""
+        assert self._session is not None
+        try:
+            response = await self._session.request(
+                method, request_url(scheme, host, port, target), headers=headers,
+                data=body if body else None, allow_redirects=False, auto_decompress=False)
+        except TimeoutError:
+            raise UpstreamTimeout("the platform did not answer in time") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnreachable(_describe(exc)) from None
+        except ValueError as exc:  # yarl/aiohttp refusing a target or header
+            raise UpstreamUnreachable(f"request not sendable: {exc}") from None
+        return _AiohttpAnswer(response, self)
 
 
 def request_url(scheme: str, host: str, port: int, target: str) -> URL:
@@ -202,10 +231,19 @@ def _describe(exc: BaseException) -> str:
 
 @contextlib.asynccontextmanager
 async def data_plane(size: int, upstream_timeout: float, acquire_timeout: float, verify: bool,
-                     keepalive: float = DEFAULT_KEEPALIVE) -> AsyncIterator[DataPlane]:
-    """A started :class:`DataPlane`, closed on exit."""
-    plane = DataPlane(size=size, timeout=upstream_timeout, acquire_timeout=acquire_timeout,
-                      verify=verify, keepalive=keepalive)
+                     keepalive: float = DEFAULT_KEEPALIVE, http2: bool = False
+                     ) -> AsyncIterator[DataPlane]:
+    """A started data plane (HTTP/1.1 on aiohttp, or HTTP/2 where the upstream offers it),
+    closed on exit."""
+    if http2:
+        from .data_plane_h2 import Http2DataPlane
+
+        plane: DataPlane = Http2DataPlane(size=size, timeout=upstream_timeout,
+                                          acquire_timeout=acquire_timeout, verify=verify,
+                                          keepalive=keepalive)
+    else:
+        plane = DataPlane(size=size, timeout=upstream_timeout, acquire_timeout=acquire_timeout,
+                          verify=verify, keepalive=keepalive)
     await plane.start()
     try:
         yield plane

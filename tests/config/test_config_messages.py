@@ -357,11 +357,8 @@ def test_good_input_is_accepted() -> None:
     assert parse_config(doc(), "c.toml", ENV).account("main").client_id == "id"
 
 
-def test_upstream_http2_is_refused_not_ignored() -> None:
-    assert message("upstream_http2", {"proxy": {"upstream_http2": True}}) == (
-        "c.toml: proxy.upstream_http2: HTTP/2 to the upstream is not available in this version "
-        "(the shared HTTP/1.1 pool measured faster: see docs/design/upstream-pool.md); remove "
-        "the key or set it to false")
+def test_upstream_http2_must_be_a_boolean() -> None:
+    assert "proxy.upstream_http2" in message("h2", {"proxy": {"upstream_http2": "yes"}})
 
 
 def test_upstream_pool_size_is_bounded() -> None:

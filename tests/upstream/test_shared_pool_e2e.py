@@ -167,7 +167,7 @@ def test_a_full_pool_refuses_with_503_instead_of_queueing(proxy_for) -> None:
 
 @pytest.mark.parametrize("sized", [True, False], ids=["content-length", "chunked"])
 def test_a_large_answer_streams_through_the_pool(proxy_for, sized: bool) -> None:
-    size = 24 * 1024 * 1024
+    size = 8 * 1024 * 1024  # well past stream_threshold (1 MiB): streamed, many chunks
 
     def script(seen: Seen) -> Answer:
         return Answer(generated=size, sized=sized,

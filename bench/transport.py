@@ -34,6 +34,7 @@ from tests.support.emulator import start_emulator
 RTT = 0.040  # seconds between proxy and upstream in the WAN phase
 LOADS = (("keep-alive", 1), ("keep-alive", 16), ("keep-alive", 64), ("new", 16))
 WAN_LOADS = (("keep-alive", 16), ("new", 16))
+H2 = "tokenproxy, upstream_http2"
 DIRECT, ANCHOR, BARE, PROXY, WORKERS = ("direct (nginx)", "nginx proxy (keep-alive pool)",
                                         "bare mitmdump", "tokenproxy", "tokenproxy --workers 2")
 ROUNDS, WAN_ROUNDS = 3, 2
@@ -220,6 +221,8 @@ def render(lan: dict[Key, list[tp.Sample]], wan: dict[Key, list[tp.Sample]],
         "It trusts the bench CA the way a host trusts a private CA (certifi's bundle plus the "
         "CA, and `SSL_CERT_FILE`); upstream verification stays on.",
         f"- **{WORKERS}**: the same with `--workers 2` (one SQLite file shared by the workers).",
+        f"- **{H2}**: one process with `upstream_http2 = true` (the upstream nginx offers `h2` "
+        "by ALPN; the other targets speak HTTP/1.1 to it, offering no ALPN).",
         "",
         f"Clients: keep-alive is `wrk -t1 -c<N> -d{duration:g}s --latency`; new connection per "
         f"request is `hey -disable-keepalive -c 16 -z {duration:g}s`. Each cell is the median "
@@ -232,7 +235,7 @@ def render(lan: dict[Key, list[tp.Sample]], wan: dict[Key, list[tp.Sample]],
         "",
         table(("target — clients", "requests/s", "p50 ms", "p99 ms",
                "upstream TLS conns / 1,000 req", "failed"),
-              rows_of(lan, [DIRECT, ANCHOR, BARE, PROXY, WORKERS], LOADS)),
+              rows_of(lan, [DIRECT, ANCHOR, BARE, PROXY, WORKERS, H2], LOADS)),
         "",
     ]
     how = ("`tc netem` is not available in this kernel (no `sch_netem`), so a delaying TCP "
@@ -321,6 +324,14 @@ def targets(lan: dict[Key, list[tp.Sample]], wan: dict[Key, list[tp.Sample]],
     else:
         lines.append(f"- `--workers 2` ≥ {MIN_WORKERS_GAIN}x one worker on 2 cores: **not met, "
                      f"not measurable** — {workers_error}")
+    if (H2, "keep-alive", 16) in lan:
+        h2_ka = paired(lan, (H2, "keep-alive", 16), ka16, lambda s: s.rps)
+        h2_new = paired(lan, (H2, "new", 16), new16, lambda s: s.rps)
+        better = h2_ka > 1.0 and h2_new > 1.0
+        lines.append(f"- `upstream_http2` on by default only if it measures better: HTTP/2 vs "
+                     f"HTTP/1.1 pool requests/s {stats.fmt_ratio(h2_ka)} (keep-alive, 16) and "
+                     f"{stats.fmt_ratio(h2_new)} (new connection, 16) — "
+                     f"{'better: turn it on' if better else 'not better: it stays off'}.")
     if loaded.spans:
         span_ms = max(loaded.spans) * 1000
         renewal_ratio = span_ms / endpoint_ms
@@ -365,6 +376,8 @@ def run(options: RunOptions) -> str:
                 PROXY: lan_stack.enter_context(tp.tokenproxy(keys, options.workdir,
                                                              upstream.url))[0],
             }
+            lan_targets[H2] = lan_stack.enter_context(tp.tokenproxy(
+                keys, options.workdir, upstream.url, upstream_http2=True))[0]
             try:
                 lan_targets[WORKERS] = lan_stack.enter_context(tp.tokenproxy_workers(
                     keys, options.workdir, upstream.url, 2))

@@ -60,7 +60,7 @@ http {{
   ssl_session_cache shared:SSL:10m;
   upstream platform_emulator {{ server {emulator}; keepalive 8; }}
   server {{
-    listen 127.0.0.1:{port} ssl reuseport backlog=4096;
+    listen 127.0.0.1:{port} ssl http2 reuseport backlog=4096;
     ssl_certificate {dir}/server.pem;
     ssl_certificate_key {dir}/server.key;
     ssl_protocols TLSv1.2 TLSv1.3;

@@ -13,6 +13,7 @@ import sys
 import time
 
 import httpx
+import pytest
 from rc_emulator.tokens import token_kind
 
 from tests.support.proxy import APP_KEY, DEMO_CLIENT_SECRET, DEMO_JWT, jwt_account
@@ -83,8 +84,12 @@ def test_json_logs_status_cli_and_reauth(emulator_factory, proxy_factory) -> Non
           f"{sorted({e.get('event') for e in entries if e.get('event')})}")
 
 
+REQUESTS = 6_000  # half with the app's key, half with bogus keys
+
+
+@pytest.mark.timeout(600)  # 6,000 requests through a Python emulator: minutes on a loaded CI
 def test_metric_series_stay_bounded(emulator_factory, proxy_factory) -> None:
-    """10,000 requests with random paths, query strings and bogus client keys add no series."""
+    """6,000 requests with random paths, query strings and bogus client keys add no series."""
     emulator = emulator_factory("--auth-rate", "0")
     proxy = proxy_factory(emulator.url, bad_key_limit=0)  # no slow-down for the flood
     with proxy.http() as client:
@@ -107,7 +112,7 @@ def test_metric_series_stay_bounded(emulator_factory, proxy_factory) -> None:
                                               headers=headers)
                 statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
 
-            for start in range(0, 10_000, 500):  # bounded batches
+            for start in range(0, REQUESTS, 500):  # bounded batches
                 await asyncio.gather(*(one(i) for i in range(start, start + 500)))
         return statuses
 
@@ -115,7 +120,7 @@ def test_metric_series_stay_bounded(emulator_factory, proxy_factory) -> None:
     after = series(httpx.get(proxy.admin_url + "/metrics", timeout=10).text)
     print(f"figures cardinality: {sum(statuses.values())} requests {statuses}, "
           f"{len(before)} series before, {len(after)} after")
-    assert sum(statuses.values()) == 10_000
-    assert statuses.get(401, 0) >= 4_000  # the bogus keys were refused
+    assert sum(statuses.values()) == REQUESTS
+    assert statuses.get(401, 0) >= REQUESTS * 2 // 5  # the bogus keys were refused
     assert after == before, sorted(after - before)[:10]
     assert not any(junk_label in s for s in after for junk_label in ("restapi/", "?"))

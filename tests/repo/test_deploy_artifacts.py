@@ -1212,7 +1212,7 @@ def test_no_secret_values_in_any_deployment_file() -> None:
     for name, service in compose_services().items():
         command = service.get("command", [])
         for i, arg in enumerate(command[:-1]):
-            if re.search(r"pass|secret|token", arg, re.I):
+            if arg.startswith("-") and re.search(r"pass|secret|token", arg, re.I):
                 assert ENV_REF.fullmatch(command[i + 1]), f"{name}: literal after {arg}"
         for var, value in (service.get("environment") or {}).items():
             if SECRET_NAME.search(var):

@@ -19,6 +19,7 @@ forwarded (a POST nobody waits for must not go out).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 
 from mitmproxy import http
 
@@ -38,7 +39,7 @@ class Forward:
         self._whole_limit = whole_limit  # answers up to this are read whole (see .links)
         self._start_timeout = start_timeout
 
-    def request(self, flow: http.HTTPFlow):  # type: ignore[no-untyped-def]
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response is not None or not pooled(flow.request):
             return None
         return self._forward(flow)

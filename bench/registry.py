@@ -6,7 +6,7 @@ append it here.
 
 from __future__ import annotations
 
-from bench import chaos, drain, fleet, memory, replicas, storm, throughput
+from bench import chaos, drain, fleet, memory, replicas, scale, storm, throughput
 from bench.scenario import Scenario
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -17,6 +17,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     replicas.SCENARIO,
     drain.SCENARIO,
     chaos.SCENARIO,
+    scale.SCENARIO,
 )
 
 

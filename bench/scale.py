@@ -440,8 +440,14 @@ def render(points: Sequence[Point], idle: float) -> str:
 
 def dump(points: Sequence[Point], idle: float, path: Path) -> None:
     """The raw figures, so the section can be rendered again without a rerun."""
-    path.write_text(json.dumps({"idle": idle, "points": [dataclasses.asdict(p)
-                                                         for p in points]}, indent=1))
+    def plain(value: object) -> object:  # asdict would rebuild a Counter from its pairs
+        if isinstance(value, Counter):
+            return dict(value)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return value
+
+    path.write_text(json.dumps({"idle": idle, "points": [plain(p) for p in points]}, indent=1))
 
 
 def load(path: Path) -> tuple[list[Point], float]:

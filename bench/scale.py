@@ -428,14 +428,68 @@ def render(points: Sequence[Point], idle: float) -> str:
             f"{p.restart.seconds:.2f} s with {p.restart_token_calls} token calls (RSS "
             f"{p.rss_restarted / MIB:.1f} MiB)" + ("; " + "; ".join(extra) if extra else "")
             + ".")
+    per_login = big.startup_cpu / big.n
     lines += [
         "",
         f"Start-up against the platform's limits: each account has a client id of its own, so "
         f"the platform's {AUTH_CALLS} calls / {AUTH_WINDOW:g} s per app allow {platform_bound};"
         f" the proxy's own pace was {big.n / big.serve.seconds:.0f} logins/s at "
-        f"{big.n:,} accounts.",
+        f"{big.n:,} accounts ({per_login * 1000:.1f} ms of proxy CPU per first request, its "
+        "login included), and launch → listening took "
+        f"{big.listen_seconds:.0f} s before any login: the start-up is bounded by the proxy, "
+        "not by the platform.",
+        "",
+        f"Token upkeep (derived): accounts in use renew once per access-token lifetime (1 h, "
+        f"refresh-ahead), {big.n / 60:.0f} renewals a minute at {big.n:,} accounts; at the CPU "
+        f"a login cost above that is about {100 * big.n / 3600 * per_login:.1f} % of a core, "
+        f"and {big.n / 60 * _ops_per_login(big):.0f} store operations a minute "
+        f"({_ops_per_login(big):.0f} per renewal).",
+        "",
+        *growth(points),
     ]
     return "\n".join(lines)
+
+
+def _ops_per_login(p: Point) -> float:
+    heartbeats = p.startup_ops.get("heartbeat", 0)
+    return (sum(p.startup_ops.values()) - heartbeats) / max(1, p.n)
+
+
+GROWTH_MARGIN = 1.3  # a cost growing more than 1.3 times the account ratio is worse than linear
+
+
+def growth(points: Sequence[Point]) -> list[str]:
+    """How each cost (above the one-account base) grew over the last step of account counts:
+    proportional to the accounts is linear."""
+    if len(points) < 3:
+        return []
+    base, mid, big = points[0], points[-2], points[-1]
+    ratio = (big.n - base.n) / (mid.n - base.n)
+    assert mid.metrics and big.metrics and base.metrics and mid.serve and big.serve
+    costs: list[tuple[str, Callable[[Point], float]]] = [
+        ("config parse", lambda p: p.config_seconds),
+        ("launch → listening", lambda p: p.listen_seconds),
+        ("first request of every account (wall)", lambda p: p.serve.seconds if p.serve else 0),
+        ("CPU of the first requests", lambda p: p.startup_cpu),
+        ("RSS serving", lambda p: p.rss_serving),
+        ("idle CPU", lambda p: p.idle_cpu_percent),
+        ("/metrics time", lambda p: p.metrics.seconds if p.metrics else 0),
+        ("/metrics size", lambda p: p.metrics.size if p.metrics else 0),
+        ("restart → listening", lambda p: p.restart_listen_seconds),
+    ]
+    rows = []
+    for label, value in costs:
+        below, above = value(mid) - value(base), value(big) - value(base)
+        factor = above / below if below > 0 else float("nan")
+        worse = below > 0 and factor > GROWTH_MARGIN * ratio
+        rows.append([label, f"{factor:.1f} times" if below > 0 else "-",
+                     "**worse than linear**" if worse else "linear or better"])
+    return [
+        f"Growth from {mid.n:,} to {big.n:,} accounts ({ratio:.1f} times the accounts above the "
+        f"one-account base; worse than linear: more than {GROWTH_MARGIN * ratio:.1f} times):",
+        "",
+        table(["cost", "grew", "verdict"], rows),
+    ]
 
 
 def dump(points: Sequence[Point], idle: float, path: Path) -> None:

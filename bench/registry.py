@@ -6,7 +6,7 @@ append it here.
 
 from __future__ import annotations
 
-from bench import chaos, drain, fleet, memory, replicas, storm, throughput, transport
+from bench import chaos, drain, fleet, memory, replicas, scale, storm, throughput, transport
 from bench.scenario import Scenario
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -18,6 +18,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     drain.SCENARIO,
     chaos.SCENARIO,
     transport.SCENARIO,
+    scale.SCENARIO,
 )
 
 

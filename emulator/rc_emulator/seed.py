@@ -119,6 +119,7 @@ def parse_seed(raw: Any) -> Seed:
     if not isinstance(apps_raw, list) or not apps_raw:
         raise SeedError("apps: must be a non-empty list")
     apps: list[App] = []
+    client_ids: set[str] = set()  # duplicate checks by set: seeds of 10,000 apps (bench)
     for i, item in enumerate(apps_raw):
         where = f"apps[{i}]"
         obj = _check_keys(item, {"client_id", "client_secret", "public", "grants"}, where)
@@ -136,20 +137,52 @@ def parse_seed(raw: Any) -> Seed:
             if name not in GRANTS:
                 raise SeedError(f"{where}.grants: unknown grant {grant!r}")
             grants.add(name)
-        if any(a.client_id == client_id for a in apps):
+        if client_id in client_ids:
             raise SeedError(f"{where}.client_id: duplicate {client_id!r}")
         assert client_id is not None
+        client_ids.add(client_id)
         apps.append(App(client_id, None if public else secret, public, frozenset(grants)))
     if not isinstance(users_raw, list) or not users_raw:
         raise SeedError("users: must be a non-empty list")
     users: list[User] = []
+    seen: dict[str, set[str]] = {"owner_id": set(), "username": set(), "jwt": set()}
     for i, item in enumerate(users_raw):
         where = f"users[{i}]"
         keys = {"owner_id", "username", "extension", "password", "jwt"}
         obj = _check_keys(item, keys, where)
         values = {key: _str(obj, key, where) for key in sorted(keys)}
-        for key in ("owner_id", "username", "jwt"):
-            if any(getattr(u, key) == values[key] for u in users):
+        for key, known in seen.items():
+            if values[key] in known:
                 raise SeedError(f"{where}.{key}: duplicate {values[key]!r}")
+        for key, known in seen.items():
+            known.add(values[key])  # type: ignore[arg-type]
         users.append(User(**values))  # type: ignore[arg-type]
     return Seed(tuple(apps), tuple(users))
+
+
+GENERATED_MAX = 100_000
+
+
+def generated(count: int, base: Seed = DEFAULT_SEED) -> Seed:
+    """``base`` plus ``count`` generated users, each with an app of its own (JWT and refresh
+    grants), as integrators run one app per customer: user ``i`` (1-based) is owner id
+    ``300000 + i``, username ``+1555030xxxx``, extension ``i``, password ``gen-password-i``,
+    JWT credential ``gen-jwt-i``; its app is ``gen-client-i`` / ``gen-secret-i``."""
+    if not 0 <= count <= GENERATED_MAX:
+        raise SeedError(f"generated users: must be 0..{GENERATED_MAX}, got {count}")
+    grants = frozenset({"jwt", "refresh_token"})
+    apps = tuple(App(f"gen-client-{i}", f"gen-secret-{i}", False, grants)
+                 for i in range(1, count + 1))
+    users = tuple(User(str(300000 + i), f"+1555{300000 + i:07d}", str(i), f"gen-password-{i}",
+                       f"gen-jwt-{i}") for i in range(1, count + 1))
+    taken = {a.client_id for a in base.apps}
+    clash = next((a.client_id for a in apps if a.client_id in taken), None)
+    if clash is None:
+        known = {(u.owner_id, u.username, u.jwt) for u in base.users}
+        owners, names, jwts = (set(column) for column in zip(*known, strict=True)) \
+            if known else (set(), set(), set())
+        clash = next((u.owner_id for u in users if u.owner_id in owners
+                      or u.username in names or u.jwt in jwts), None)
+    if clash is not None:
+        raise SeedError(f"generated users: {clash!r} is in the seed already")
+    return Seed(base.apps + apps, base.users + users)

@@ -28,7 +28,7 @@ from .policy import (
     Policy,
     PolicyError,
 )
-from .seed import DEFAULT_SEED, SeedError, load_seed
+from .seed import DEFAULT_SEED, SeedError, generated, load_seed
 from .state import Platform
 
 PROG = "emulator"
@@ -159,6 +159,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed-file", metavar="FILE", help="apps and users (TOML or JSON)")
     p.add_argument(
+        "--seed-generated",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add N generated users, each with an app of its own (client id gen-client-I, "
+        "secret gen-secret-I, JWT gen-jwt-I, I = 1..N), to the seed: one app per customer, "
+        "for scale benchmarks (default 0)",
+    )
+    p.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error", "critical"],
@@ -228,6 +237,8 @@ def _configure(args: argparse.Namespace) -> tuple[Platform, str, str | None, str
         raise UsageError(f"--{exc.field.replace('_', '-')}: {exc.reason}") from None
     try:
         seed = load_seed(args.seed_file) if args.seed_file else DEFAULT_SEED
+        if args.seed_generated:
+            seed = generated(args.seed_generated, seed)
     except SeedError as exc:
         raise UsageError(str(exc)) from None
     public = _check_url("--public-url", args.public_url) if args.public_url else None

@@ -91,6 +91,7 @@ class AccountTokens(Renewal, Scheduling):
         self._retry_at = 0.0  # monotonic
         self._failure: TokenUnavailable | None = None
         self._closed = False
+        self._changed = _unchanged  # the pool's hook (see TokenPool._rotation_near)
         self.state = AccountState.IDLE
         self.state_since = clock.wall()  # Unix time, for status displays
         self.last_error: str = ""
@@ -275,6 +276,7 @@ class AccountTokens(Renewal, Scheduling):
         if generation == self.generation and self._renewal is None:
             self._access_dead = True
             self._refresh_at = 0.0
+            self._changed()
             if self._clock.monotonic() >= self._retry_at:
                 self._start_renewal(f"rejected:{code}")
 
@@ -286,6 +288,7 @@ class AccountTokens(Renewal, Scheduling):
                 self._observer.session_lost(self._name, "revoked_or_evicted")
             self._access_dead = True
             self._refresh_at = 0.0
+            self._changed()
             if self._renewal is None:
                 if self._clock.monotonic() >= self._retry_at:
                     self._start_renewal(f"rejected:{code}")
@@ -412,6 +415,10 @@ class AccountTokens(Renewal, Scheduling):
                             "state": state.value, "previous_state": self.state.value})
             self.state = state
             self.state_since = self._clock.wall()
+
+
+def _unchanged() -> None:
+    """No pool listens (an account on its own, in tests)."""
 
 
 def process_owner() -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 
 from ..config import Config
 from ..store.base import StoreError, TokenStore
@@ -40,6 +41,13 @@ class TokenPool:
         self._owner = owner or process_owner()
         self._clock = clock or SystemClock()
         self._heartbeat: asyncio.Task[None] | None = None
+        # _rotation_near's last answer, valid until this monotonic instant unless an account
+        # changed since (stale)
+        self._near = False
+        self._near_until = -math.inf
+        self._near_stale = True
+        for account in accounts.values():
+            account._changed = self._account_changed
 
     @classmethod
     def build(cls, config: Config, platform: Platform, store: TokenStore, *,
@@ -87,8 +95,29 @@ class TokenPool:
         if owner != self._owner and account in self.accounts:
             self.accounts[account].announced(generation)
 
+    def _account_changed(self) -> None:
+        self._near_stale = True
+
     def _rotation_near(self) -> bool:
-        return any(a.rotation_near() for a in self.accounts.values())
+        """Whether a rotation of any account may be announced soon. Stores without
+        notifications ask before every poll (up to 20 a second): the answer is kept until
+        the next instant time alone can change it, or until an account changes, so an idle
+        pool is not scanned account by account on every poll (issue 16: 8 ms a poll at
+        10,000 accounts)."""
+        now = self._clock.monotonic()
+        if not self._near_stale and now < self._near_until:
+            return self._near
+        self._near_stale = False
+        soonest = math.inf
+        for account in self.accounts.values():
+            start, end = account.rotation_window()
+            if start <= now < end:  # near until at least its end
+                self._near, self._near_until = True, end
+                return True
+            if now < start < end:
+                soonest = min(soonest, start)
+        self._near, self._near_until = False, soonest
+        return False
 
     def _stored(self, account: str, generation: int) -> None:
         """A store notification: ``account`` has a new ``generation`` ("" = all, maybe)."""

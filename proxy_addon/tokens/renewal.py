@@ -84,6 +84,7 @@ class Renewal:
         task = asyncio.get_running_loop().create_task(self._renew(reason),
                                                       name=f"renew:{self._name}")
         self._renewal = task
+        self._changed()
         task.add_done_callback(retrieve_exception)
 
     async def _renew(self, reason: str) -> None:

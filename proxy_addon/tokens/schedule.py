@@ -13,6 +13,7 @@ import asyncio
 import logging
 import math
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..store.base import StoreError, TokenStore
@@ -80,11 +81,14 @@ class Scheduling:
     _store: TokenStore
     _owner: str
     _retry_at: float  # monotonic; inf: only after a person acts
+    # called whenever the account's rotation window may move (the pool caches answers)
+    _changed: Callable[[], None]
     state: AccountState
     generation: int
 
     def _schedule(self) -> None:
         """Arm the timer for the next refresh-ahead, keep-alive or retry."""
+        self._changed()  # instants, renewal or tokens moved: the pool's answers are stale
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -187,6 +191,7 @@ class Scheduling:
             return
         if generation == self.generation and self._access_alive() and not self._access_dead:
             self._remote_drain = generation
+            self._changed()
             if self._renewal is None:
                 self._start_renewal("remote")
             return  # the renewal acknowledges once our requests on it are done
@@ -202,10 +207,20 @@ class Scheduling:
     def rotation_near(self) -> bool:
         """A rotation of this account may be announced soon (inside the refresh-ahead
         window, or one is under way): stores without notifications poll faster then."""
+        start, end = self.rotation_window()
+        return start <= self._clock.monotonic() < end
+
+    def rotation_window(self) -> tuple[float, float]:
+        """The monotonic interval ``[start, end)`` in which :meth:`rotation_near` holds, for
+        as long as the account does not change (it calls ``_changed`` when it does): from a
+        little before the refresh-ahead until its access token dies; ``(-inf, inf)`` while a
+        rotation is under way; empty without an access token."""
         if self._renewal is not None or self._remote_drain >= 0:
-            return True
-        return self._access_alive() and self._clock.monotonic() >= (
-            self._refresh_at - 2 * self._settings.drain_timeout - 1.0)
+            return -math.inf, math.inf
+        tokens = self._tokens
+        if tokens is None or not tokens.access_token:
+            return math.inf, math.inf
+        return self._refresh_at - 2 * self._settings.drain_timeout - 1.0, self._access_until
 
     if TYPE_CHECKING:  # provided by AccountTokens and Renewal
         _name: str

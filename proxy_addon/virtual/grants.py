@@ -134,12 +134,26 @@ class VirtualTokens:
         self.refresh_every = CACHE_SECONDS  # re-read a cached record after this long
         self.read_deadline = READ_DEADLINE
         self.stale_max = STALE_MAX  # [proxy] virtual_grant_stale_max
-        self.fingerprints: dict[str, str] | None = None  # by account; None: not checked
+        # the accounts whose credentials bind grants (None: not checked), and their
+        # fingerprints, computed at an account's first virtual-token use: PBKDF2 costs ~25 ms,
+        # so 10,000 accounts computed up front held start-up for minutes (bench scale)
+        self._accounts: dict[str, AccountConfig] | None = None
+        self._fingerprints: dict[str, str] = {}
         self.grants_per_account = 0  # outstanding lineages per account; 0: no cap
 
     def use_accounts(self, accounts: tuple[AccountConfig, ...] | list[AccountConfig]) -> None:
         """Bind grants to these accounts' current credentials (see :func:`fingerprint`)."""
-        self.fingerprints = {a.name: fingerprint(a) for a in accounts}
+        self._accounts = {a.name: a for a in accounts}
+        self._fingerprints = {}
+
+    def fingerprint_of(self, account: str) -> str | None:
+        """The account's fingerprint (None: not checked, or an unknown account)."""
+        if self._accounts is None or account not in self._accounts:
+            return None
+        found = self._fingerprints.get(account)
+        if found is None:
+            found = self._fingerprints[account] = fingerprint(self._accounts[account])
+        return found
 
     async def _put(self, key: str, grant: VirtualGrant, keep_until: float) -> None:
         await self._store.put_virtual(key, self._seal(grant, key), keep_until)
@@ -158,7 +172,7 @@ class VirtualTokens:
             lineage = secrets.token_urlsafe(16)
             await self._put(lineage_key(lineage), VirtualGrant(
                 account, client_id, "lineage", refresh_until, pair, lineage,
-                (self.fingerprints or {}).get(account, ""), now), refresh_until)
+                self.fingerprint_of(account) or "", now), refresh_until)
             await self._index(account, lineage, refresh_until)
         # the access record outlives its token (until the pair's end): an expired token is
         # then told apart from an unknown one (OAU-210, as the platform answers)
@@ -261,8 +275,8 @@ class VirtualTokens:
                              deadline: float | None = None) -> bool:
         """False when the account's credentials changed since the login, or its grants were
         ended after it (``tokenproxy revoke``)."""
-        if self.fingerprints is not None and \
-                self.fingerprints.get(lineage.account) != lineage.fingerprint:
+        if self._accounts is not None and \
+                self.fingerprint_of(lineage.account) != lineage.fingerprint:
             return False
         ended = await self._lookup(account_key(lineage.account), deadline)
         return ended is None or lineage.created_at > ended.created_at

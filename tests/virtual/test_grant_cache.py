@@ -200,3 +200,29 @@ def test_a_slow_store_costs_a_lookup_at_most_the_read_deadline(redis_factory,
         await store.close()
 
     run(scenario)
+
+
+def test_account_fingerprints_are_computed_at_first_use_only() -> None:
+    """Each fingerprint is a PBKDF2 (~25 ms): 10,000 accounts computed up front held the
+    proxy's start-up for minutes (bench scale). Now: none at start, one per account used."""
+    from proxy_addon.config import parse_config
+    from proxy_addon.store.memory import MemoryStore
+    from proxy_addon.virtual.grants import fingerprint
+
+    config = parse_config({
+        "proxy": {"upstream": "http://127.0.0.1:9"},
+        "accounts": [{"name": f"a{i}", "client_id": f"id{i}", "client_secret": "s",
+                      "grant": "jwt", "jwt": f"j{i}"} for i in range(200)],
+        "clients": []}, "c.toml", {})
+    virtual = VirtualTokens(MemoryStore(RecordCodec(TokenCipher(None))))
+    virtual.use_accounts(config.accounts)
+    assert virtual._fingerprints == {}  # nothing computed at start-up
+
+    async def scenario() -> None:
+        pair = await virtual.issue("a7", "id7")
+        grant, _ = await virtual.resolve_access(pair.access_token)
+        assert grant is not None and grant.account == "a7"
+
+    run(scenario)
+    assert virtual._fingerprints == {"a7": fingerprint(config.account("a7"))}
+    assert virtual.fingerprint_of("nobody") is None

@@ -82,3 +82,19 @@ def test_formatters_redact_messages_and_exceptions() -> None:
         record.exc_info = sys.exc_info()
     line = RedactingFormatter(JsonFormatter(), secrets).format(record)
     assert "s3cr3t-value" not in line and '"account": "main"' in line
+
+
+def test_redaction_with_many_secrets_and_nested_ones() -> None:
+    """10,000 accounts' credentials (bench scale): every one is still found, anywhere in a
+    line; a secret that contains another, or shares its first characters, is replaced whole."""
+    secrets = SecretRegistry(recent=4)
+    secrets.add([f"jwt-{i:05d}-credential" for i in range(10_000)], fixed=True)
+    secrets.add(["shared-prefix-long-secret", "shared-prefix"], fixed=True)
+    secrets.add(["shared-prefix-recent-token", "abcdef"])
+    line = ("x jwt-04242-credential y jwt-09999-credential"
+            " shared-prefix-long-secret shared-prefix shared-prefix-recent-token abcdef")
+    assert secrets.redact(line) == f"x {REDACTED} y {REDACTED} {REDACTED} {REDACTED} " \
+                                   f"{REDACTED} {REDACTED}"
+    near_misses = "jwt-00001-credentiaX and jwt-0000"
+    assert secrets.redact(near_misses) == near_misses
+    assert secrets.redact("") == "" and secrets.redact("short") == "short"

@@ -83,7 +83,7 @@ def run(config: Config, worker: bool = False, banner: bool = True) -> int:
 
 async def _serve(config: Config, tls_pem: str | None = None, banner: bool = True) -> int:
     async with upstream_clients(config) as clients:
-        metrics = Metrics()
+        metrics = Metrics(folded=config.proxy.metrics_per_account == "folded")
         endpoint = TokenEndpoint(config.proxy.upstream, clients.control, metrics)
         store = InstrumentedStore(open_store(config.store), metrics)
         try:

@@ -307,9 +307,14 @@ class _Reader:
                    "admin_token_env", "login_failure_limit", "virtual_access_ttl",
                    "virtual_grants_per_account", "virtual_grant_stale_max",
                    "upstream_pool", "upstream_pool_size", "upstream_pool_wait",
-                   "upstream_keepalive", "upstream_http2"}
+                   "upstream_keepalive", "upstream_http2", "metrics_per_account"}
         table = self.table(value, key, allowed)
         defaults = ProxyConfig()
+        folding = self.string(table, "metrics_per_account", key,
+                              default=defaults.metrics_per_account)
+        if folding not in ("full", "folded"):
+            raise self.fail("proxy.metrics_per_account",
+                            f"expected \"full\" or \"folded\", got {folding!r}")
         log_format = self.string(table, "log_format", key, default=defaults.log_format)
         if log_format not in LOG_FORMATS:
             raise self.fail("proxy.log_format", f"expected one of {', '.join(LOG_FORMATS)}, "
@@ -388,6 +393,7 @@ class _Reader:
             upstream_keepalive=self.number(table, "upstream_keepalive", key,
                                            defaults.upstream_keepalive, minimum=0),
             upstream_http2=self.boolean(table, "upstream_http2", key, defaults.upstream_http2),
+            metrics_per_account=folding or defaults.metrics_per_account,
         )
 
     def admin_token_env(self, table: dict[str, Any], key: str) -> str | None:

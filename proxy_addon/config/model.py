@@ -180,6 +180,9 @@ class ProxyConfig:
     upstream_pool_size: int = 1024
     upstream_pool_wait: float = 5.0  # s a request waits for a free connection, then 503
     upstream_keepalive: float = 15.0  # s an idle pooled connection is kept
+    # "full": every account's own series; "folded": counters and histograms of all accounts
+    # in one series (account="_all"), per-account gauges only for accounts needing attention
+    metrics_per_account: str = "full"
     upstream_http2: bool = False  # HTTP/2 to the platform (ALPN), off: it measured slower
 
 

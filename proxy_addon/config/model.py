@@ -179,7 +179,7 @@ class ProxyConfig:
     # connections (= requests out at once) per process: Envoy's default circuit-breaker limit
     upstream_pool_size: int = 1024
     upstream_pool_wait: float = 5.0  # s a request waits for a free connection, then 503
-    upstream_keepalive: float = 15.0  # s an idle pooled connection is kept
+    upstream_keepalive: float = 60.0  # s an idle pooled connection is kept (nginx's default)
     # "full": every account's own series; "folded": counters and histograms of all accounts
     # in one series (account="_all"), per-account gauges only for accounts needing attention
     metrics_per_account: str = "full"

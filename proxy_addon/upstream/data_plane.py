@@ -35,8 +35,8 @@ from .token_endpoint import UpstreamUnreachable
 
 # aiohttp would add these on its own; the request goes out with the app's headers only
 _NO_AUTO_HEADERS = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
-# the platform's edge closes idle connections; ours are dropped before that (seconds)
-DEFAULT_KEEPALIVE = 15.0
+# seconds an idle pooled connection is kept: nginx's default upstream keepalive_timeout
+DEFAULT_KEEPALIVE = 60.0
 
 
 class PoolBusy(Exception):

@@ -8,56 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import threading
 from pathlib import Path
 
 import h2.config
 import h2.connection
 import h2.events
 
+from tests.support.loop_server import LoopServer
 from tests.support.scripted_upstream import generated_body
 
 
-class H2Upstream:
+class H2Upstream(LoopServer):
     def __init__(self, cert_dir: Path, big_size: int = 4 * 1024 * 1024) -> None:
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.context.load_cert_chain(cert_dir / "server.pem", cert_dir / "server.key")
-        self.context.set_alpn_protocols(["h2"])
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert_dir / "server.pem", cert_dir / "server.key")
+        context.set_alpn_protocols(["h2"])
+        super().__init__(context)
         self.big = generated_body(big_size)
         self.streams: list[tuple[int, str, str]] = []  # (connection, method, path)
         self.connections = 0
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._server: asyncio.Server | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> H2Upstream:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    async def _shutdown(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.context))
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         number = self.connections

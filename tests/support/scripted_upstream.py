@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tests.support.loop_server import LoopServer
+
 TOKENS = json.dumps({"access_token": "upstream-access-1", "token_type": "bearer",
                      "expires_in": 3600, "refresh_token": "upstream-refresh-1",
                      "refresh_token_expires_in": 604800, "scope": "ReadAccounts",
@@ -59,53 +61,25 @@ def generated_body(size: int) -> bytes:
     return b"".join(piece(offset, min(65536, size - offset)) for offset in range(0, size, 65536))
 
 
-class ScriptedUpstream:
+class ScriptedUpstream(LoopServer):
     def __init__(self, script: Callable[[Seen], Answer]) -> None:
+        super().__init__()
         self.script = script
         self.seen: list[Seen] = []
         self.connections = 0  # accepted, token endpoint's included
         self.api_connections: set[int] = set()  # connections that carried an API request
         self.release = threading.Event()
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._server: asyncio.Server | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> ScriptedUpstream:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.release.set()
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    async def _shutdown(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()  # held answers go out before the shutdown
+        super().__exit__(*exc)
 
     def api(self) -> list[Seen]:
         return [s for s in self.seen if not s.target.startswith("/restapi/oauth/")]
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        server = self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._serve, "127.0.0.1", 0))
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         number = self.connections

@@ -34,7 +34,7 @@ from .app import (
     session_of,
 )
 from .errors import PlatformError
-from .ratelimit import headers as rate_headers
+from .ratelimit import GLOBAL_CODE, RATE_CODES
 from .state import GRANT_TAGS
 
 log = logging.getLogger("rc_emulator.api")
@@ -87,6 +87,7 @@ async def token(request: web.Request) -> web.Response:
     platform = request.app[PLATFORM]
     authorization = request.headers.get("Authorization")
     grant = "-"
+    refused_code = ""
     try:
         form = await read_form(request)
         grant = GRANT_TAGS.get(form.get("grant_type", ""), "other")
@@ -98,6 +99,7 @@ async def token(request: web.Request) -> web.Response:
         try:
             body = platform.token_request(form, authorization)
         except PlatformError as exc:
+            refused_code = exc.code
             response = error_response(exc)
             log.info("token grant=%s -> %s %s", grant, exc.status, exc.code)
         else:
@@ -110,9 +112,10 @@ async def token(request: web.Request) -> web.Response:
             )
     response.headers.update(NO_STORE)
     policy = platform.policy
-    if policy.auth_rate > 0:
-        remaining = platform.auth_rate_remaining(form, authorization)
-        request[RATE_KEY] = rate_headers("Auth", policy.auth_rate, remaining, policy.auth_window)
+    if policy.auth_rate > 0 and refused_code != GLOBAL_CODE:  # CMN-310: not a user-level limit
+        remaining = 0 if refused_code in RATE_CODES else \
+            platform.auth_rate_remaining(form, authorization)
+        request[RATE_KEY] = platform.auth_rate_headers(remaining)
     if policy.token_delay > 0:
         await asyncio.sleep(policy.token_delay)
     return response

@@ -1,7 +1,8 @@
 """aiohttp application wiring: shared keys, the error/auth middleware, rate-limit headers, logging.
 
 The middleware authenticates every request under ``/restapi/v1.0`` and ``/media`` (before
-routing errors, so an unknown API path answers 401 without a token and 404 with one), turns
+routing errors, so an unknown API path answers 401 without a token and 404 with one), counts it
+in its rate-limit group (:mod:`.ratelimit`; a 429 when refused, before routing too), turns
 :class:`~.errors.PlatformError` and aiohttp's HTTP errors into the platform's JSON envelopes and
 never lets an exception become a bare 500.
 
@@ -29,9 +30,8 @@ from aiohttp.abc import AbstractAccessLogger
 
 from . import errors
 from .errors import PlatformError
-from .ratelimit import API_GROUPS
-from .ratelimit import headers as rate_headers
-from .state import Platform, Session, pair_key
+from .ratelimit import request_group
+from .state import Platform, Session
 
 if sys.version_info >= (3, 14):
     from compression import zstd
@@ -90,15 +90,6 @@ def session_of(request: web.Request) -> Session:
     return session
 
 
-def _rate_group(request: web.Request) -> str:
-    path = request.path
-    if path.endswith("/content") or path.endswith("/fax"):
-        return "Heavy"
-    if request.method in ("GET", "HEAD", "OPTIONS"):
-        return "Light"
-    return "Medium"
-
-
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     status = exc.status
     if status == 404:
@@ -122,17 +113,19 @@ async def platform_middleware(request: web.Request, handler: Any) -> web.StreamR
     platform = request.app[PLATFORM]
     try:
         if is_api_path(request.path):
-            group = _rate_group(request)
+            group = request_group(request.method, request.path, MEDIA_PREFIX,
+                                  platform.policy.api_group_source == "table")
             try:
                 session = platform.check_access(request.headers.get("Authorization"))
             except PlatformError:
-                request[RATE_KEY] = rate_headers(
-                    group, API_GROUPS[group], API_GROUPS[group] - 1, 60
-                )
+                if group is not None:
+                    request[RATE_KEY] = platform.api_rate_headers_unauthenticated(group)
                 raise
             request[SESSION_KEY] = session
-            key = pair_key(session.client_id, session.owner_id)
-            request[RATE_KEY] = platform.api_rates.count(key, group)
+            if group is not None:  # None: a NoThrottling operation, not counted
+                request[RATE_KEY], refused = platform.api_rate_hit(group, session)
+                if refused is not None:
+                    raise refused
         response: web.StreamResponse = await handler(request)
         return response
     except PlatformError as exc:

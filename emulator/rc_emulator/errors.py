@@ -18,8 +18,8 @@ Three envelopes:
     {"errorCode": C, "message": M, "errors": [{"errorCode": C, "message": M}]}
 
 Codes the real platform documents are used as-is (OAU-140/149/153/210/211/213/128/129/251,
-AGW-401, CMN-301). Codes the emulator had to choose itself (the platform's exact ones are
-unknown) are:
+AGW-401, CMN-301/302/310: ringcentral-api-docs ``docs/basics/errors.md``). Codes the emulator had
+to choose itself (the platform's exact ones are unknown) are:
 
 * ``OAU-101`` invalid_request  "Parameter [X] is not specified"
 * ``OAU-102`` invalid_request  "Parameter [X] value is invalid" / body not a form / too large
@@ -38,6 +38,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .ratelimit import format_retry_after
+
 Body = dict[str, Any]
 
 # Messages of the documented codes.
@@ -52,6 +54,7 @@ MSG_TOKEN_NOT_FOUND = "Token not found"
 MSG_UNPARSABLE = "Unparsable access token"
 MSG_NO_AUTH_HEADER = "Authorization header is not specified"
 MSG_RATE = "Request rate exceeded"
+MSG_GLOBAL_RATE = "Global request rate exceeded"
 MSG_SESSION_CAP = "Maximum number of active sessions reached for this user and application"
 
 EXPIRED_MESSAGES = {"OAU-210": MSG_TOKEN_EXPIRED, "OAU-128": MSG_ACCESS_TOKEN_EXPIRED}
@@ -151,6 +154,15 @@ def rate_limited(retry_after: float) -> PlatformError:
     return PlatformError(
         429, generic_body("CMN-301", MSG_RATE), "CMN-301", {"Retry-After": str(seconds)}
     )
+
+
+def api_rate_limited(code: str, retry_after: float | None) -> PlatformError:
+    """429 of an API (or injected) rate limit: CMN-301/302 "Request rate exceeded", CMN-310
+    "Global request rate exceeded"; ``Retry-After`` in whole seconds rounded up, or absent when
+    ``retry_after`` is None (clients then wait at least 30 s: errors.md)."""
+    message = MSG_GLOBAL_RATE if code == "CMN-310" else MSG_RATE
+    headers = {} if retry_after is None else {"Retry-After": format_retry_after(retry_after)}
+    return PlatformError(429, generic_body(code, message), code, headers)
 
 
 def token_invalid(code: str, message: str) -> PlatformError:

@@ -1,20 +1,39 @@
-"""The emulator's running policy (TTLs, rate limit, session cap, fault options) and its validation.
+"""The emulator's running policy (TTLs, rate limits, session cap, fault options) and its validation.
 
 Shared by the CLI (:mod:`.server`) and the admin endpoint ``POST /_emulator/policy``.
+
+API rate limits (``api_*``, see :mod:`.ratelimit` and ``emulator/README.md``): ``api_rate=report``
+(the default) counts and sends the ``X-Rate-Limit-*`` headers but never refuses, because other
+suites send bursts beyond 50/min on purpose; ``enforce`` answers 429 over the limit (opt-in).
+``api_limits`` maps group → limit per window (names case-insensitive, unknown names allowed; a
+group it does not name keeps its default, Light 50 / Medium 40 / Heavy 10); the CLI writes it
+``Light=50,Medium=40,Heavy=10``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
+
+from .ratelimit import AUTH_GROUP, DEFAULT_API_LIMITS, NO_THROTTLING
 
 CAP_POLICIES = ("evict", "refuse")
 EXPIRED_ENVELOPES = ("api", "oauth", "alternate")
 EXPIRED_CODES = ("OAU-210", "OAU-128")
 # Content codings of answers (see .app, compression_middleware): as a front end compresses.
 COMPRESSIONS = ("off", "gzip", "br", "zstd", "deflate", "any")
+
+
+API_RATE_MODES = ("report", "enforce")
+GROUP_CASES = ("title", "lower")  # X-Rate-Limit-Group: "Light" (the spec) or "light" (the docs)
+GROUP_SOURCES = ("table", "heuristic")  # group of a request: the spec's table, or by method
+AUTH_RATE_KEYS = ("user", "app")  # token-endpoint limiter per (user, client id) or per client id
+_GROUP_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+_BOOLS = {"true": True, "on": True, "yes": True, "1": True,
+          "false": False, "off": False, "no": False, "0": False}
 
 
 class PolicyError(ValueError):
@@ -49,6 +68,34 @@ class Policy:
     # between them, as a front end that streams may (a client sees a body arrive in pieces,
     # split anywhere, even inside a JSON string). 0: each answer in one piece
     chunk_bytes: int = 0
+    # the token endpoint's limiter counts per (user, client id) like the platform ("user"), or
+    # per client id alone ("app")
+    auth_rate_key: str = "user"
+    # API rate limits per (user, app, group): "report" counts and sends headers only (default:
+    # other suites burst on purpose), "enforce" answers 429 over the limit (opt-in)
+    api_rate: str = "report"
+    api_limits: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_API_LIMITS))
+    api_window: float = 60.0
+    api_penalty: float = 60.0
+    # group of a request: "table" (the spec's, data/platform-rate-groups.tsv, the heuristic for
+    # paths it lacks) or "heuristic" alone (downloads/fax Heavy, reads Light, writes Medium)
+    api_group_source: str = "table"
+    # X-Rate-Limit-Group's case: "title" (Light, as the spec) or "lower" (light, as the docs)
+    api_group_case: str = "title"
+    # false: no X-Rate-Limit-* header on any answer (as when only account-level limits apply)
+    api_rate_headers: bool = True
+
+    def api_limit(self, group: str) -> int:
+        """The limit of ``group`` (case-insensitive); its default when the mapping omits it."""
+        wanted = group.lower()
+        for mapping in (self.api_limits, DEFAULT_API_LIMITS):
+            for name, limit in mapping.items():
+                if name.lower() == wanted:
+                    return limit
+        return min(DEFAULT_API_LIMITS.values())  # a group nobody knows: the strictest
+
+    def group_header(self, group: str) -> str:
+        return group.lower() if self.api_group_case == "lower" else group
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -65,18 +112,30 @@ class Policy:
         return Policy(**values)
 
 
-_POSITIVE = {"access_ttl", "refresh_ttl", "auth_window"}
-_NON_NEGATIVE = {"auth_penalty", "refresh_grace", "token_delay"}
+_POSITIVE = {"access_ttl", "refresh_ttl", "auth_window", "api_window"}
+_NON_NEGATIVE = {"auth_penalty", "refresh_grace", "token_delay", "api_penalty"}
 _COUNTS = {"auth_rate": 0, "session_cap": 1, "revoke_issued": 0, "chunk_bytes": 0}
 _CHOICES = {
     "session_cap_policy": CAP_POLICIES,
     "expired_envelope": EXPIRED_ENVELOPES,
     "expired_code": EXPIRED_CODES,
     "compress": COMPRESSIONS,
+    "auth_rate_key": AUTH_RATE_KEYS,
+    "api_rate": API_RATE_MODES,
+    "api_group_case": GROUP_CASES,
+    "api_group_source": GROUP_SOURCES,
 }
 
 
 def _coerce(key: str, raw: Any) -> Any:
+    if key == "api_limits":
+        return parse_limits(raw)
+    if key == "api_rate_headers":
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in _BOOLS:
+            return _BOOLS[raw.strip().lower()]
+        raise PolicyError(key, "must be true or false")
     if key in _CHOICES:
         if raw not in _CHOICES[key]:
             raise PolicyError(key, f"must be one of {', '.join(_CHOICES[key])}")
@@ -112,3 +171,46 @@ def _as_int(key: str, raw: Any) -> int:
         except ValueError:
             pass
     raise PolicyError(key, "must be an integer")
+
+
+def parse_limits(raw: Any) -> dict[str, int]:
+    """``api_limits`` from a JSON object ``{"Light": 50, ...}`` or the CLI form
+    ``Light=50,Medium=40``: group names ``[A-Za-z][A-Za-z0-9_-]*`` (unique case-insensitively;
+    not Auth, which is ``auth_rate``, nor NoThrottling), limits positive integers."""
+    key = "api_limits"
+    if isinstance(raw, str):
+        items: list[tuple[Any, Any]] = []
+        for part in raw.split(","):
+            if not part.strip():
+                continue
+            name, sep, value = part.partition("=")
+            if not sep:
+                raise PolicyError(key, f"expected GROUP=N[,GROUP=N...], got {part.strip()!r}")
+            items.append((name.strip(), value.strip()))
+    elif isinstance(raw, dict):
+        items = list(raw.items())
+    else:
+        raise PolicyError(key, "must be an object mapping group names to limits")
+    limits: dict[str, int] = {}
+    seen: set[str] = set()
+    for name, value in items:
+        if not isinstance(name, str) or not _GROUP_NAME.fullmatch(name):
+            raise PolicyError(key, f"bad group name {name!r}")
+        lowered = name.lower()
+        if lowered == AUTH_GROUP.lower():
+            raise PolicyError(key, "the Auth group's limit is auth_rate")
+        if lowered == NO_THROTTLING.lower():
+            raise PolicyError(key, "the NoThrottling group is never limited")
+        if lowered in seen:
+            raise PolicyError(key, f"group {name!r} given twice")
+        seen.add(lowered)
+        if isinstance(value, bool):
+            raise PolicyError(key, f"limit of {name} must be a positive integer")
+        try:
+            limit = _as_int(key, value)
+        except PolicyError:
+            raise PolicyError(key, f"limit of {name} must be a positive integer") from None
+        if limit <= 0:
+            raise PolicyError(key, f"limit of {name} must be a positive integer")
+        limits[name] = limit
+    return limits

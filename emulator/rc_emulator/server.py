@@ -21,10 +21,14 @@ from aiohttp import web
 
 from .app import URLS, AccessLogger, build_app
 from .policy import (
+    API_RATE_MODES,
+    AUTH_RATE_KEYS,
     CAP_POLICIES,
     COMPRESSIONS,
     EXPIRED_CODES,
     EXPIRED_ENVELOPES,
+    GROUP_CASES,
+    GROUP_SOURCES,
     Policy,
     PolicyError,
 )
@@ -72,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=d.auth_rate,
         metavar="N",
-        help="token calls per window per client_id, 0 = unlimited (default 5)",
+        help="token calls per window per (user, client id) (see --auth-rate-key), "
+        "0 = unlimited (default 5)",
     )
     p.add_argument(
         "--auth-window",
@@ -87,6 +92,66 @@ def _parser() -> argparse.ArgumentParser:
         default=d.auth_penalty,
         metavar="S",
         help="lock-out after exceeding the rate, restarted by each call (default 60)",
+    )
+    p.add_argument(
+        "--auth-rate-key",
+        choices=AUTH_RATE_KEYS,
+        default=d.auth_rate_key,
+        help="count token calls per (user, client id) as the platform does ('user': the user "
+        "the grant names, or one 'unknown user' bucket), or per client id ('app') "
+        "(default user)",
+    )
+    p.add_argument(
+        "--api-rate",
+        choices=API_RATE_MODES,
+        default=d.api_rate,
+        help="API rate limits per (user, app, group): 'report' counts and sends X-Rate-Limit-* "
+        "headers but never refuses; 'enforce' answers 429 CMN-301 over the limit and during the "
+        "penalty (default report)",
+    )
+    p.add_argument(
+        "--api-limits",
+        default=",".join(f"{g}={n}" for g, n in d.api_limits.items()),
+        metavar="GROUP=N,...",
+        help="requests per window of each group, names case-insensitive; a group not named "
+        "keeps its default (default %(default)s)",
+    )
+    p.add_argument(
+        "--api-window",
+        type=float,
+        default=d.api_window,
+        metavar="S",
+        help="API rate window in seconds, sliding, > 0, fractions allowed (default 60)",
+    )
+    p.add_argument(
+        "--api-penalty",
+        type=float,
+        default=d.api_penalty,
+        metavar="S",
+        help="API lock-out after exceeding a group's limit, restarted by each request of the "
+        "group during it (default 60)",
+    )
+    p.add_argument(
+        "--api-group-source",
+        choices=GROUP_SOURCES,
+        default=d.api_group_source,
+        help="group of a request: 'table' (each operation's x-throttling-group in the published "
+        "spec, the heuristic for paths it lacks) or 'heuristic' (downloads and fax Heavy, "
+        "reads Light, writes Medium) (default table)",
+    )
+    p.add_argument(
+        "--api-group-case",
+        choices=GROUP_CASES,
+        default=d.api_group_case,
+        help="X-Rate-Limit-Group as the spec writes it ('title': Light) or as the docs' example "
+        "('lower': light) (default title)",
+    )
+    p.add_argument(
+        "--api-rate-headers",
+        choices=("true", "false"),
+        default="true" if d.api_rate_headers else "false",
+        help="'false': no X-Rate-Limit-* header on any answer, as when only account-level "
+        "limits apply (default true)",
     )
     p.add_argument(
         "--session-cap",
@@ -231,6 +296,14 @@ def _configure(args: argparse.Namespace) -> tuple[Platform, str, str | None, str
                 "token_delay": args.token_delay,
                 "compress": args.compress,
                 "chunk_bytes": args.chunk_bytes,
+                "auth_rate_key": args.auth_rate_key,
+                "api_rate": args.api_rate,
+                "api_limits": args.api_limits,
+                "api_window": args.api_window,
+                "api_penalty": args.api_penalty,
+                "api_group_case": args.api_group_case,
+                "api_group_source": args.api_group_source,
+                "api_rate_headers": args.api_rate_headers,
             }
         )
     except PolicyError as exc:

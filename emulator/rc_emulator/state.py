@@ -1,5 +1,5 @@
 """Pure platform logic, no HTTP: apps, users, sessions, token issue/refresh/revoke, expiry,
-session cap, auth codes, the token-endpoint rate limiter and the counters.
+session cap, auth codes, the rate limiters (token endpoint and API groups) and the counters.
 
 Time comes from an injectable ``clock`` (seconds as float, default ``time.monotonic``) so tests
 can move it forward without sleeping. Every public method is synchronous and runs to completion,
@@ -15,6 +15,12 @@ Rules implemented (platform.md):
   the oldest (``evict``) or is refused with 400 invalid_grant OAU-260 (``refuse``).
 * Revoking any token of a session (current or rotated out) kills the whole session.
 * A session is *live* until it is revoked/evicted or both of its tokens have expired.
+* Rate limits (ringcentral-api-docs ``docs/basics/rate-limits.md``) count per (user, client id)
+  and group: the token endpoint in the Auth group (``auth_rate``/``auth_window``/
+  ``auth_penalty``; the user is the one the grant names: password → username, JWT → the
+  assertion's user, refresh → the token's owner, code → the code's user; when it cannot be
+  told, :data:`UNKNOWN_USER`), API calls in their table group (``api_*``, enforced only under
+  ``api_rate=enforce``). Injected penalties (:meth:`Platform.add_penalty`) apply in any mode.
 
 Why one module of ~700 lines: :class:`Platform` is one state machine whose methods share its
 locks-free atomicity (each runs to completion on the event loop) and its indexes (sessions by
@@ -43,10 +49,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from . import errors
 from .errors import PlatformError
 from .policy import Policy
-from .ratelimit import ApiRateCounter, AuthRateLimiter
+from .ratelimit import AUTH_GROUP, GLOBAL_CODE, PenaltyFaults, SlidingWindowLimiter, headers
 from .seed import DEFAULT_SEED, JWT_GRANT_URN, App, Seed, User
 from .tokens import new_token, token_kind
 
+UNKNOWN_USER = "?"  # auth limiter key's user when the token request names none we know
 SCOPE = "ReadAccounts ReadCallLog ReadCallRecording ReadMessages SMS Faxes"
 CODE_TTL = 60.0
 DEAD_RETENTION = 3600.0  # how long ended sessions are remembered (OAU-211 / OAU-210 answers)
@@ -120,6 +127,10 @@ def _new_counters() -> dict[str, Any]:
         "evictions": 0,
         "api_requests": 0,
         "api_401_by_code": Counter(),
+        # authenticated API requests of a throttled group: served (passed the limiter) + 429
+        "api_calls_by_group": Counter(),
+        "api_served_by_group": Counter(),
+        "api_429_by_group": Counter(),
     }
 
 
@@ -159,8 +170,9 @@ class Platform:
         self._seq = 0
         self._last_sweep = float("-inf")
         self._alternate_oauth = False
-        self.limiter = AuthRateLimiter(clock)
-        self.api_rates = ApiRateCounter(clock)
+        self.limiter = SlidingWindowLimiter(clock)  # token endpoint (Auth group)
+        self.api_limiter = SlidingWindowLimiter(clock)
+        self.faults = PenaltyFaults(clock)
         self.counters = _new_counters()
         self.max_live: Counter[str] = Counter()
         self.max_live_proxy: Counter[str] = Counter()
@@ -180,8 +192,13 @@ class Platform:
         c["token_calls"] += 1
         c["token_calls_by_grant"][tag] += 1
         try:
-            wait = self.limiter.hit(
-                self._rate_key(form, authorization),
+            client_id, owner_id = self._auth_pair(form, authorization)
+            fault = self.faults.hit(AUTH_GROUP, client_id, owner_id)
+            if fault is not None:
+                c["rate_limited"] += 1
+                raise errors.api_rate_limited(fault.code, fault.retry_after)
+            wait, _ = self.limiter.hit(
+                self._auth_key(client_id, owner_id),
                 self.policy.auth_rate,
                 self.policy.auth_window,
                 self.policy.auth_penalty,
@@ -211,16 +228,103 @@ class Platform:
 
     def auth_rate_remaining(self, form: Mapping[str, str], authorization: str | None) -> int:
         p = self.policy
-        return self.limiter.remaining(
-            self._rate_key(form, authorization), p.auth_rate, p.auth_window
-        )
+        key = self._auth_key(*self._auth_pair(form, authorization))
+        return self.limiter.remaining(key, p.auth_rate, p.auth_window)
 
-    @staticmethod
-    def _rate_key(form: Mapping[str, str], authorization: str | None) -> str:
+    def _auth_key(self, client_id: str, owner_id: str) -> str:
+        if self.policy.auth_rate_key == "app":
+            return client_id
+        return pair_key(client_id, owner_id)
+
+    def _auth_pair(self, form: Mapping[str, str], authorization: str | None) -> tuple[str, str]:
+        """(client id, user) a token request counts against in the Auth group; the user is
+        :data:`UNKNOWN_USER` when the request names none the platform knows."""
         basic = _parse_basic(authorization) if authorization else None
-        if basic is not None:
-            return basic[0]
-        return form.get("client_id") or "-"
+        client_id = basic[0] if basic is not None else form.get("client_id") or "-"
+        return client_id, self._grant_owner(form) or UNKNOWN_USER
+
+    def _grant_owner(self, form: Mapping[str, str]) -> str | None:
+        """The user a token request names, whatever its password or the token's state."""
+        tag = GRANT_TAGS.get(form.get("grant_type", ""))
+        if tag == "jwt":
+            user = self._users_by_jwt.get(form.get("assertion", ""))
+            return user.owner_id if user is not None else None
+        if tag == "password":
+            wanted = form.get("username", "").lstrip("+")
+            extension = form.get("extension", "")
+            for user in self.users:
+                if wanted and user.username.lstrip("+") == wanted:
+                    return user.owner_id if extension in ("", user.extension) else None
+            return None
+        if tag == "refresh_token":
+            token = form.get("refresh_token", "")
+            session = self._refresh.get(token) if token_kind(token) == "R" else None
+            return session.owner_id if session is not None else None
+        if tag == "authorization_code":
+            code = self._codes.get(form.get("code", ""))
+            return code.owner_id if code is not None else None
+        return None
+
+    # --------------------------------------------------------------- API rates
+    def api_rate_hit(
+        self, group: str, session: Session
+    ) -> tuple[dict[str, str], PlatformError | None]:
+        """Count one authenticated API request of ``group`` for the session's (user, app):
+        (its ``X-Rate-Limit-*`` headers, None) when served, (headers, the 429) when refused by
+        an injected penalty or, under ``api_rate=enforce``, by the group's limit."""
+        p = self.policy
+        c = self.counters
+        c["api_calls_by_group"][group] += 1
+        limit = p.api_limit(group)
+        fault = self.faults.hit(group, session.client_id, session.owner_id)
+        if fault is not None:
+            c["api_429_by_group"][group] += 1
+            if fault.code == GLOBAL_CODE:
+                return {}, errors.api_rate_limited(fault.code, fault.retry_after)
+            return (self._rate_headers(group, limit, 0),
+                    errors.api_rate_limited(fault.code, fault.retry_after))
+        wait, remaining = self.api_limiter.hit(
+            (pair_key(session.client_id, session.owner_id), group.lower()),
+            limit, p.api_window, p.api_penalty, enforce=p.api_rate == "enforce")
+        if wait is not None:
+            c["api_429_by_group"][group] += 1
+            return (self._rate_headers(group, limit, 0),
+                    errors.api_rate_limited("CMN-301", wait))
+        c["api_served_by_group"][group] += 1
+        return self._rate_headers(group, limit, remaining), None
+
+    def api_rate_headers_unauthenticated(self, group: str) -> dict[str, str]:
+        """Headers of an API request refused with a 401 (no user: nothing is counted)."""
+        limit = self.policy.api_limit(group)
+        return self._rate_headers(group, limit, limit - 1)
+
+    def auth_rate_headers(self, remaining: int) -> dict[str, str]:
+        p = self.policy
+        return self._rate_headers(AUTH_GROUP, p.auth_rate, remaining, p.auth_window)
+
+    def _rate_headers(self, group: str, limit: int, remaining: int,
+                      window: float | None = None) -> dict[str, str]:
+        p = self.policy
+        if not p.api_rate_headers:
+            return {}
+        return headers(p.group_header(group), limit, remaining,
+                       p.api_window if window is None else window)
+
+    def add_penalty(self, group: str, code: str, retry_after: float | None, seconds: float,
+                    client_id: str | None = None, owner_id: str | None = None) -> dict[str, Any]:
+        """Inject a penalty on ``group`` (see :class:`.ratelimit.PenaltyFault`); raises
+        ValueError on an unknown client id or user."""
+        if client_id is not None and client_id not in self.apps:
+            raise ValueError(f"client_id: unknown client id {client_id!r}")
+        if owner_id is not None and owner_id not in self._users_by_id:
+            raise ValueError(f"owner_id: unknown user {owner_id!r}")
+        return self.faults.add(group, code, retry_after, seconds, client_id, owner_id).describe()
+
+    def reset_rates(self) -> None:
+        """Forget every rate window and penalty (token endpoint, API groups, injected)."""
+        self.limiter.reset()
+        self.api_limiter.reset()
+        self.faults.clear()
 
     def _token_grant(
         self, grant_type: str, form: Mapping[str, str], authorization: str | None

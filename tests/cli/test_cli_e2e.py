@@ -185,7 +185,10 @@ def test_check_config_wrong_jwt(tmp_path: Path, emulator_factory) -> None:
 
 
 def test_check_config_rate_limited(tmp_path: Path, emulator_factory) -> None:
-    emulator = emulator_factory("--auth-rate", "1", "--auth-penalty", "30")
+    # counted per client id (the emulator's --auth-rate-key app variant), so another user's
+    # call spends it too: the platform counts per (user, app), which other tests cover
+    emulator = emulator_factory("--auth-rate", "1", "--auth-penalty", "30",
+                                "--auth-rate-key", "app")
     emulator.user2_refresh_token()  # spends the app's one token call of the window
     path = write_config(tmp_path, emulator.url, [jwt_account()])
     result = cli("check-config", "--config", str(path))

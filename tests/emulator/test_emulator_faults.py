@@ -254,6 +254,14 @@ def test_policy_endpoint(make_emulator: Make) -> None:
             "revoke_issued": 0,
             "compress": "off",
             "chunk_bytes": 0,
+            "auth_rate_key": "user",
+            "api_rate": "report",
+            "api_limits": {"Light": 50, "Medium": 40, "Heavy": 10},
+            "api_window": 60.0,
+            "api_penalty": 60.0,
+            "api_group_case": "title",
+            "api_group_source": "table",
+            "api_rate_headers": True,
         }
         changed = emu.set_policy(access_ttl=2, auth_rate=0)
         assert (changed["access_ttl"], changed["auth_rate"]) == (2.0, 0)

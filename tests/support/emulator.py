@@ -83,6 +83,17 @@ class Emulator:
     def sessions(self) -> list[dict]:
         return self._request("GET", "/_emulator/sessions").json()
 
+    def rate_penalty(self, group: str, **fields: Any) -> dict:
+        """Inject a rate-limit penalty on ``group`` (``POST /_emulator/rate-penalty``): fields
+        ``retry_after`` (None sends null: no Retry-After header), ``seconds``, ``code``,
+        ``client_id``, ``owner_id``. Returns the penalty as the emulator describes it."""
+        body = {"group": group, **fields}
+        return self._request("POST", "/_emulator/rate-penalty", json=body).json()
+
+    def reset_rates(self) -> None:
+        """Forget every rate window and penalty (token endpoint, API groups, injected)."""
+        self._request("POST", "/_emulator/reset-rates")
+
     def stderr(self) -> str:
         """Everything the emulator wrote to stderr so far."""
         return _read_file(self.stderr_file)

@@ -42,6 +42,7 @@ from ..config import AccountConfig, Config, HostPort
 from ..ops.admin import admin_token
 from ..ops.logs import remember
 from ..store import CorruptRecord, StoreError, TokenStore
+from ..tokens.budget import budget_key
 from ..tokens.token_set import TokenSet
 from ..upstream.platform_errors import TokenEndpointError, error_codes
 from ..upstream.token_endpoint import TokenEndpoint, UpstreamUnreachable
@@ -304,20 +305,21 @@ async def run_checks(config: Config, offline: bool) -> list[Result]:
             upstream = await check_upstream(config, http)
             emit(upstream)
             endpoint = TokenEndpoint(proxy.upstream, http)
-            calls: Counter[str] = Counter()
+            calls: Counter[tuple[str, str]] = Counter()
             # leave one call of the app's budget to running proxies (0 = no budget)
             allowed = max(1, proxy.auth_budget_calls - 1) if proxy.auth_budget_calls else 0
             for account in config.accounts:
                 label = f"account {account.name}" + ("" if account.can_login else " client")
                 if upstream.status == FAIL:
                     emit(Result(SKIP, label, "upstream unreachable"))
-                elif allowed and calls[account.client_id] >= allowed:
-                    emit(Result(SKIP, label, f"not tried: {allowed} token call(s) for client id "
-                                             f"{account.client_id} already made by this check",
-                                f"the platform allows about 5 a minute per app "
+                elif allowed and calls[budget_key(account)] >= allowed:
+                    emit(Result(SKIP, label, f"not tried: {allowed} token call(s) for this user "
+                                             f"of client id {account.client_id} already made "
+                                             f"by this check",
+                                f"the platform allows about 5 a minute per user and app "
                                 f"([proxy] auth_budget_calls = {proxy.auth_budget_calls})"))
                 else:
-                    calls[account.client_id] += 1
+                    calls[budget_key(account)] += 1
                     emit(await (check_login(account, endpoint) if account.can_login
                                 else check_client(account, endpoint)))
                 emit(await check_session(account, store, store_result.status == OK,

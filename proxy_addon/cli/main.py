@@ -67,8 +67,9 @@ def _parser() -> argparse.ArgumentParser:
                     "    session       authorize NAME`); a live access token is tried with one "
                     "read-only API call\n\n"
                     "Each account check is one call to the token endpoint, counted in the app's "
-                    "auth rate limit\n(about 5 a minute, shared with running proxies): the "
-                    "check makes at most auth_budget_calls - 1\nper client id. A login while "
+                    "auth rate limit\n(about 5 a minute per user and app, shared with running "
+                    "proxies): the check makes\nat most auth_budget_calls - 1 per user and "
+                    "client id. A login while "
                     "the user+app already holds 5 sessions makes the platform evict\nthe "
                     "oldest one. No secret is printed.",
         epilog="exit codes: 0 every check passed, 1 a check failed, 2 the config is invalid\n\n"

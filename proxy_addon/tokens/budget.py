@@ -1,15 +1,24 @@
-"""Per-app budget of token-endpoint calls, so the proxy never trips the platform's auth limit.
+"""Per-(user, app) budget of token-endpoint calls, so the proxy never trips the platform's auth
+limit.
 
-The platform allows about 5 token calls per minute per app and punishes overruns with a
-penalty that every further call restarts. The renewal (:mod:`.renewal`) asks
-:meth:`AuthBudget.reserve` before each call; accounts sharing a client id share one budget.
-Time is the core's monotonic clock.
+The platform counts token calls, like every API call, per (authenticated user, application) pair
+and per rate-limit group — the Auth group allows about 5 per minute and punishes overruns with a
+penalty that every further call restarts (ringcentral-api-docs ``docs/basics/rate-limits.md``:
+"user-level limits", the Auth row of the defaults table). The renewal (:mod:`.renewal`) asks
+:meth:`AuthBudget.reserve` before each call; accounts of one user under one client id share a
+budget, accounts of different users do not (issue 17: 300 customers under one client id used to
+share 5 calls a minute). Time is the core's monotonic clock.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 from collections import deque
 from collections.abc import Callable
+
+from ..config import AccountConfig
 
 
 class AuthBudget:
@@ -37,15 +46,43 @@ class AuthBudget:
 
 
 class AuthBudgets:
-    """One :class:`AuthBudget` per client id."""
+    """One :class:`AuthBudget` per (user, client id): see :func:`budget_key`."""
 
     def __init__(self, calls: int, window: float, now: Callable[[], float]) -> None:
         self._calls, self._window, self._now = calls, window, now
-        self._budgets: dict[str, AuthBudget] = {}
+        self._budgets: dict[tuple[str, str], AuthBudget] = {}
 
-    def for_client(self, client_id: str) -> AuthBudget:
-        budget = self._budgets.get(client_id)
+    def for_account(self, account: AccountConfig) -> AuthBudget:
+        key = budget_key(account)
+        budget = self._budgets.get(key)
         if budget is None:
-            budget = self._budgets[client_id] = AuthBudget(self._calls, self._window,
-                                                           self._now)
+            budget = self._budgets[key] = AuthBudget(self._calls, self._window, self._now)
         return budget
+
+
+def budget_key(account: AccountConfig) -> tuple[str, str]:
+    """(client id, user) as far as the config tells the user apart: the username and extension
+    of a password grant, the subject of a JWT credential (its fingerprint when it is not a
+    readable JWT), else the account itself (auth-code and refresh-token accounts: one user each
+    as far as the proxy can know before the first call)."""
+    if account.grant == "password" and account.username:
+        user = f"user:{account.username}:{account.extension or ''}"
+    elif account.grant == "jwt" and account.jwt:
+        user = _jwt_subject(account.jwt.reveal())
+    else:
+        user = f"account:{account.name}"
+    return account.client_id, user
+
+
+def _jwt_subject(credential: str) -> str:
+    parts = credential.split(".")
+    if len(parts) == 3:
+        try:
+            padded = parts[1] + "=" * (-len(parts[1]) % 4)
+            claims = json.loads(base64.urlsafe_b64decode(padded))
+            subject = claims.get("sub") if isinstance(claims, dict) else None
+            if isinstance(subject, str | int) and str(subject):
+                return f"sub:{subject}"
+        except (ValueError, UnicodeDecodeError):
+            pass
+    return "jwt:" + hashlib.sha256(credential.encode()).hexdigest()[:16]

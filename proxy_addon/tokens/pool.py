@@ -59,7 +59,7 @@ class TokenPool:
                               clock.monotonic)
         owner = owner or process_owner()
         return cls({a.name: AccountTokens(a, platform, settings, store,
-                                          budgets.for_client(a.client_id), clock=clock,
+                                          budgets.for_account(a), clock=clock,
                                           owner=owner, observer=observer)
                     for a in config.accounts}, store, owner, clock)
 

@@ -1,10 +1,12 @@
-"""The auth budget: a sliding window of token-endpoint calls per client id, on a fake clock."""
+"""The auth budget: a sliding window of token-endpoint calls per (user, client id), on a fake
+clock."""
 
 from __future__ import annotations
 
 import pytest
 
-from proxy_addon.tokens.budget import AuthBudget, AuthBudgets
+from proxy_addon.config import AccountConfig, Secret
+from proxy_addon.tokens.budget import AuthBudget, AuthBudgets, budget_key
 
 from .fakes import FakeClock
 
@@ -28,10 +30,44 @@ def test_zero_calls_means_unlimited() -> None:
     assert all(budget.reserve() == 0.0 for _ in range(100))
 
 
-def test_accounts_of_one_client_id_share_a_budget() -> None:
+def _jwt(subject: str) -> str:
+    import base64
+    import json
+
+    def part(value: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'none'})}.{part({'sub': subject})}.signature"
+
+
+def _account(name: str, client_id: str, grant: str = "jwt", **values: object) -> AccountConfig:
+    return AccountConfig(name=name, client_id=client_id, client_secret=None, grant=grant,
+                         **values)  # type: ignore[arg-type]
+
+
+def test_budgets_are_per_user_and_client_id() -> None:
+    """Issue 17: the platform counts token calls per (user, app). Accounts of different users
+    under one client id each have a budget (it was one per client id: 300 customers shared 5
+    calls a minute); accounts of one user and one client id share one."""
     clock = FakeClock()
     budgets = AuthBudgets(1, 60.0, clock.monotonic)
-    assert budgets.for_client("app") is budgets.for_client("app")
-    assert budgets.for_client("app").reserve() == 0.0
-    assert budgets.for_client("app").reserve() > 0
-    assert budgets.for_client("other-app").reserve() == 0.0
+    alice = _account("alice", "app", jwt=Secret(_jwt("1001")))
+    bob = _account("bob", "app", jwt=Secret(_jwt("1002")))
+    alice_again = _account("alice-2", "app", jwt=Secret(_jwt("1001") + "x"))  # same subject
+    other_app = _account("alice-other-app", "other-app", jwt=Secret(_jwt("1001")))
+    assert budgets.for_account(alice).reserve() == 0.0
+    assert budgets.for_account(bob).reserve() == 0.0  # another user: its own budget
+    assert budgets.for_account(other_app).reserve() == 0.0  # another app: its own budget
+    assert budgets.for_account(alice_again).reserve() > 0  # same (user, app): shared
+    assert budgets.for_account(alice) is budgets.for_account(alice_again)
+
+
+def test_budget_key_tells_users_apart_as_far_as_the_config_can() -> None:
+    assert budget_key(_account("a", "app", grant="password", username="+15550001",
+                               extension="101", password=Secret("p"))) == (
+        "app", "user:+15550001:101")
+    opaque = budget_key(_account("b", "app", jwt=Secret("not-a-jwt")))
+    assert opaque[1].startswith("jwt:") and "not-a-jwt" not in opaque[1]  # no secret in keys
+    assert budget_key(_account("c", "app", jwt=Secret("a.!!!.c")))[1].startswith("jwt:")
+    assert budget_key(_account("d", "app", grant="refresh_token",
+                               refresh_token=Secret("r"))) == ("app", "account:d")

@@ -1,6 +1,6 @@
 """The pool in-process against the real emulator over HTTP: per-request wait bounds (with the
-token endpoint slowed by a fault option), the token-call budget shared per client id, and the
-store re-read after a refused refresh."""
+token endpoint slowed by a fault option), the token-call budget shared per (user, client id), and
+the store re-read after a refused refresh."""
 
 from __future__ import annotations
 
@@ -69,14 +69,17 @@ def test_wait_is_bounded_from_arrival_across_the_replay(emulator_factory) -> Non
     assert emulator.counters()["token_calls"] == 2  # first login + one (slow) renewal
 
 
-def test_budget_is_shared_by_accounts_of_one_client_id(emulator_factory) -> None:
+def test_budget_is_per_user_not_per_client_id(emulator_factory) -> None:
+    """Issue 17: two users under one client id do not share the token-call budget."""
     emulator = emulator_factory("--auth-rate", "0")
 
     async def scenario() -> None:
         async with httpx.AsyncClient(timeout=30) as http:
             pool = _pool(emulator.url, http, wait=1.0, budget=2)
-            _, generation = await pool["main"].lease()  # call 1
-            await pool["other"].lease()  # call 2: same client id, same budget
+            _, generation = await pool["main"].lease()  # call 1 of main's user
+            await pool["other"].lease()  # another user: its own budget
+            emulator.revoke_all()
+            _, generation = await pool["main"].rejected(generation, "OAU-213")  # call 2
             emulator.revoke_all()
             with pytest.raises(TokenUnavailable) as info:
                 await pool["main"].rejected(generation, "OAU-213")
@@ -85,7 +88,7 @@ def test_budget_is_shared_by_accounts_of_one_client_id(emulator_factory) -> None
             pool.close()
 
     asyncio.run(scenario())
-    assert emulator.counters()["token_calls"] == 2
+    assert emulator.counters()["token_calls"] == 3
 
 
 def test_refused_refresh_rereads_the_store_before_logging_in(emulator_factory) -> None:

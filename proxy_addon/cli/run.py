@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -27,12 +28,15 @@ from ..gateway.links import LinkRewriter, Links
 from ..gateway.listening import Listening
 from ..gateway.login import Login
 from ..gateway.master import Gateway, build_master, listen_tcp_only
+from ..gateway.rate_limit import RateLimit
 from ..gateway.replay import Replay
 from ..gateway.replay_buffer import ReplayBuffer
 from ..gateway.request_metrics import RequestMetrics
 from ..gateway.throttle import BadKeyThrottle
 from ..ops.admin import AdminServer
 from ..ops.metrics import Metrics, PoolObserver
+from ..ratelimit.governor import Governor
+from ..ratelimit.groups import GroupTable
 from ..store import StoreError, StoreKeyMismatch
 from ..store.factory import StoreConfigError, make_cipher, open_store
 from ..store.instrumented import InstrumentedStore
@@ -100,8 +104,11 @@ async def _serve(config: Config, tls_pem: str | None = None, banner: bool = True
         login = LoginInterceptor(config, pool, virtual, endpoint, throttle=throttle)
         # request bodies and replayed answers held for replay share one process-wide budget
         buffer = ReplayBuffer(config.proxy.replay_body_limit, config.proxy.replay_buffer_total)
+        governor = _governor(config)
+        if governor is not None:
+            metrics.watch_rate_limits(governor)
         master = build_master(config, _gateway(config, pool, clients.data, metrics, virtual,
-                                               login, throttle, buffer, banner),
+                                               login, throttle, buffer, banner, governor),
                               tls_pem=tls_pem)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -120,7 +127,8 @@ async def _serve(config: Config, tls_pem: str | None = None, banner: bool = True
 
 def _gateway(config: Config, pool: TokenPool, plane: DataPlane, metrics: Metrics,
              virtual: VirtualTokens, login: LoginInterceptor, throttle: BadKeyThrottle,
-             buffer: ReplayBuffer, banner: bool = True) -> Gateway:
+             buffer: ReplayBuffer, banner: bool = True,
+             governor: Governor | None = None) -> Gateway:
     """The gateway's addons, each built from what it needs (order: see ``Gateway``)."""
     proxy = config.proxy
     rewriter = LinkRewriter(proxy.upstream, proxy.media_upstream, proxy.public_url)
@@ -136,7 +144,21 @@ def _gateway(config: Config, pool: TokenPool, plane: DataPlane, metrics: Metrics
         listening=Listening(tls, on_listening=lambda urls: _print_banner(config, urls)
                             if banner else None),
         forward=_forward(config, plane),
+        rate_limit=(RateLimit(governor, Replayer(plane, buffer), buffer, metrics)
+                    if governor is not None else None),
     )
+
+
+def _governor(config: Config) -> Governor | None:
+    """The API rate-limit governor, unless ``[rate_limits] mode = "off"``; a worker of
+    ``--workers N`` keeps to 1/N of each budget (the supervisor tells it N)."""
+    if config.rate_limits.mode == "off":
+        return None
+    try:
+        processes = max(1, int(os.environ.get("TOKENPROXY_WORKERS", "1")))
+    except ValueError:
+        processes = 1
+    return Governor(config.rate_limits, GroupTable.bundled(), processes=processes)
 
 
 def _forward(config: Config, plane: DataPlane) -> Forward | None:

@@ -10,6 +10,7 @@ Prometheus target per worker. A worker that dies is restarted (at most 5 times a
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -99,7 +100,9 @@ def supervise(config: Config, config_path: str, workers: int, extra_args: list[s
             print(line, end="", flush=True)
 
     def start(index: int) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(command(index), stdout=subprocess.PIPE, text=True)
+        # each worker keeps to 1/N of every API budget it cannot share through the store
+        env = dict(os.environ, TOKENPROXY_WORKERS=str(workers))
+        proc = subprocess.Popen(command(index), stdout=subprocess.PIPE, text=True, env=env)
         threading.Thread(target=forward, args=(proc,), daemon=True).start()
         return proc
 

@@ -10,9 +10,11 @@ from .model import (
     EmulatorConfig,
     HostPort,
     ProxyConfig,
+    RateLimitConfig,
     Secret,
     StoreConfig,
 )
 
 __all__ = ["AccountConfig", "ClientConfig", "Config", "ConfigError", "EmulatorConfig",
-           "HostPort", "ProxyConfig", "Secret", "StoreConfig", "load_config", "parse_config"]
+           "HostPort", "ProxyConfig", "RateLimitConfig", "Secret", "StoreConfig", "load_config",
+           "parse_config"]

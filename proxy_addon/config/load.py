@@ -25,6 +25,7 @@ from .model import (
     GRANTS,
     LOG_FORMATS,
     MAX_LIVE_TOKENS_CAP,
+    RATE_MODES,
     REDIS_SCHEMES,
     STORE_BACKENDS,
     AccountConfig,
@@ -34,6 +35,7 @@ from .model import (
     EmulatorConfig,
     HostPort,
     ProxyConfig,
+    RateLimitConfig,
     Secret,
     StoreConfig,
 )
@@ -147,7 +149,7 @@ class _Reader:
     # -- sections ------------------------------------------------------------------------
 
     def config(self, doc: dict[str, Any]) -> Config:
-        self.table(doc, "", {"proxy", "accounts", "clients", "emulator", "store"})
+        self.table(doc, "", {"proxy", "accounts", "clients", "emulator", "store", "rate_limits"})
         proxy = self.proxy(doc.get("proxy", {}))
         emulator = self.emulator(doc.get("emulator", {}))
         if emulator.enabled and "upstream" not in doc.get("proxy", {}):
@@ -183,7 +185,53 @@ class _Reader:
         accounts = self.accounts(doc.get("accounts"))
         clients = self.clients(doc.get("clients", []), {a.name for a in accounts})
         store = self.store(doc.get("store", {}))
-        return Config(self.source, proxy, accounts, clients, emulator, store)
+        rate_limits = self.rate_limits(doc.get("rate_limits", {}))
+        return Config(self.source, proxy, accounts, clients, emulator, store, rate_limits)
+
+    def rate_limits(self, value: Any) -> RateLimitConfig:
+        key = "rate_limits"
+        table = self.table(value, key, {"mode", "max_wait", "limits", "window",
+                                        "default_retry_after", "max_penalty", "replicas"})
+        defaults = RateLimitConfig()
+        mode = self.string(table, "mode", key, default=defaults.mode) or defaults.mode
+        if mode not in RATE_MODES:
+            raise self.fail(_join(key, "mode"), f"must be one of {', '.join(RATE_MODES)}, "
+                            f"got {mode!r}")
+        limits = dict(defaults.limits)
+        if "limits" in table:
+            limits.update(self.group_counts(table["limits"], _join(key, "limits")))
+        return RateLimitConfig(
+            mode=mode,
+            max_wait=self.number(table, "max_wait", key, defaults.max_wait, minimum=0,
+                                 maximum=3600),
+            limits=tuple(sorted(limits.items())),
+            window=self.number(table, "window", key, defaults.window, minimum=0.1,
+                               maximum=86400),
+            default_retry_after=self.number(table, "default_retry_after", key,
+                                            defaults.default_retry_after, minimum=0,
+                                            maximum=3600),
+            max_penalty=self.number(table, "max_penalty", key, defaults.max_penalty,
+                                    minimum=1, maximum=86400),
+            replicas=int(self.number(table, "replicas", key, defaults.replicas, minimum=1,
+                                     maximum=1000, integer=True)),
+        )
+
+    def group_counts(self, value: Any, key: str) -> dict[str, int]:
+        """A table of rate-limit group name -> requests per window (names case-insensitive)."""
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a table of group = requests, got {_kind(value)}")
+        counts: dict[str, int] = {}
+        for name in value:
+            group = group_name(name)
+            if group is None:
+                raise self.fail(_join(key, name), "not a group name (a letter, then up to 31 "
+                                "letters, digits, '_' or '-')")
+            if group in counts:
+                raise self.fail(_join(key, name), f"group {group!r} given twice "
+                                "(names are case-insensitive)")
+            counts[group] = int(self.number(value, name, key, 0, minimum=1, maximum=1_000_000,
+                                            integer=True))
+        return counts
 
     def store(self, value: Any) -> StoreConfig:
         key = "store"
@@ -526,7 +574,8 @@ class _Reader:
         keys: set[str] = set()
         for index, item in enumerate(value):
             key = f"clients[{index}]"
-            table = self.table(item, key, {"name", "account", "key"})
+            table = self.table(item, key, {"name", "account", "key", "rate_weight",
+                                           "rate_quota"})
             name = self.string(table, "name", key, required=True) or ""
             if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
                 raise self.fail(_join(key, "name"),
@@ -544,8 +593,23 @@ class _Reader:
                 raise self.fail(_join(key, "key"), "the same key is used by another client")
             names.add(name)
             keys.add(secret.reveal())
-            clients.append(ClientConfig(name=name, account=account, key=secret))
+            weight = self.number(table, "rate_weight", key, 1.0, minimum=0.01, maximum=1000)
+            quota = (self.group_counts(table["rate_quota"], _join(key, "rate_quota"))
+                     if "rate_quota" in table else {})
+            clients.append(ClientConfig(name=name, account=account, key=secret,
+                                        rate_weight=float(weight),
+                                        rate_quota=tuple(sorted(quota.items()))))
         return tuple(clients)
+
+
+def group_name(name: str) -> str | None:
+    """A rate-limit group name as configured, in the governor's key form (lower case)."""
+    if not isinstance(name, str) or not _GROUP_NAME.match(name):
+        return None
+    return name.lower()
+
+
+_GROUP_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 
 
 def _join(key: str, name: str) -> str:

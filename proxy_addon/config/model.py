@@ -98,6 +98,10 @@ class ClientConfig:
     name: str
     account: str
     key: Secret
+    # its share of the account's API rate limits against the account's other clients
+    # (weighted fair queuing, [rate_limits]); optional hard caps per group and window
+    rate_weight: float = 1.0
+    rate_quota: tuple[tuple[str, int], ...] = ()  # (group key, requests per window)
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,33 @@ class EmulatorConfig:
     enabled: bool = False
     listen: HostPort = HostPort("127.0.0.1", 9000)
     args: tuple[str, ...] = ()
+
+
+RATE_MODES = ("enforce", "observe", "off")
+# the platform's published defaults per (user, app) and 60 s window (rate-limits.md, 35-42)
+DEFAULT_RATE_LIMITS = (("light", 50), ("medium", 40), ("heavy", 10), ("auth", 5))
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """[rate_limits]: the account's API budget per group, shared by its apps (issue 17)."""
+
+    # enforce: queue and refuse so the platform never answers 429; observe: learn and count
+    # only; off: forward blindly
+    mode: str = "enforce"
+    max_wait: float = 10.0  # s a request may wait for its group's budget, then the proxy's 429
+    # limits assumed until the platform's headers tell them (group key -> calls per window)
+    limits: tuple[tuple[str, int], ...] = DEFAULT_RATE_LIMITS
+    window: float = 60.0
+    # a 429 without Retry-After: wait this long (the docs: at least 30 s)
+    default_retry_after: float = 30.0
+    max_penalty: float = 600.0  # no header makes a group wait longer than this
+    # processes sharing one (user, app) budget without a shared count: each keeps to 1/N
+    # (replicas in config x workers of this host)
+    replicas: int = 1
+
+    def limit_of(self, group: str) -> int | None:
+        return dict(self.limits).get(group)
 
 
 LOG_FORMATS = ("text", "json")
@@ -194,6 +225,7 @@ class Config:
     clients: tuple[ClientConfig, ...]
     emulator: EmulatorConfig = field(default_factory=EmulatorConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
 
     def secret_values(self) -> list[str]:
         """Every credential in the config (for log redaction)."""

@@ -25,6 +25,9 @@ BAD_TARGET = "TPX-BAD-REQUEST-TARGET"  # absolute-form for another host, dot-seg
 NOT_SERVED = "TPX-NOT-SERVED"  # a route the proxy never forwards (the emulator's admin)
 BODY_REFUSED = "TPX-BODY-REFUSED"  # a login form too large or without a length
 REPLAY_TOO_LARGE = "TPX-REPLAY-TOO-LARGE"  # a replay's answer beyond stream_threshold
+# the account's API budget for the request's group stayed used up (or in a platform penalty)
+# for [rate_limits] max_wait: the proxy's own 429, in the platform's CMN-301 envelope
+RATE_LIMITED = "TPX-RATE-LIMITED"
 
 
 def error_body(code: str, message: str) -> bytes:

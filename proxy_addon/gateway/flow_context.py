@@ -2,9 +2,10 @@
 
 The first addon that learns something about a flow (:mod:`.guard`: an OAuth route the login
 interceptor answers; :mod:`.identify`: the client and its account) attaches a
-:class:`FlowContext` under one metadata key; the later addons (:mod:`.login`, :mod:`.inject`,
-:mod:`.replay`, :mod:`.links`, :mod:`.request_metrics`) read and update it. A flow without a
-context was refused before anyone identified it (or never got that far).
+:class:`FlowContext` under one metadata key; the later addons (:mod:`.login`,
+:mod:`.rate_limit`, :mod:`.inject`, :mod:`.replay`, :mod:`.links`, :mod:`.request_metrics`) read
+and update it. A flow without a context was refused before anyone identified it (or never got
+that far).
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ class FlowContext:
     leased: bool = False  # holds a lease on ``generation`` in the pool (inject)
     replayed: bool = False  # sent again after a token 401 (replay)
     buffered: int = 0  # body bytes reserved in the process's replay buffer (inject)
+    rate_operation: str = ""  # method and path template, for learning its group (rate_limit)
+    rate_group: str | None = None  # the rate-limit group it was admitted in (rate_limit)
+    rate_admitted: float | None = None  # when its group let it go (monotonic; rate_limit)
+    rate_refused: bool = False  # answered 429 by the proxy itself (rate_limit)
+    rate_resent: bool = False  # sent again after the platform's 429 (rate_limit)
 
 
 def context_of(flow: http.HTTPFlow) -> FlowContext | None:

@@ -35,6 +35,7 @@ from .inject import Inject
 from .links import Links
 from .listening import Listening
 from .login import Login
+from .rate_limit import RateLimit
 from .replay import Replay
 from .request_metrics import RequestMetrics
 
@@ -52,11 +53,13 @@ class Gateway:
     def __init__(self, *, guard: Guard, identify: Identify, login: Login | None,
                  inject: Inject, replay: Replay, links: Links,
                  request_metrics: RequestMetrics, listening: Listening,
-                 forward: Forward | None = None) -> None:
+                 forward: Forward | None = None, rate_limit: RateLimit | None = None) -> None:
         self.addons: list[object] = [
             guard,  # requestheaders: TLS, target, OAuth routes, spoofable/hop-by-hop headers
             identify,  # requestheaders: client key or virtual token, else 401 (throttled)
             *([login] if login is not None else []),  # request: /restapi/oauth/token, revoke
+            # requestheaders: the group's budget, or a fair wait, or 429; response: 429 resent
+            *([rate_limit] if rate_limit is not None else []),
             inject,  # body policy; request: lease + Authorization; leases end at answer/error
             *([forward] if forward is not None else []),  # request: out through the pool
             replay,  # response: token 401 -> renew -> send again (at most twice)

@@ -48,6 +48,7 @@ NO_ACCOUNT = "none"
 disable_created_metrics()  # no *_created series: they double the scrape for no dashboard
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+RATE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 def bounded(value: str, allowed: Iterable[str]) -> str:
@@ -112,12 +113,29 @@ class Metrics:
             f"{p}_store_unreplicated_writes", "Token writes that fewer replicas than [store] "
             "min_replicas_ack confirmed in time (a failover then could lose them).",
             ["backend"], registry=r)
+        # API rate limits (issue 17): what the governor held, refused and resent
+        self.rate_wait = Histogram(
+            f"{p}_rate_limit_wait_seconds", "Time a request waited in its group's fair queue "
+            "for the account's API budget (requests let through at once are not observed).",
+            ["account", "group"], buckets=RATE_WAIT_BUCKETS, registry=r)
+        self.rate_refused = Counter(
+            f"{p}_rate_limit_refused", "Requests the proxy answered 429 TPX-RATE-LIMITED: the "
+            "group's budget stayed used up (or in a platform penalty) for max_wait.",
+            ["client", "account", "group"], registry=r)
+        self.platform_429 = Counter(
+            f"{p}_rate_limit_platform_429", "429 answers from the platform (should stay 0 in "
+            "enforce mode: each one starts a penalty for the whole group).",
+            ["account", "group"], registry=r)
+        self.rate_resent = Counter(
+            f"{p}_rate_limit_resent", "Requests sent again after the platform's 429, once its "
+            "penalty ended.", ["account", "group"], registry=r)
         if folded:  # every account's counters and histograms in one series, account="_all"
             for name in ("token_calls", "token_call_seconds", "token_rate_limited", "renewals",
                          "token_errors", "replays", "sessions_lost", "token_wait",
-                         "upstream_seconds"):
+                         "upstream_seconds", "rate_wait", "platform_429", "rate_resent"):
                 setattr(self, name, _Folded(getattr(self, name), (0,)))
             self.requests = _Folded(self.requests, (0, 1))  # client and account
+            self.rate_refused = _Folded(self.rate_refused, (0, 1))
 
     def prepare(self, config: Config, backend: str) -> None:
         """Create every series the configured accounts and clients can have, at 0 (folded:
@@ -159,6 +177,61 @@ class Metrics:
 
     def watch_upstream(self, plane: UpstreamPool) -> None:
         self.registry.register(UpstreamPoolCollector(plane))
+
+    def watch_rate_limits(self, governor: RateBudgets) -> None:
+        self.registry.register(RateLimitCollector(governor, self.folded))
+
+
+class RateBudgets(Protocol):
+    """What the metrics read of the rate-limit governor (``ratelimit.governor.Governor``)."""
+
+    would_wait: int
+    bad_headers: int
+
+    def views(self) -> list[Any]: ...
+
+
+class RateLimitCollector(Collector):
+    """Each (account, group) budget as the governor knows it, read at scrape time. Folded:
+    only the budgets with requests queued or in a platform penalty keep their own series."""
+
+    def __init__(self, governor: RateBudgets, folded: bool = False) -> None:
+        self._governor = governor
+        self._folded = folded
+
+    def collect(self) -> Iterator[Metric]:
+        p = PREFIX
+        labels = ["account", "group"]
+        limit = GaugeMetricFamily(f"{p}_rate_limit_limit", "Requests per window the "
+                                  "platform allows the account in this group (learned from "
+                                  "X-Rate-Limit-Limit, else the configured default).",
+                                  labels=labels)
+        used = GaugeMetricFamily(f"{p}_rate_limit_used", "Requests of the group this process "
+                                 "counts in the current window (its own and, alone, the "
+                                 "platform's count of others').", labels=labels)
+        remaining = GaugeMetricFamily(f"{p}_rate_limit_remaining", "X-Rate-Limit-Remaining of "
+                                      "the group's latest answer.", labels=labels)
+        queued = GaugeMetricFamily(f"{p}_rate_limit_queued", "Requests waiting for the "
+                                   "group's budget now.", labels=labels)
+        penalty = GaugeMetricFamily(f"{p}_rate_limit_penalty_seconds", "Seconds left of the "
+                                    "platform's penalty on the group (0: none).", labels=labels)
+        for view in self._governor.views():
+            if self._folded and not view.queued and not view.penalty_left:
+                continue
+            key = [view.account, view.group]
+            limit.add_metric(key, view.limit)
+            used.add_metric(key, view.used)
+            if view.platform_remaining is not None:
+                remaining.add_metric(key, view.platform_remaining)
+            queued.add_metric(key, view.queued)
+            penalty.add_metric(key, view.penalty_left)
+        yield from (limit, used, remaining, queued, penalty)
+        yield CounterMetricFamily(f"{p}_rate_limit_would_wait", "observe mode: requests that "
+                                  "enforcing would have held for the budget.",
+                                  value=self._governor.would_wait)
+        yield CounterMetricFamily(f"{p}_rate_limit_bad_headers", "Answers with an "
+                                  "X-Rate-Limit-* header that was not believed (malformed, "
+                                  "negative, out of range).", value=self._governor.bad_headers)
 
 
 class UpstreamPool(Protocol):

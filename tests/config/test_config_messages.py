@@ -78,6 +78,16 @@ MORE_INPUTS = {
     "client account unknown": doc(((*C, "account"), "other")),
     "client name bad": doc(((*C, "name"), "a b")),
     "client duplicate": doc((("clients",), [tomllib.loads(GOOD)["clients"][0]] * 2)),
+    "rate mode bad": doc((("rate_limits",), {"mode": "strict"})),
+    "rate limits not table": doc((("rate_limits",), {"limits": 50})),
+    "rate limits bad group": doc((("rate_limits",), {"limits": {"9x": 5}})),
+    "rate limits zero": doc((("rate_limits",), {"limits": {"Light": 0}})),
+    "rate limits twice": doc((("rate_limits",), {"limits": {"Light": 5, "light": 6}})),
+    "rate window 0": doc((("rate_limits",), {"window": 0})),
+    "rate replicas 0": doc((("rate_limits",), {"replicas": 0})),
+    "rate unknown key": doc((("rate_limits",), {"burst": 3})),
+    "client weight 0": doc(((*C, "rate_weight"), 0)),
+    "client quota float": doc(((*C, "rate_quota"), {"Heavy": 2.5})),
     "account duplicate": doc((("accounts",), [tomllib.loads(GOOD)["accounts"][0]] * 2)),
     "clients not list": doc((("clients",), {"name": "x"})),
     "accounts not list": doc((("accounts",), {"name": "x"})),
@@ -212,7 +222,8 @@ TODAY_MORE = {
     'accounts not list': 'c.toml: accounts: expected one or more [[accounts]] tables',
     'account not table': 'c.toml: accounts[0]: expected a table, got a string',
     'unknown top key': (
-        'c.toml: extra: unknown key (allowed here: accounts, clients, emulator, proxy, store)'
+        'c.toml: extra: unknown key (allowed here: accounts, clients, emulator, proxy, '
+        'rate_limits, store)'
     ),
     'emulator args string': 'c.toml: emulator.args: expected a list of strings',
     'emulator args env': 'c.toml: emulator.args: environment variable NOPE_ARG is not set',
@@ -327,8 +338,25 @@ TODAY_MORE = {
         'label)'
     ),
     'order: top unknown before proxy': (
-        'c.toml: zzz: unknown key (allowed here: accounts, clients, emulator, proxy, store)'
+        'c.toml: zzz: unknown key (allowed here: accounts, clients, emulator, proxy, '
+        'rate_limits, store)'
     ),
+    'rate mode bad': ("c.toml: rate_limits.mode: must be one of enforce, observe, off, got "
+                      "'strict'"),
+    'rate limits not table': ("c.toml: rate_limits.limits: expected a table of group = "
+                              "requests, got an integer"),
+    'rate limits bad group': ("c.toml: rate_limits.limits.9x: not a group name (a letter, then "
+                              "up to 31 letters, digits, '_' or '-')"),
+    'rate limits zero': "c.toml: rate_limits.limits.Light: must be between 1 and 1000000, got 0",
+    'rate limits twice': ("c.toml: rate_limits.limits.light: group 'light' given twice (names "
+                          "are case-insensitive)"),
+    'rate window 0': "c.toml: rate_limits.window: must be between 0.1 and 86400, got 0",
+    'rate replicas 0': "c.toml: rate_limits.replicas: must be between 1 and 1000, got 0",
+    'rate unknown key': ("c.toml: rate_limits.burst: unknown key (allowed here: "
+                         "default_retry_after, limits, max_penalty, max_wait, mode, replicas, "
+                         "window)"),
+    'client weight 0': "c.toml: clients[0].rate_weight: must be between 0.01 and 1000, got 0",
+    'client quota float': "c.toml: clients[0].rate_quota.Heavy: expected a whole number",
 }
 
 

@@ -36,15 +36,23 @@ def toml_value(value: Any) -> str:
         return json.dumps(value)  # a JSON string is a valid TOML basic string here
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(type(value))
 
 
 def render_config(proxy: dict[str, Any], accounts: list[dict[str, Any]],
-                  clients: list[dict[str, Any]], store: dict[str, Any] | None = None) -> str:
+                  clients: list[dict[str, Any]], store: dict[str, Any] | None = None,
+                  rate_limits: dict[str, Any] | None = None) -> str:
+    """A config file's text; ``[rate_limits]`` observes unless given (see :func:`start_proxy`)."""
+    rate_limits = rate_limits or {"mode": "observe"}
     lines = ["[proxy]"]
     lines += [f"{k} = {toml_value(v)}" for k, v in proxy.items()]
     if store:
         lines += ["", "[store]"] + [f"{k} = {toml_value(v)}" for k, v in store.items()]
+    if rate_limits:
+        lines += ["", "[rate_limits]"]
+        lines += [f"{k} = {toml_value(v)}" for k, v in rate_limits.items()]
     for account in accounts:
         lines += ["", "[[accounts]]"] + [f"{k} = {toml_value(v)}" for k, v in account.items()]
     for client in clients:
@@ -95,8 +103,13 @@ STORE_KEY = Fernet.generate_key().decode()  # per test process; never a real sec
 def start_proxy(tmp_path: Path, upstream: str, *, accounts: list[dict[str, Any]] | None = None,
                 clients: list[dict[str, Any]] | None = None, timeout: float = 20.0,
                 env: dict[str, str] | None = None, store: dict[str, Any] | None = None,
-                **proxy_options: Any) -> Proxy:
-    """Start a proxy; by default with its own encrypted SQLite store in ``tmp_path``."""
+                rate_limits: dict[str, Any] | None = None, **proxy_options: Any) -> Proxy:
+    """Start a proxy; by default with its own encrypted SQLite store in ``tmp_path``.
+
+    ``[rate_limits]`` is ``mode = "observe"`` unless given: the emulator reports the
+    platform's API limits without enforcing them (unless started with ``--api-rate enforce``)
+    and most tests send far more than 50 requests a minute on purpose; observing still runs
+    the governor's learning on every answer."""
     config_path = tmp_path / f"proxy-{time.monotonic_ns()}.toml"
     # Tests use tokens of 1-3 s, far beyond the platform's 5 token calls a minute: the
     # per-app budget is off unless a test sets auth_budget_calls itself.
@@ -106,7 +119,7 @@ def start_proxy(tmp_path: Path, upstream: str, *, accounts: list[dict[str, Any]]
         store = {"backend": "sqlite", "path": str(config_path.with_suffix(".db"))}
     config_path.write_text(render_config(proxy, accounts or [jwt_account()],
                                          clients if clients is not None else [client()],
-                                         store))
+                                         store, rate_limits))
     return start_proxy_with_config(config_path, timeout=timeout,
                                    env={"TOKENPROXY_STORE_KEY": STORE_KEY, **(env or {})})
 

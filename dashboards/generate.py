@@ -369,6 +369,20 @@ def build_overview() -> Json:
         latency("Store lock wait", "tokenproxy_store_lock_wait_seconds", "le",
                 "Time a renewal waited for the account's lock or another replica's tokens.",
                 width=8),
+        timeseries("Platform 429s by group",
+                   [target(rate("tokenproxy_rate_limit_platform_429_total", "group"),
+                           "{{group}}")],
+                   "reqps", "API calls the platform refused with 429 (should stay 0 with "
+                   "[rate_limits] mode = \"enforce\": each one starts a penalty for the whole "
+                   "group).", width=8),
+        timeseries("Proxy 429s (rate limits) by client",
+                   [target(rate("tokenproxy_rate_limit_refused_total", "client"),
+                           "{{client}}")],
+                   "reqps", "Requests the proxy answered 429 TPX-RATE-LIMITED: their group's "
+                   "budget stayed used up (or in a penalty) for max_wait.", width=8),
+        latency("Rate-limit wait", "tokenproxy_rate_limit_wait_seconds", "group, le",
+                "How long requests waited for their group's budget (those let through at "
+                "once are not counted).", width=8, prefix="{{group}} "),
     ]
     return dashboard(OVERVIEW_UID, "tokenproxy - overview",
                      "Token health of every account tokenproxy manages, all replicas.",
@@ -448,6 +462,24 @@ def build_account() -> Json:
                    [target(rate("tokenproxy_requests_total", "client, status_class", a),
                            "{{client}} {{status_class}}")],
                    "reqps", "Answers to the account's apps.", width=GRID_WIDTH),
+        timeseries("API budget per group: used and limit",
+                   [target(f"max by (account, group) (tokenproxy_rate_limit_used{sel(a)})",
+                           "{{account}} {{group}} used"),
+                    target(f"max by (account, group) (tokenproxy_rate_limit_limit{sel(a)})",
+                           "{{account}} {{group}} limit")],
+                   "short", "Requests of each rate-limit group in the current window (per "
+                   "replica: the busiest) and the limit the platform's headers set.", width=8),
+        timeseries("Requests waiting for the budget",
+                   [target(f"sum by (account, group) (tokenproxy_rate_limit_queued{sel(a)})",
+                           "{{account}} {{group}}")],
+                   "short", "Requests queued (weighted fair) for their group's budget, all "
+                   "replicas.", width=8),
+        timeseries("Platform penalty left",
+                   [target(f"max by (account, group) "
+                           f"(tokenproxy_rate_limit_penalty_seconds{sel(a)})",
+                           "{{account}} {{group}}")],
+                   "s", "Seconds left of a platform 429 penalty: nothing of the group is sent "
+                   "meanwhile.", width=8),
     ]
     return dashboard(ACCOUNT_UID, "tokenproxy - account",
                      "One account's tokens, renewals, sessions and traffic, all replicas.",

@@ -37,7 +37,7 @@ from ..ops.admin import AdminServer
 from ..ops.metrics import Metrics, PoolObserver
 from ..ratelimit.governor import Governor
 from ..ratelimit.groups import GroupTable
-from ..store import StoreError, StoreKeyMismatch
+from ..store import StoreError, StoreKeyMismatch, TokenStore
 from ..store.factory import StoreConfigError, make_cipher, open_store
 from ..store.instrumented import InstrumentedStore
 from ..tokens.pool import TokenPool
@@ -104,20 +104,25 @@ async def _serve(config: Config, tls_pem: str | None = None, banner: bool = True
         login = LoginInterceptor(config, pool, virtual, endpoint, throttle=throttle)
         # request bodies and replayed answers held for replay share one process-wide budget
         buffer = ReplayBuffer(config.proxy.replay_body_limit, config.proxy.replay_buffer_total)
-        governor = _governor(config)
+        governor = _governor(config, store)
+        watcher = None
         if governor is not None:
             metrics.watch_rate_limits(governor)
+            if governor.shared:
+                watcher = asyncio.create_task(_count_processes(governor, store))
         master = build_master(config, _gateway(config, pool, clients.data, metrics, virtual,
                                                login, throttle, buffer, banner, governor),
                               tls_pem=tls_pem)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, master.shutdown)
-        admin = AdminServer(config, pool, store, metrics)
+        admin = AdminServer(config, pool, store, metrics, governor)
         try:
             await admin.start()
             await master.run()
         finally:
+            if watcher is not None:
+                watcher.cancel()
             pool.close()
             await pool.leave()
             await admin.stop()
@@ -149,16 +154,29 @@ def _gateway(config: Config, pool: TokenPool, plane: DataPlane, metrics: Metrics
     )
 
 
-def _governor(config: Config) -> Governor | None:
-    """The API rate-limit governor, unless ``[rate_limits] mode = "off"``; a worker of
-    ``--workers N`` keeps to 1/N of each budget (the supervisor tells it N)."""
+def _governor(config: Config, store: TokenStore) -> Governor | None:
+    """The API rate-limit governor, unless ``[rate_limits] mode = "off"``: budgets counted in
+    the store when it is shared (SQLite, Redis), else per process; a worker of ``--workers N``
+    knows N from the supervisor (the per-process budget while the store is away: 1/N)."""
     if config.rate_limits.mode == "off":
         return None
     try:
         processes = max(1, int(os.environ.get("TOKENPROXY_WORKERS", "1")))
     except ValueError:
         processes = 1
-    return Governor(config.rate_limits, GroupTable.bundled(), processes=processes)
+    return Governor(config.rate_limits, GroupTable.bundled(), processes=processes,
+                    windows=store)
+
+
+async def _count_processes(governor: Governor, store: TokenStore) -> None:
+    """Keep the governor told how many processes share the store (their heartbeats): the N of
+    its 1/N budgets while the store is away."""
+    while True:
+        try:
+            governor.note_processes(len(await store.members()))
+        except Exception as exc:  # the store is away: the last count stands
+            log.debug("rate limits: cannot count the processes: %s", exc)
+        await asyncio.sleep(30)
 
 
 def _forward(config: Config, plane: DataPlane) -> Forward | None:

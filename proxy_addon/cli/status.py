@@ -49,6 +49,19 @@ def render(status: dict) -> str:
     for a in status["accounts"]:
         if a.get("hint") and a["state"] != "healthy":
             lines.append(f"{a['account']}: {a['hint']}")
+    budgets = [(a["account"], g) for a in status["accounts"] for g in a.get("rate_limits", [])]
+    if budgets:  # the API rate-limit groups the proxy has seen, per account
+        rows = [("ACCOUNT", "GROUP", "USED/LIMIT", "WINDOW", "PLATFORM LEFT", "QUEUED",
+                 "PENALTY")]
+        rows += [(account, g["group"], f"{g['used']}/{g['limit']}",
+                  format_duration(g["window"]),
+                  "-" if g.get("remaining") is None else str(g["remaining"]), str(g["queued"]),
+                  format_duration(g["penalty_left"]) if g["penalty_left"] else "-")
+                 for account, g in budgets]
+        widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+        lines.append("")
+        lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                  for r in rows]
     return "\n".join(lines)
 
 

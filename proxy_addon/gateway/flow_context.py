@@ -35,6 +35,7 @@ class FlowContext:
     rate_operation: str = ""  # method and path template, for learning its group (rate_limit)
     rate_group: str | None = None  # the rate-limit group it was admitted in (rate_limit)
     rate_admitted: float | None = None  # when its group let it go (monotonic; rate_limit)
+    rate_slot: str | None = None  # its slot in the store's shared window (rate_limit)
     rate_refused: bool = False  # answered 429 by the proxy itself (rate_limit)
     rate_resent: bool = False  # sent again after the platform's 429 (rate_limit)
 

@@ -67,21 +67,21 @@ class RateLimit:
             return None
         account = context.client.account
         share = self._share(context)
-        if self._governor.try_admit(account, group, share):
-            context.rate_admitted = self._governor.now()
+        stamp = self._governor.try_admit(account, group, share)
+        if stamp is not None:
+            context.rate_admitted = stamp
             return None
         return self._wait(flow, context, account, group, share)
 
     async def _wait(self, flow: http.HTTPFlow, context: FlowContext, account: str, group: str,
                     share: ClientShare) -> None:
         try:
-            waited = await self._governor.wait(
+            waited, context.rate_admitted, context.rate_slot = await self._governor.wait(
                 account, group, share, self._governor.deadline(flow.request.timestamp_start))
         except RateRefused as exc:
             self._refuse(flow, context, group, exc.retry_after, exc.penalty)
             return
         self._metrics.rate_wait.labels(account, group).observe(waited)
-        context.rate_admitted = self._governor.now()
         if client_gone(flow):  # the app gave up while it waited: send nothing
             flow.kill()
 
@@ -105,8 +105,9 @@ class RateLimit:
         if context is None or context.rate_admitted is None or context.rate_group is None \
                 or flow.response is not None or context.client is None:
             return
-        context.rate_admitted = self._governor.restamp(context.client.account,
-                                                       context.rate_group, context.rate_admitted)
+        context.rate_admitted = self._governor.restamp(
+            context.client.account, context.rate_group, context.rate_admitted,
+            context.rate_slot)
 
     # -- the answer --------------------------------------------------------------------------
 
@@ -123,7 +124,8 @@ class RateLimit:
         latency = (self._governor.now() - context.rate_admitted
                    if context.rate_admitted is not None else None)
         group = self._governor.learn(account, flow.request.method, context.rate_operation,
-                                     context.rate_group, response.headers, latency)
+                                     context.rate_group, response.headers, latency,
+                                     response.status_code)
         group = group or context.rate_group
         if response.status_code == 429 and group is not None:
             seconds = self._governor.penalize(account, group, response.headers)
@@ -151,12 +153,12 @@ class RateLimit:
         context.rate_resent = True
         account, group = context.client.account, context.rate_group
         try:
-            await self._governor.wait(account, group, self._share(context),
-                                      self._governor.deadline(flow.request.timestamp_start))
+            _, context.rate_admitted, context.rate_slot = await self._governor.wait(
+                account, group, self._share(context),
+                self._governor.deadline(flow.request.timestamp_start))
         except RateRefused as exc:
             self._refuse_answered(flow, context, group, exc.retry_after)
             return
-        context.rate_admitted = self._governor.now()
         if client_gone(flow):
             flow.kill()
             return

@@ -29,7 +29,7 @@ from ..store import StoreError, TokenStore
 from ..tokens.pool import TokenPool
 from ..tokens.states import AccountState
 from .logs import SECRETS
-from .metrics import Metrics
+from .metrics import Metrics, RateBudgets
 
 log = logging.getLogger("tokenproxy.admin")
 
@@ -64,8 +64,9 @@ class AdminServer:
     PROBE_FRESH = 0.5  # seconds a probe's answer is reused for readiness checks
 
     def __init__(self, config: Config, pool: TokenPool, store: TokenStore,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, rate_limits: RateBudgets | None = None) -> None:
         self._config = config
+        self._rate_limits = rate_limits  # the API rate-limit governor, when it runs
         self._pool = pool
         self._store = store
         self._metrics = metrics or Metrics()
@@ -182,5 +183,14 @@ class AdminServer:
     async def _status(self, _: web.Request) -> web.Response:
         accounts = [a.snapshot() for a in self._pool.accounts.values()]
         healthy = all(AccountState(a["state"]) in HEALTHY_STATES for a in accounts)
+        if self._rate_limits is not None:  # each account's API budgets, group by group
+            groups: dict[str, list[dict[str, object]]] = {}
+            for view in self._rate_limits.views():
+                groups.setdefault(view.account, []).append({
+                    "group": view.group, "limit": view.limit, "window": view.window,
+                    "used": view.used, "remaining": view.platform_remaining,
+                    "queued": view.queued, "penalty_left": round(view.penalty_left, 1)})
+            for account in accounts:
+                account["rate_limits"] = groups.get(account["account"], [])
         return web.json_response({"time": time.time(), "healthy": healthy,
                                   "accounts": accounts})

@@ -11,7 +11,7 @@ alerts see a value instead of "no data".
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import (
@@ -180,6 +180,13 @@ class Metrics:
 
     def watch_rate_limits(self, governor: RateBudgets) -> None:
         self.registry.register(RateLimitCollector(governor, self.folded))
+        governor.on_gate = self._rate_series
+
+    def _rate_series(self, account: str, group: str) -> None:
+        """A budget the governor just met: its counters start at 0 (an alert on increase()
+        sees the first platform 429; a series born at 1 would show no increase)."""
+        self.platform_429.labels(account, group)
+        self.rate_resent.labels(account, group)
 
 
 class RateBudgets(Protocol):
@@ -187,6 +194,7 @@ class RateBudgets(Protocol):
 
     would_wait: int
     bad_headers: int
+    on_gate: Callable[[str, str], None] | None
 
     def views(self) -> list[Any]: ...
 
@@ -375,4 +383,9 @@ EXPORTED = (
     "tokenproxy_accounts",
     "tokenproxy_upstream_pool_size", "tokenproxy_upstream_pool_in_use",
     "tokenproxy_upstream_connections_opened_total", "tokenproxy_upstream_pool_refused_total",
+    "tokenproxy_rate_limit_wait_seconds", "tokenproxy_rate_limit_refused_total",
+    "tokenproxy_rate_limit_platform_429_total", "tokenproxy_rate_limit_resent_total",
+    "tokenproxy_rate_limit_limit", "tokenproxy_rate_limit_used", "tokenproxy_rate_limit_remaining",
+    "tokenproxy_rate_limit_queued", "tokenproxy_rate_limit_penalty_seconds",
+    "tokenproxy_rate_limit_would_wait_total", "tokenproxy_rate_limit_bad_headers_total",
 )

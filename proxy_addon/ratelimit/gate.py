@@ -43,7 +43,7 @@ class _Waiter:
     seq: int
     client: str
     weight: float
-    future: asyncio.Future[None]
+    future: asyncio.Future[tuple[float, str | None]]  # the slot's time, its shared id
     deadline_handle: asyncio.TimerHandle | None = None
 
 
@@ -81,6 +81,7 @@ class Gate:
         self.learned = False
         self._probe_until = -math.inf
         self.jitter = 0.0  # recent admission-to-answer time: how much arrivals may bunch up
+        self.last_stamp = 0.0  # the time of the latest slot taken
         self._jitter_at = now()
 
     # -- the budget ----------------------------------------------------------------------
@@ -91,7 +92,11 @@ class Gate:
 
     @property
     def span(self) -> float:
-        return self.window + max(margin_of(self.window), self.jitter)
+        """The window the log keeps: the platform's, widened by twice the recent
+        admission-to-answer time (a request's trip to the platform is part of it, and one
+        delayed more than the others must not land in the next window's count)."""
+        margin = min(2 * self.jitter, self.window * MAX_JITTER_SHARE, MAX_JITTER)
+        return self.window + max(margin_of(self.window), margin)
 
     def _purge(self, now: float) -> None:
         start = now - self.span
@@ -121,6 +126,7 @@ class Gate:
         return len(log) < quota
 
     def _record(self, client: str, now: float) -> None:
+        self.last_stamp = now  # the slot's time: what restamp() finds it by
         if not self.learned:
             self._probe_until = now + PROBE_TIMEOUT
         self._sent.append(now)
@@ -134,6 +140,12 @@ class Gate:
             self._quota[client] = quota
 
     # -- what the platform says ----------------------------------------------------------
+
+    @property
+    def folds_outside(self) -> bool:
+        """Whether this log should count calls the platform saw beyond it (one process only:
+        with several, the others' calls are theirs to count)."""
+        return self.share >= 1.0
 
     def answered(self, latency: float) -> None:
         """An answer of this group came back ``latency`` seconds after its admission: the
@@ -160,7 +172,7 @@ class Gate:
             # calls the platform counted beyond ours (an app calling it directly): counted as
             # if made now. With several processes each one's log holds only its own calls, and
             # the others' are theirs to count: only a single process folds them in.
-            if self.share >= 1.0:
+            if self.folds_outside:
                 outside = (limit - rate.remaining) - len(self._sent) - len(self._outside)
                 for _ in range(max(0, min(outside, limit))):
                     self._outside.append(now)
@@ -181,6 +193,11 @@ class Gate:
         self._charge(client, weight)
         self._record(client, now)
         return True
+
+    def would_pass(self, client: str) -> bool:
+        """Whether a request would go at once (this process's own count)."""
+        now = self._now()
+        return not self.waiting and Gate._room(self, now) and self._client_room(client, now)
 
     def force_pass(self, client: str) -> None:
         """Count a send that did not ask (observe mode; a call that turned out to be ours)."""
@@ -204,8 +221,10 @@ class Gate:
             self._sent.pop()
         self._dispatch()
 
-    async def wait(self, client: str, weight: float, deadline: float) -> None:
-        """Queue until a slot is ours (then it is taken) or ``deadline`` (monotonic) passes."""
+    async def wait(self, client: str, weight: float, deadline: float
+                   ) -> tuple[float, str | None]:
+        """Queue until a slot is ours (then it is taken) or ``deadline`` (monotonic) passes:
+        the slot's time and its id in a shared window (:mod:`.shared`; else None)."""
         loop = asyncio.get_running_loop()
         self._seq += 1
         waiter = _Waiter(self._seq, client, weight, loop.create_future())
@@ -215,7 +234,7 @@ class Gate:
             loop.time() + max(0.0, deadline - self._now()), self._expire, waiter)
         self._dispatch()
         try:
-            await waiter.future
+            return await waiter.future
         except asyncio.CancelledError:  # the app went away: its place is given up
             self._forget(waiter)
             raise
@@ -263,34 +282,43 @@ class Gate:
         wait = max(0.0, self.penalty_until - now)
         times = sorted([*self._sent, *self._outside])
         limit = self.local_limit
-        ahead = self.waiting + max(0, len(times) - limit + 1)
-        if times and ahead > 0:
-            rounds, index = divmod(ahead - 1, limit)
+        free = max(0, limit - len(times))  # slots open now
+        behind = self.waiting - free  # the newcomer's place once they are taken
+        if times and behind >= 0:
+            rounds, index = divmod(behind, limit)
             index = min(index, len(times) - 1)
             wait = max(wait, times[index] + self.span * (rounds + 1) - now)
         return float(max(1, math.ceil(wait)))
 
     def _dispatch(self) -> None:
-        """Let waiters through while there is room: the client with the smallest finish tag
-        (weighted fair queuing), its oldest waiter first; clients over their quota wait."""
+        """Let waiters through while there is room (see :meth:`_pick`)."""
         now = self._now()
         while self.waiting and self._room(now):
-            best: tuple[float, int] | None = None
-            chosen: _Waiter | None = None
-            for client, queue in self._queues.items():
-                if not self._client_room(client, now):
-                    continue
-                head = queue[0]
-                key = (self._tag(client, head.weight), head.seq)
-                if best is None or key < best:
-                    best, chosen = key, head
+            chosen = self._pick(now)
             if chosen is None:
                 break  # everyone waiting is over its quota
-            self._unqueue(chosen)
-            self._charge(chosen.client, chosen.weight)
-            self._record(chosen.client, now)
-            chosen.future.set_result(None)
+            self._grant(chosen, now)
         self._schedule()
+
+    def _pick(self, now: float) -> _Waiter | None:
+        """The next waiter: the client with the smallest finish tag (weighted fair queuing),
+        its oldest waiter; clients over their quota wait."""
+        best: tuple[float, int] | None = None
+        chosen: _Waiter | None = None
+        for client, queue in self._queues.items():
+            if not self._client_room(client, now):
+                continue
+            head = queue[0]
+            key = (self._tag(client, head.weight), head.seq)
+            if best is None or key < best:
+                best, chosen = key, head
+        return chosen
+
+    def _grant(self, waiter: _Waiter, now: float, slot: str | None = None) -> None:
+        self._unqueue(waiter)
+        self._charge(waiter.client, waiter.weight)
+        self._record(waiter.client, now)
+        waiter.future.set_result((now, slot))
 
     def _schedule(self) -> None:
         """Wake up when the next slot frees (the oldest send leaves the window) or the penalty

@@ -22,6 +22,7 @@ from ..config import RateLimitConfig
 from .gate import Gate, RateRefused
 from .groups import NO_THROTTLING, GroupTable
 from .headers import RateHeaders, rate_headers, retry_after
+from .shared import RateWindows, SharedGate
 
 __all__ = ["ClientShare", "GateView", "Governor", "RateRefused"]
 
@@ -55,15 +56,23 @@ class GateView:
 
 class Governor:
     def __init__(self, config: RateLimitConfig, table: GroupTable, *, processes: int = 1,
+                 windows: RateWindows | None = None,
                  now: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.mode = config.mode
         self.table = table
-        self.share = 1.0 / max(1, config.replicas * max(1, processes))
+        self.processes = max(1, config.replicas * max(1, processes))  # configured N
+        self.processes_seen = 1  # processes heartbeating in the store (note_processes)
+        # budgets counted in the store (shared by every process), or each process its 1/N
+        self._windows = windows if windows is not None and windows.shares_rate_limits else None
+        self.share = 1.0 if self._windows is not None else 1.0 / self.processes
         self._now = now
         self._gates: dict[tuple[str, str], Gate] = {}
         self._limits = dict(config.limits)
         self._groups: set[str] = set(self._limits) | set(table.groups())
+        # told of each (account, group) budget as it appears (metrics create its series at 0,
+        # so the first platform 429 shows as an increase, not as a series appearing at 1)
+        self.on_gate: Callable[[str, str], None] | None = None
         self.would_wait = 0  # observe mode: requests enforcing would have held
         self.bad_headers = 0  # answers whose rate-limit headers were (partly) not believed
 
@@ -78,41 +87,70 @@ class Governor:
         gate = self._gates.get(key)
         if gate is None:
             limit = self._limits.get(group) or min(self._limits.values(), default=10)
-            gate = self._gates[key] = Gate(limit, self.config.window, share=self.share,
-                                           now=self._now)
+            if self._windows is not None:
+                gate = SharedGate(f"{account}/{group}", self._windows, limit,
+                                  self.config.window, fallback_share=self.fallback_share,
+                                  now=self._now)
+            else:
+                gate = Gate(limit, self.config.window, share=self.share, now=self._now)
+            self._gates[key] = gate
+            if self.on_gate is not None:
+                self.on_gate(account, group)
         return gate
 
-    def try_admit(self, account: str, group: str, client: ClientShare) -> bool:
-        """A slot now (True), or the caller must :meth:`wait`. Observe mode: always True."""
+    @property
+    def shared(self) -> bool:
+        return self._windows is not None
+
+    def fallback_share(self) -> float:
+        """A process's part of a budget while the store is away: 1/N, N the larger of the
+        configured processes and those the store last saw."""
+        return 1.0 / max(self.processes, self.processes_seen)
+
+    def note_processes(self, count: int) -> None:
+        self.processes_seen = max(1, count)
+
+    def try_admit(self, account: str, group: str, client: ClientShare) -> float | None:
+        """A slot now: its time (for :meth:`restamp`); None: the caller must :meth:`wait`.
+        Observe mode: always a slot."""
         gate = self.gate(account, group)
         self._apply_quota(gate, group, client)
-        if gate.try_pass(client.name, client.weight):
-            return True
-        if self.mode != "enforce":
-            self.would_wait += 1
+        if self.mode != "enforce":  # observe: count what enforcing would do, hold nothing
+            if not gate.would_pass(client.name):
+                self.would_wait += 1
             gate.force_pass(client.name)
-            return True
-        return False
+            return gate.last_stamp
+        return gate.last_stamp if gate.try_pass(client.name, client.weight) else None
 
     async def wait(self, account: str, group: str, client: ClientShare,
-                   deadline: float) -> float:
-        """Wait for a slot until ``deadline`` (this clock); the seconds waited, or
-        :class:`RateRefused`."""
+                   deadline: float) -> tuple[float, float, str | None]:
+        """Wait for a slot until ``deadline`` (this clock): the seconds waited, the slot's
+        time and its id in the store's window (shared budgets); or :class:`RateRefused`."""
         gate = self.gate(account, group)
+        self._apply_quota(gate, group, client)
         started = self._now()
-        await gate.wait(client.name, client.weight, deadline)
-        return self._now() - started
+        stamp, slot = await gate.wait(client.name, client.weight, deadline)
+        return self._now() - started, stamp, slot
 
-    def restamp(self, account: str, group: str, admitted: float) -> float:
+    def restamp(self, account: str, group: str, admitted: float,
+                slot: str | None = None) -> float:
         """The request admitted at ``admitted`` is about to leave: see :meth:`Gate.restamp`."""
-        return self.gate(account, group).restamp(admitted)
+        gate = self.gate(account, group)
+        if slot is not None and isinstance(gate, SharedGate):
+            gate.restamp_slot(slot)
+        return gate.restamp(admitted)
 
     def learn(self, account: str, method: str, operation: str, sent_group: str | None,
-              headers: Mapping[str, str], latency: float | None = None) -> str | None:
+              headers: Mapping[str, str], latency: float | None = None,
+              status: int = 200) -> str | None:
         """An answer's rate-limit headers: the operation's group (learned when it differs
         from what we assumed) and that group's budget; ``latency``: seconds since the request
         was admitted. Returns the answer's group key."""
         rate = rate_headers(headers)
+        if status == 429 and rate.remaining is not None:
+            # "Remaining: 0" on a refusal says "penalised", not "used up by others": read as
+            # usage it would fill the window with calls nobody made
+            rate = RateHeaders(rate.group, rate.limit, None, rate.window)
         if not rate.any:  # no word on limits: the defaults stand, the probing ends
             if sent_group is not None and latency is not None:
                 self.gate(account, sent_group).answered(latency)

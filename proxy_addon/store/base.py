@@ -315,5 +315,34 @@ class TokenStore(abc.ABC):
         """The members that acknowledged the rotation of ``generation``."""
         return set()
 
+    # -- API rate-limit windows shared by the processes (issue 17) -------------------------
+    # A sliding window of send times per key (an account and a rate-limit group) and its
+    # penalty, on the store's own clock, so N processes together keep to the platform's limit.
+    # Backends that live inside one process leave ``shares_rate_limits`` False: each process
+    # then keeps its budget itself (:mod:`proxy_addon.ratelimit.gate`).
+
+    shares_rate_limits = False
+
+    async def rate_reserve(self, key: str, limit: int, span: float, member: str
+                           ) -> tuple[float, int]:
+        """Take a slot for ``member`` if fewer than ``limit`` were taken in the last ``span``
+        seconds and no penalty runs: ``(0.0, slots now taken)``; else ``(seconds until a slot
+        may free, slots taken)`` and nothing is taken."""
+        raise NotImplementedError
+
+    async def rate_restamp(self, key: str, member: str) -> None:
+        """``member``'s slot counts from now (its request leaves only now)."""
+        raise NotImplementedError
+
+    async def rate_penalize(self, key: str, seconds: float) -> None:
+        """Nothing is reserved under ``key`` for ``seconds`` from now (a longer penalty already
+        running stays)."""
+        raise NotImplementedError
+
+    async def rate_add(self, key: str, count: int, span: float) -> None:
+        """``count`` slots taken now by calls the processes did not send (the platform's count
+        says so)."""
+        raise NotImplementedError
+
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -117,5 +117,25 @@ class InstrumentedStore(TokenStore):
         return await self._counted("rotation_acks",
                                    lambda: self.inner.rotation_acks(account, generation))
 
+    @property
+    def shares_rate_limits(self) -> bool:  # type: ignore[override]
+        return self.inner.shares_rate_limits
+
+    # rate-limit windows: one call per admitted API request, passed through uncounted (the
+    # governor falls back to per-process budgets while they fail, see ratelimit.shared)
+
+    async def rate_reserve(self, key: str, limit: int, span: float, member: str
+                           ) -> tuple[float, int]:
+        return await self.inner.rate_reserve(key, limit, span, member)
+
+    async def rate_restamp(self, key: str, member: str) -> None:
+        await self.inner.rate_restamp(key, member)
+
+    async def rate_penalize(self, key: str, seconds: float) -> None:
+        await self.inner.rate_penalize(key, seconds)
+
+    async def rate_add(self, key: str, count: int, span: float) -> None:
+        await self.inner.rate_add(key, count, span)
+
     async def close(self) -> None:
         await self.inner.close()

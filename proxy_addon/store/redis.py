@@ -14,7 +14,9 @@ account's keys live in one slot and the Lua scripts (one key each, plus PUBLISH)
 - ``PREFIX:virtual:DIGEST`` a sealed virtual-token record (PX until it lapses);
 - ``PREFIX:vindex:{ACCOUNT}`` sorted set of the account's virtual grants, scored by expiry;
 - channel ``PREFIX:rotations`` carries ``{"account", "generation"}`` after every write, so
-  other replicas adopt a new pair at once instead of meeting a 401 with the old one.
+  other replicas adopt a new pair at once instead of meeting a 401 with the old one;
+- ``PREFIX:ratewin:{ACCOUNT/GROUP}`` sorted set of API calls sent in the group's window
+  (scored by the server's TIME), ``PREFIX:ratepen:{…}`` the end of its penalty (issue 17).
 
 Compare-and-set, lock take/extend and release are Lua scripts: atomic on the server, fenced by
 generation and owner. Durability is the server's: run Redis with ``appendonly yes`` (and
@@ -38,6 +40,7 @@ import logging
 import re
 import secrets
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -101,6 +104,47 @@ return 1
 """
 LAYOUT = b"2"  # PREFIX:meta:layout once the per-account keys carry their hash tag
 TAGGED_KINDS = ("tokens", "lock", "vindex", "rotating", "drained")  # keys named by an account
+
+# API rate-limit windows (issue 17), on the server's clock (TIME) so replicas' clocks do not
+# matter. KEYS: the window (sorted set of slots scored by time), the penalty (a time).
+# ARGV: limit, span (s), member. Returns {wait seconds ("0": taken), slots taken}.
+RATE_RESERVE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local span = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - span)
+local count = redis.call('ZCARD', KEYS[1])
+local penalty = tonumber(redis.call('GET', KEYS[2]) or '0')
+if penalty > now then return {tostring(penalty - now), count} end
+if count < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(span * 1000) + 1000)
+  return {'0', count + 1}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {tostring(math.max(0.001, tonumber(oldest[2]) + span - now)), count}
+"""
+RATE_RESTAMP_SCRIPT = """
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], 'XX', tonumber(t[1]) + tonumber(t[2]) / 1000000, ARGV[1])
+return 1
+"""
+RATE_PENALIZE_SCRIPT = """
+local t = redis.call('TIME')
+local untill = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if untill > current then
+  redis.call('SET', KEYS[1], tostring(untill), 'PX', math.ceil(tonumber(ARGV[1]) * 1000) + 1000)
+end
+return 1
+"""
+RATE_ADD_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for i = 1, tonumber(ARGV[1]) do redis.call('ZADD', KEYS[1], now, ARGV[2] .. i) end
+redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3]) * 1000) + 1000)
+return 1
+"""
 
 ACQUIRE_SCRIPT = """
 local holder = redis.call('GET', KEYS[1])
@@ -227,6 +271,10 @@ class RedisStore(TokenStore):
         self._consume = self._client.register_script(CONSUME_SCRIPT)
         self._index = self._client.register_script(INDEX_SCRIPT)
         self._migrate = self._client.register_script(MIGRATE_SCRIPT)
+        self._rate_reserve = self._client.register_script(RATE_RESERVE_SCRIPT)
+        self._rate_restamp = self._client.register_script(RATE_RESTAMP_SCRIPT)
+        self._rate_penalize = self._client.register_script(RATE_PENALIZE_SCRIPT)
+        self._rate_add = self._client.register_script(RATE_ADD_SCRIPT)
         self._watcher: asyncio.Task[None] | None = None
 
     def _key(self, kind: str, name: str) -> str:
@@ -556,6 +604,43 @@ class RedisStore(TokenStore):
     async def leave(self, member: str) -> None:
         try:
             await self._client.zrem(f"{self.prefix}:members", member)
+        except RedisError as exc:
+            raise self._error(exc) from None
+
+    # -- API rate-limit windows (issue 17): every replica sharing this Redis shares them -----
+
+    shares_rate_limits = True
+
+    def _rate_keys(self, key: str) -> tuple[str, str]:
+        """The window and the penalty of ``key``, one hash tag (one Cluster slot)."""
+        return f"{self.prefix}:ratewin:{{{key}}}", f"{self.prefix}:ratepen:{{{key}}}"
+
+    async def rate_reserve(self, key: str, limit: int, span: float, member: str
+                           ) -> tuple[float, int]:
+        try:
+            wait, count = await self._rate_reserve(keys=list(self._rate_keys(key)),
+                                                   args=[limit, repr(span), member])
+        except RedisError as exc:
+            raise self._error(exc) from None
+        return float(wait), int(count)
+
+    async def rate_restamp(self, key: str, member: str) -> None:
+        try:
+            await self._rate_restamp(keys=[self._rate_keys(key)[0]], args=[member])
+        except RedisError as exc:
+            raise self._error(exc) from None
+
+    async def rate_penalize(self, key: str, seconds: float) -> None:
+        try:
+            await self._rate_penalize(keys=[self._rate_keys(key)[1]], args=[repr(seconds)])
+        except RedisError as exc:
+            raise self._error(exc) from None
+
+    async def rate_add(self, key: str, count: int, span: float) -> None:
+        try:
+            await self._rate_add(keys=[self._rate_keys(key)[0]],
+                                 args=[min(count, 100_000), f"outside-{uuid.uuid4().hex}-",
+                                       repr(span)])
         except RedisError as exc:
             raise self._error(exc) from None
 

@@ -13,6 +13,7 @@ import logging
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -67,6 +68,14 @@ CREATE TABLE IF NOT EXISTS virtual_index (
     expires_at REAL NOT NULL,
     PRIMARY KEY (name, member)
 );
+CREATE TABLE IF NOT EXISTS rate_slots (
+    key TEXT NOT NULL,
+    member TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (key, member)
+);
+CREATE INDEX IF NOT EXISTS rate_slots_at ON rate_slots (key, at);
+CREATE TABLE IF NOT EXISTS rate_penalties (key TEXT PRIMARY KEY, until REAL NOT NULL);
 """
 
 
@@ -77,6 +86,8 @@ class SQLiteStore(TokenStore):
         super().__init__(codec)
         self.path = Path(path)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tokenproxy-sqlite")
+        self._rates_executor = ThreadPoolExecutor(1, thread_name_prefix="tokenproxy-sqlite-rates")
+        self._rates: sqlite3.Connection | None = None
         self._db: sqlite3.Connection | None = None
         self._watcher: asyncio.Task[None] | None = None
 
@@ -256,6 +267,88 @@ class SQLiteStore(TokenStore):
         db.execute("DELETE FROM rotations WHERE expires_at < ?", (now,))
         db.execute("DELETE FROM rotation_acks WHERE expires_at < ?", (now,))
 
+    # -- API rate-limit windows (issue 17): the workers of one host share them ---------------
+    # Their own connection (synchronous=OFF: a slot lost in a power cut costs nothing) and
+    # thread, so a burst of admissions never queues behind a token rotation's write.
+
+    shares_rate_limits = True
+
+    def _rates_db(self) -> sqlite3.Connection:
+        if self._rates is None:  # the file exists: open() made it
+            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
+                                 check_same_thread=False)
+            db.execute("PRAGMA synchronous=OFF")
+            db.execute("PRAGMA busy_timeout=10000")
+            db.executescript(SCHEMA)
+            self._rates = db
+        return self._rates
+
+    def _rate_reserve(self, key: str, limit: int, span: float, member: str
+                      ) -> tuple[float, int]:
+        db = self._rates_db()
+        now = time.time()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM rate_slots WHERE key = ? AND at <= ?", (key, now - span))
+            row = db.execute("SELECT until FROM rate_penalties WHERE key = ?", (key,)).fetchone()
+            count, oldest = db.execute("SELECT COUNT(*), MIN(at) FROM rate_slots WHERE key = ?",
+                                       (key,)).fetchone()
+            if row is not None and row[0] > now:
+                result = (float(row[0]) - now, int(count))
+            elif count < limit:
+                db.execute("INSERT OR REPLACE INTO rate_slots (key, member, at) VALUES (?, ?, ?)",
+                           (key, member, now))
+                result = (0.0, int(count) + 1)
+            else:
+                result = (max(0.001, float(oldest) + span - now), int(count))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return result
+
+    def _close_rates(self) -> None:
+        if self._rates is not None:
+            self._rates.close()
+            self._rates = None
+
+    def _rate_restamp(self, key: str, member: str) -> None:
+        self._rates_db().execute("UPDATE rate_slots SET at = ? WHERE key = ? AND member = ?",
+                                 (time.time(), key, member))
+
+    def _rate_penalize(self, key: str, seconds: float) -> None:
+        self._rates_db().execute(
+            "INSERT INTO rate_penalties (key, until) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+            "SET until = MAX(until, excluded.until)", (key, time.time() + seconds))
+
+    def _rate_add(self, key: str, count: int, span: float) -> None:
+        now = time.time()
+        self._rates_db().executemany(
+            "INSERT OR REPLACE INTO rate_slots (key, member, at) VALUES (?, ?, ?)",
+            [(key, f"outside-{uuid.uuid4().hex}", now) for _ in range(count)])
+
+    async def _rate_run(self, fn: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._rates_executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite store {self.path}: {exc}") from None
+
+    async def rate_reserve(self, key: str, limit: int, span: float, member: str
+                           ) -> tuple[float, int]:
+        result: tuple[float, int] = await self._rate_run(self._rate_reserve, key, limit, span,
+                                                         member)
+        return result
+
+    async def rate_restamp(self, key: str, member: str) -> None:
+        await self._rate_run(self._rate_restamp, key, member)
+
+    async def rate_penalize(self, key: str, seconds: float) -> None:
+        await self._rate_run(self._rate_penalize, key, seconds)
+
+    async def rate_add(self, key: str, count: int, span: float) -> None:
+        await self._rate_run(self._rate_add, key, min(count, 100_000), span)
+
     def _leave(self, member: str) -> None:
         self._connect().execute("DELETE FROM members WHERE member = ?", (member,))
 
@@ -410,3 +503,5 @@ class SQLiteStore(TokenStore):
                 await self._watcher
         await self._run(self._close)
         self._executor.shutdown(wait=False)
+        await asyncio.get_running_loop().run_in_executor(self._rates_executor, self._close_rates)
+        self._rates_executor.shutdown(wait=False)

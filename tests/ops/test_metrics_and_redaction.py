@@ -10,6 +10,8 @@ from prometheus_client import generate_latest
 from proxy_addon.config import parse_config
 from proxy_addon.ops.logs import REDACTED, JsonFormatter, RedactingFormatter, SecretRegistry
 from proxy_addon.ops.metrics import EXPORTED, Metrics, PoolObserver, bounded, status_class
+from proxy_addon.ratelimit.governor import Governor
+from proxy_addon.ratelimit.groups import GroupTable
 from proxy_addon.store.base import RecordCodec
 from proxy_addon.store.crypto import TokenCipher
 from proxy_addon.store.memory import MemoryStore
@@ -34,6 +36,15 @@ def test_catalogue_is_what_the_registry_exports() -> None:
                            observer=PoolObserver(metrics))
     metrics.watch_pool(pool)
     metrics.watch_upstream(DataPlane(size=4, timeout=1, acquire_timeout=1, verify=True))
+    governor = Governor(config.rate_limits, GroupTable.bundled())
+    governor.learn("main", "GET", "GET /x", "light", {  # a budget the platform told of
+        "x-rate-limit-group": "Light", "x-rate-limit-limit": "50",
+        "x-rate-limit-remaining": "49", "x-rate-limit-window": "60"})
+    metrics.watch_rate_limits(governor)
+    metrics.rate_wait.labels("main", "light").observe(0.2)  # labelled series appear when used
+    metrics.rate_refused.labels("app", "main", "light").inc()
+    metrics.platform_429.labels("main", "light").inc()
+    metrics.rate_resent.labels("main", "light").inc()
     names = set()
     for line in generate_latest(metrics.registry).decode().splitlines():
         if line and not line.startswith("#"):

@@ -1,5 +1,6 @@
 """A real Prometheus scrapes a real proxy through a scripted bad day: normal traffic, a
-revocation, an eviction, a 429 storm, an account that needs a person, and the store going away.
+revocation, an eviction, a platform API rate-limit penalty, a 429 storm at the token endpoint, an
+account that needs a person, and the store going away.
 Then every query of every dashboard panel and every alert rule runs through Prometheus' HTTP
 API: none may fail, the panels and the alerts the day should raise return data, and those
 alerts are pending or firing."""
@@ -32,8 +33,10 @@ NOT_RAISED = {"TokenproxySessionsOverBudget", "TokenproxyStoreUnreplicatedWrites
 def test_dashboards_and_alerts_on_a_bad_day(tmp_path: Path, emulator_factory, proxy_factory,
                                             redis_factory) -> None:
     redis = redis_factory()
+    # API limits far above the traffic: the proxy enforces them (learned from the headers)
+    # without ever holding the day's traffic, until the platform's penalty below
     emulator = emulator_factory("--access-ttl", "3", "--refresh-ttl", "600", "--auth-rate",
-                                "0")
+                                "0", "--api-limits", "Light=100000,Medium=100000,Heavy=100000")
     seeded = {"name": "seeded", "client_id": "demo-client-id",
               "client_secret": DEMO_CLIENT_SECRET, "grant": "refresh_token",
               "refresh_token": emulator.user2_refresh_token()}
@@ -44,7 +47,7 @@ def test_dashboards_and_alerts_on_a_bad_day(tmp_path: Path, emulator_factory, pr
                  {"name": "seeded-app", "account": "seeded", "key": SEEDED_KEY},
                  {"name": "wrong-app", "account": "wrong", "key": WRONG_KEY}],
         store={"backend": "redis", "url": redis.url, "prefix": f"p{uuid.uuid4().hex[:8]}"},
-        token_wait_timeout=2)
+        rate_limits={"mode": "enforce", "max_wait": 1.5}, token_wait_timeout=2)
     assert proxy.admin_url is not None
     prometheus = start_prometheus(tmp_path / "prometheus",
                                   [proxy.admin_url.removeprefix("http://")], [ALERTS_FILE])
@@ -65,6 +68,10 @@ def test_dashboards_and_alerts_on_a_bad_day(tmp_path: Path, emulator_factory, pr
         for thread in threads:
             thread.start()
         time.sleep(6)  # normal traffic, refreshes every ~3 s
+        # the platform rate-limits the Light group for 2 s: one platform 429 (then the proxy
+        # holds the group), requests waiting it out (<= 1.5 s) or answered the proxy's 429
+        emulator.rate_penalty("Light", retry_after=2, seconds=2)
+        time.sleep(4)
         for _ in range(30):  # tokens expiring under traffic: token 401s, replayed
             emulator.expire_now()
             time.sleep(0.3)

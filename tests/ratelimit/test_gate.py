@@ -145,3 +145,30 @@ def test_a_cancelled_waiter_gives_its_place_up() -> None:
         assert gate.waiting == 0
 
     asyncio.run(scenario())
+
+
+def test_a_slot_is_restamped_when_its_request_leaves() -> None:
+    """Regression: the stamp the governor hands out must be the one in the log, or restamping
+    silently does nothing and a slow request counts from its admission."""
+    async def scenario() -> None:
+        gate = _gate(2, 0.3)
+        assert gate.try_pass("a", 1)
+        first = gate.last_stamp
+        await asyncio.sleep(0.2)
+        moved = gate.restamp(first)
+        assert moved > first
+        assert gate.try_pass("a", 1)
+        await asyncio.sleep(0.15)  # the first stamp would have left the window by now ...
+        assert not gate.try_pass("a", 1)  # ... the restamped one has not
+        gate.try_pass("b", 1)
+        stamp, _ = await gate.wait("c", 1, time.monotonic() + 5)
+        assert gate.restamp(stamp) >= stamp
+
+    asyncio.run(scenario())
+
+
+def test_retry_after_counts_open_slots_before_old_ones() -> None:
+    gate = _gate(100, 60)
+    for _ in range(10):
+        gate.try_pass("a", 1)
+    assert gate.retry_after() == 1.0  # 90 slots open: no reason to wait a window

@@ -1,7 +1,6 @@
 """Issue 17 acceptance, through real processes: a real ``tokenproxy run`` (enforce mode) in front
 of the emulator enforcing the platform's API limits per (user, app, group) with a penalty that
-every request restarts (``--api-rate enforce``), windows shortened to 4 s (2 s in the penalty
-tests).
+every request restarts (``--api-rate enforce``), windows shortened to 4 s, penalties to 2 s.
 
 - 20 apps on one account offer 3x the Light, Medium and Heavy limits for 10 windows: the
   platform answers 0 429s; each group's budget is used >= 90 %; each app's share of what was
@@ -15,90 +14,24 @@ tests).
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
-import httpx
 import pytest
 
+from proxy_addon.cli.status import render
 from tests.support.proxy import client, jwt_account, start_proxy
 from tests.support.scripted_upstream import Answer, ScriptedUpstream, Seen
 
-WINDOW = 4.0
-LIMITS = {"Light": 25, "Medium": 20, "Heavy": 5}  # the platform's defaults, halved
+from .load import APPS, EXT, LIMITS, WINDOW, app_key, emulator_args, offer, warm_up
+
 WINDOWS = 10
 MAX_WAIT = 3.0
-APPS = 20
-EXT = "/restapi/v1.0/account/~/extension/~"
-OPERATIONS = {  # group -> (method, path, body): operations of the published table
-    "Light": ("GET", EXT, None),
-    "Medium": ("POST", EXT + "/sms", {"from": {"phoneNumber": "+15550100"},
-                                      "to": [{"phoneNumber": "+15550101"}], "text": "hi"}),
-    "Heavy": ("GET", EXT + "/call-log", None),
-}
-
-
-def _key(n: int) -> str:
-    return f"rate-app-key-{n:04d}-0123456789"
 
 
 def _emulator(emulator_factory, penalty: float = 2.0):
-    limits = ",".join(f"{g}={n}" for g, n in LIMITS.items())
-    return emulator_factory("--auth-rate", "0", "--api-rate", "enforce", "--api-limits", limits,
-                            "--api-window", str(WINDOW), "--api-penalty", str(penalty))
-
-
-async def _offer(url: str, weights: list[float], seconds: float
-                 ) -> tuple[Counter[str], Counter[str], list[float], list[str]]:
-    """Each app sends each group's operation at 3x its limit / APPS, open loop (a request
-    does not wait for the previous one). Returns served per app, served per group, how long
-    each proxy 429 took, and anything unexpected."""
-    served_app: Counter[str] = Counter()
-    served_group: Counter[str] = Counter()
-    refusal_times: list[float] = []
-    unexpected: list[str] = []
-
-    async def one(http: httpx.AsyncClient, app: str, group: str) -> None:
-        method, path, body = OPERATIONS[group]
-        started = time.monotonic()
-        try:
-            answer = await http.request(method, path, json=body)
-        except httpx.HTTPError as exc:
-            unexpected.append(f"{app} {group}: {type(exc).__name__}")
-            return
-        if answer.status_code == 429:
-            if answer.headers.get("x-tokenproxy-error") != "TPX-RATE-LIMITED" \
-                    or answer.json().get("errorCode") != "CMN-301" \
-                    or int(answer.headers.get("retry-after", "0")) < 1:
-                unexpected.append(f"{app} {group}: a 429 not from the proxy: {answer.text}")
-            refusal_times.append(time.monotonic() - started)
-        elif answer.status_code >= 500 or answer.status_code == 401:
-            unexpected.append(f"{app} {group}: {answer.status_code} {answer.text[:200]}")
-        else:
-            served_app[app] += 1
-            served_group[group] += 1
-
-    async def app_loop(n: int) -> None:
-        app = f"app{n:02d}"
-        async with httpx.AsyncClient(base_url=url, timeout=30,
-                                     headers={"Authorization": f"Bearer {_key(n)}"}) as http:
-            tasks: list[asyncio.Task[None]] = []
-            start = time.monotonic()
-            # this app's arrivals per group: 3x the limit shared by the apps, phase-shifted
-            schedule = sorted(
-                (start + (i + n / APPS) * WINDOW * APPS / (3 * limit), group)
-                for group, limit in LIMITS.items()
-                for i in range(int(seconds / WINDOW * 3 * limit / APPS)))
-            for at, group in schedule:
-                await asyncio.sleep(max(0.0, at - time.monotonic()))
-                tasks.append(asyncio.create_task(one(http, app, group)))
-            await asyncio.gather(*tasks)
-
-    await asyncio.gather(*(app_loop(n) for n in range(APPS)))
-    return served_app, served_group, refusal_times, unexpected
+    return emulator_factory(*emulator_args(penalty))
 
 
 def test_twenty_apps_share_one_accounts_budget_fairly_without_a_platform_429(
@@ -107,37 +40,32 @@ def test_twenty_apps_share_one_accounts_budget_fairly_without_a_platform_429(
     weights = [2.0 if n % 4 == 0 else 1.0 for n in range(APPS)]  # 5 apps of weight 2
     proxy = start_proxy(
         tmp_path, emulator.url, accounts=[jwt_account()],
-        clients=[{**client(f"app{n:02d}", key=_key(n)), "rate_weight": weights[n]}
+        clients=[{**client(f"app{n:02d}", key=app_key(n)), "rate_weight": weights[n]}
                  for n in range(APPS)],
         rate_limits={"mode": "enforce", "max_wait": MAX_WAIT})
     try:
-        with httpx.Client(base_url=proxy.url, timeout=10,
-                          headers={"Authorization": f"Bearer {_key(0)}"}) as http:
-            assert http.get(EXT).status_code == 200  # token acquired, limits learned
-        time.sleep(WINDOW * 1.1)  # that request's window has passed
+        warm_up(proxy.url)
         emulator.reset_counters()
-        started = time.monotonic()
-        served_app, served_group, refusals, unexpected = asyncio.run(
-            _offer(proxy.url, weights, WINDOW * WINDOWS))
-        elapsed = time.monotonic() - started
+        outcome = offer([proxy.url], WINDOW * WINDOWS)
         counters = emulator.counters()
     finally:
         proxy.stop()
-    assert not unexpected, unexpected[:5]
+    assert not outcome.unexpected, outcome.unexpected[:5]
     assert sum(counters["api_429_by_group"].values()) == 0, counters["api_429_by_group"]
     for group, limit in LIMITS.items():
-        capacity = limit * (elapsed / WINDOW)  # the group's budget over the run
-        assert served_group[group] >= 0.9 * capacity, (group, served_group[group], capacity)
-        assert counters["api_served_by_group"].get(group, 0) == served_group[group]
-    assert refusals and max(refusals) <= MAX_WAIT + 1.0, max(refusals)
-    total = sum(served_app.values())
+        capacity = limit * (outcome.elapsed / WINDOW)  # the group's budget over the run
+        served = outcome.served_group[group]
+        assert served >= 0.9 * capacity, (group, served, capacity)
+        assert counters["api_served_by_group"].get(group, 0) == served
+    assert outcome.refusal_times and max(outcome.refusal_times) <= MAX_WAIT + 1.0
+    total = sum(outcome.served_app.values())
     for n in range(APPS):
         expected = total * weights[n] / sum(weights)
+        got = outcome.served_app[f"app{n:02d}"]
         # +-10 % of the weight; at this scale (~22 requests an app over three groups, each
         # group's share a whole number of requests) one request per group is 4-5 %, so the
         # bound is never tighter than one request per group
-        assert abs(served_app[f"app{n:02d}"] - expected) <= max(0.1 * expected, len(LIMITS)), \
-            (n, served_app[f"app{n:02d}"], expected)
+        assert abs(got - expected) <= max(0.1 * expected, len(LIMITS)), (n, got, expected)
 
 
 def test_a_platform_penalty_holds_its_group_and_the_caught_requests_go_after_it(
@@ -177,8 +105,14 @@ def test_a_penalty_longer_than_the_deadline_gets_the_proxys_429(tmp_path: Path,
             emulator.reset_counters()
             answers = [http.get(EXT) for _ in range(5)]
         counters = emulator.counters()
+        status = proxy.status()
     finally:
         proxy.stop()
+    # /status (and `tokenproxy status`) show the account's groups, the penalty running
+    (light,) = [g for a in status["accounts"] for g in a["rate_limits"] if g["group"] == "light"]
+    assert light["penalty_left"] > 15 and light["limit"] == LIMITS["Light"], light
+    table = render(status)
+    assert "PENALTY" in table and "light" in table
     assert [a.status_code for a in answers] == [429] * 5
     assert all(a.headers["x-tokenproxy-error"] == "TPX-RATE-LIMITED" for a in answers)
     assert all(20 <= int(a.headers["retry-after"]) <= 31 for a in answers)

@@ -99,3 +99,19 @@ def test_random_group_names_from_answers_are_bounded() -> None:
                                                           "x-rate-limit-limit": "5"})
     assert len({view.group for view in governor.views()}) <= MAX_GROUPS + 1
     assert governor.bad_headers > 0
+
+
+def test_remaining_zero_on_a_429_is_a_penalty_not_usage() -> None:
+    """Regression (found by the Prometheus bad-day test): a 429 says X-Rate-Limit-Remaining: 0
+    because of the penalty; read as usage it filled the window with 100,000 calls nobody made
+    and held the group for a whole window after the penalty ended."""
+    from proxy_addon.config import RateLimitConfig
+    from proxy_addon.ratelimit.governor import Governor
+
+    governor = Governor(RateLimitConfig(), GroupTable.bundled())
+    headers = {"x-rate-limit-group": "Light", "x-rate-limit-limit": "1000",
+               "x-rate-limit-remaining": "0", "x-rate-limit-window": "60"}
+    governor.learn("main", "GET", "GET /x", "light", headers, status=429)
+    assert governor.gate("main", "light").used() == 0
+    governor.learn("main", "GET", "GET /x", "light", headers, status=200)
+    assert governor.gate("main", "light").used() == 1000  # a 200 saying so is usage

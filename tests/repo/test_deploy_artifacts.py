@@ -565,11 +565,14 @@ def test_dockerignore_keeps_state_secrets_and_tooling_out_of_the_context() -> No
         assert not in_build_context(rel, patterns), f"{rel} would be sent to the builder"
     context = {rel for rel in listed + sensitive if in_build_context(rel, patterns)}
     allowed = re.compile(r"pyproject\.toml|README\.md|proxy_addon/.+\.py|"
+                         r"proxy_addon/ratelimit/platform-rate-groups\.tsv|"
                          r"emulator/pyproject\.toml|emulator/rc_emulator/.+\.py|"
+                         r"emulator/rc_emulator/data/platform-rate-groups\.tsv|"
                          r"deploy/config/tokenproxy\.toml")
     assert {r for r in context if not allowed.fullmatch(r)} == set()
     assert {"pyproject.toml", "README.md", "proxy_addon/cli/main.py", "emulator/pyproject.toml",
-            "emulator/rc_emulator/server.py", "deploy/config/tokenproxy.toml"} <= context
+            "emulator/rc_emulator/server.py", "deploy/config/tokenproxy.toml",
+            "proxy_addon/ratelimit/platform-rate-groups.tsv"} <= context  # package data too
 
 
 def test_dockerfile_has_no_secret_env_or_arg() -> None:

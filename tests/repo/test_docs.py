@@ -147,7 +147,8 @@ def test_key_check_reports_new_and_stale_keys() -> None:
     text = read(DOCS / "configuration.md")
     documented = documented_keys(text)
     assert {"listen", "upstream", "tls_cert"} <= documented["proxy"]  # the parser reads rows
-    assert set(documented) == {"proxy", "accounts", "clients", "store", "emulator"}
+    assert set(documented) == {"proxy", "accounts", "clients", "store", "emulator",
+                               "rate_limits"}
 
     class NewKey(config._Reader):  # a parser that learnt a key nobody documented
         def emulator(self, value: Any) -> config.EmulatorConfig:

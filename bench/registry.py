@@ -6,7 +6,18 @@ append it here.
 
 from __future__ import annotations
 
-from bench import chaos, drain, fleet, memory, replicas, scale, storm, throughput, transport
+from bench import (
+    chaos,
+    drain,
+    fleet,
+    memory,
+    ratelimit,
+    replicas,
+    scale,
+    storm,
+    throughput,
+    transport,
+)
 from bench.scenario import Scenario
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -19,6 +30,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     chaos.SCENARIO,
     transport.SCENARIO,
     scale.SCENARIO,
+    ratelimit.SCENARIO,
 )
 
 

@@ -16,9 +16,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
-from ..config import Config
+from ..config import AccountConfig, Config
 from ..gateway import pooled_body
 from ..gateway.forward import Forward
 from ..gateway.guard import Guard
@@ -37,6 +37,7 @@ from ..ops.admin import AdminServer
 from ..ops.metrics import Metrics, PoolObserver
 from ..ratelimit.governor import Governor
 from ..ratelimit.groups import GroupTable
+from ..ratelimit.headers import rate_headers
 from ..store import StoreError, StoreKeyMismatch, TokenStore
 from ..store.factory import StoreConfigError, make_cipher, open_store
 from ..store.instrumented import InstrumentedStore
@@ -96,6 +97,13 @@ async def _serve(config: Config, tls_pem: str | None = None, banner: bool = True
             raise StartupError(f"store {config.store.backend}: {exc}", exit_code=2) from None
         metrics.prepare(config, store.backend)
         pool = TokenPool.build(config, endpoint, store, observer=PoolObserver(metrics))
+        budgets = pool.auth_budgets
+        if budgets is not None:  # the Auth group's limit, as each token answer tells it
+            def learn_auth_limits(account: AccountConfig, headers: Mapping[str, str]) -> None:
+                rate = rate_headers(headers)
+                budgets.for_account(account).learn(rate.limit, rate.window)
+
+            endpoint.on_answer = learn_auth_limits
         metrics.watch_pool(pool)
         metrics.watch_upstream(clients.data)
         await pool.start()

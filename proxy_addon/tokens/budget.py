@@ -14,22 +14,31 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
+import os
 from collections import deque
 from collections.abc import Callable
 
 from ..config import AccountConfig
+from ..store import StoreError, TokenStore
 
 
 class AuthBudget:
     """At most ``calls`` token-endpoint calls in any sliding ``window`` seconds of ``now``
-    (a monotonic clock)."""
+    (a monotonic clock) — in this process, and, with a store that shares rate windows
+    (SQLite, Redis), in all processes together (:meth:`take`)."""
 
-    def __init__(self, calls: int, window: float, now: Callable[[], float]) -> None:
+    def __init__(self, calls: int, window: float, now: Callable[[], float],
+                 store: TokenStore | None = None, key: str = "") -> None:
         self.calls = calls
         self.window = window
+        self._configured = (calls, window)
         self._now = now
         self._sent: deque[float] = deque()
+        self._store = store if store is not None and store.shares_rate_limits else None
+        self._key = key
+        self._slots = itertools.count()
 
     def reserve(self) -> float:
         """Take a slot and return 0.0, or take nothing and return the seconds until one frees.
@@ -44,19 +53,52 @@ class AuthBudget:
             return 0.0
         return self._sent[0] + self.window - now
 
+    async def take(self) -> float:
+        """:meth:`reserve` here, then in the store's window shared by every process (its
+        clock); 0.0 or the seconds until a slot frees. The store failing leaves this
+        process's own count (never more calls than one process alone would make)."""
+        wait = self.reserve()
+        if wait > 0 or self._store is None or self.calls <= 0:
+            return wait
+        slot = f"{os.getpid()}-{id(self)}-{next(self._slots)}"
+        try:
+            shared, _ = await self._store.rate_reserve(self._key, self.calls, self.window, slot)
+        except (StoreError, NotImplementedError):
+            return 0.0
+        if shared > 0 and self._sent:
+            self._sent.pop()  # not made: the local slot goes back
+        return shared
+
+    def learn(self, limit: int | None, window: float | None) -> None:
+        """The token endpoint's X-Rate-Limit-Limit / -Window (the Auth group): the budget
+        follows them, never above the configured calls nor below the configured window (the
+        operator's cap, e.g. room left for ``check-config``). A budget of 0 stays off."""
+        calls, configured_window = self._configured
+        if calls <= 0:
+            return
+        if limit is not None:
+            self.calls = max(1, min(calls, limit))
+        if window is not None:
+            self.window = max(configured_window, window * 1.02 + 0.5)
+
 
 class AuthBudgets:
     """One :class:`AuthBudget` per (user, client id): see :func:`budget_key`."""
 
-    def __init__(self, calls: int, window: float, now: Callable[[], float]) -> None:
+    def __init__(self, calls: int, window: float, now: Callable[[], float],
+                 store: TokenStore | None = None) -> None:
         self._calls, self._window, self._now = calls, window, now
+        self._store = store
         self._budgets: dict[tuple[str, str], AuthBudget] = {}
 
     def for_account(self, account: AccountConfig) -> AuthBudget:
         key = budget_key(account)
         budget = self._budgets.get(key)
         if budget is None:
-            budget = self._budgets[key] = AuthBudget(self._calls, self._window, self._now)
+            # the store's key: a digest (no username or credential fingerprint in the store)
+            digest = hashlib.sha256("\x00".join(key).encode()).hexdigest()[:24]
+            budget = self._budgets[key] = AuthBudget(self._calls, self._window, self._now,
+                                                     self._store, f"auth/{digest}")
         return budget
 
 

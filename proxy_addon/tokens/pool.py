@@ -37,6 +37,7 @@ class TokenPool:
                  store: TokenStore | None = None, owner: str = "",
                  clock: Clock | None = None) -> None:
         self.accounts = accounts
+        self.auth_budgets: AuthBudgets | None = None  # token-call budgets (build() sets them)
         self._store = store
         self._owner = owner or process_owner()
         self._clock = clock or SystemClock()
@@ -56,12 +57,14 @@ class TokenPool:
         settings = settings or PoolSettings.from_config(config)
         clock = clock or SystemClock()
         budgets = AuthBudgets(settings.auth_budget_calls, settings.safe_budget_window,
-                              clock.monotonic)
+                              clock.monotonic, store)
         owner = owner or process_owner()
-        return cls({a.name: AccountTokens(a, platform, settings, store,
+        pool = cls({a.name: AccountTokens(a, platform, settings, store,
                                           budgets.for_account(a), clock=clock,
                                           owner=owner, observer=observer)
                     for a in config.accounts}, store, owner, clock)
+        pool.auth_budgets = budgets
+        return pool
 
     def __getitem__(self, name: str) -> AccountTokens:
         return self.accounts[name]

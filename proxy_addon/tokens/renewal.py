@@ -169,7 +169,7 @@ class Renewal:
         try:
             if tokens is not None and self._refresh_alive() and not session_gone:
                 try:
-                    self._spend_budget()
+                    await self._spend_budget()
                     self._obtained_by = "refreshed"
                     self._sent_at = self._clock.monotonic()
                     return await self._platform.refresh(account, tokens.refresh_token or "")
@@ -184,7 +184,7 @@ class Renewal:
                                 account.name, exc.code or exc.error)
             if account.can_login or (account.grant == "authorization_code"
                                      and not self._code_spent):
-                self._spend_budget()
+                await self._spend_budget()
                 self._code_spent = account.grant == "authorization_code"
                 self._obtained_by = "logged_in"
                 self._sent_at = self._clock.monotonic()
@@ -211,15 +211,15 @@ class Renewal:
             raise TokenUnavailable(Reason.UPSTREAM_UNREACHABLE, account.name, str(exc),
                                    retry_after=self._retry_at - self._clock.monotonic()) from None
 
-    def _spend_budget(self) -> None:
+    async def _spend_budget(self) -> None:
         """Count a token-endpoint call against the app's budget, or refuse to make it."""
-        wait = self._budget.reserve()
+        wait = await self._budget.take()
         if wait > 0:
             self._retry_at = self._clock.monotonic() + wait
             self.last_error = "auth budget exhausted"
-            self.last_hint = (f"the proxy allows itself {self._settings.auth_budget_calls} "
-                              f"token calls per {self._settings.auth_budget_window:g} s for "
-                              "this app, like the platform's auth rate limit")
+            self.last_hint = (f"the proxy allows itself {self._budget.calls} token calls per "
+                              f"{self._budget.window:g} s for this user and app, like the "
+                              "platform's auth rate limit")
             log.warning("account %s: token-call budget exhausted; next call in %.1f s",
                         self._name, wait)
             raise TokenUnavailable(Reason.BUDGET_EXHAUSTED, self._name, self.last_error,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -37,6 +38,8 @@ class TokenEndpoint:
         self.upstream = upstream.rstrip("/")
         self._http = http
         self._metrics = metrics or Metrics()
+        # told each token answer's headers (its X-Rate-Limit-* say the Auth group's limit)
+        self.on_answer: Callable[[AccountConfig, httpx.Headers], None] | None = None
 
     async def login(self, account: AccountConfig) -> TokenSet:
         """Start a new session with the account's own grant (creates a platform session)."""
@@ -94,6 +97,8 @@ class TokenEndpoint:
             raise
         finally:
             metrics.token_call_seconds.labels(name).observe(time.monotonic() - started)
+        if self.on_answer is not None:
+            self.on_answer(account, response.headers)
         status = response.status_code
         if status != 200:
             error = TokenEndpointError.from_response(

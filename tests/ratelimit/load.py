@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -39,11 +40,14 @@ class Outcome:
     served_app: Counter[str] = field(default_factory=Counter)
     served_group: Counter[str] = field(default_factory=Counter)
     refusal_times: list[float] = field(default_factory=list)  # how long each proxy 429 took
+    platform_429: Counter[str] = field(default_factory=Counter)  # by group, straight from it
+    proxy_429: Counter[str] = field(default_factory=Counter)  # by group, TPX-RATE-LIMITED
     unexpected: list[str] = field(default_factory=list)
     elapsed: float = 0.0
 
 
-async def _offer(urls: list[str], seconds: float) -> Outcome:
+async def _offer(urls: list[str], seconds: float, window: float, limits: dict[str, int],
+                 bearer: Callable[[int], str], platform_429_expected: bool) -> Outcome:
     outcome = Outcome()
     started = time.monotonic()
 
@@ -55,13 +59,17 @@ async def _offer(urls: list[str], seconds: float) -> Outcome:
         except httpx.HTTPError as exc:
             outcome.unexpected.append(f"{app} {group}: {type(exc).__name__}")
             return
-        if answer.status_code == 429:
+        if answer.status_code == 429 and platform_429_expected \
+                and "x-tokenproxy-error" not in answer.headers:
+            outcome.platform_429[group] += 1
+        elif answer.status_code == 429:
             if answer.headers.get("x-tokenproxy-error") != "TPX-RATE-LIMITED" \
                     or answer.json().get("errorCode") != "CMN-301" \
                     or int(answer.headers.get("retry-after", "0")) < 1:
                 outcome.unexpected.append(f"{app} {group}: a 429 not from the proxy: "
                                           f"{answer.text}")
             outcome.refusal_times.append(time.monotonic() - sent)
+            outcome.proxy_429[group] += 1
         elif answer.status_code >= 500 or answer.status_code == 401:
             outcome.unexpected.append(f"{app} {group}: {answer.status_code} "
                                       f"{answer.text[:200]}")
@@ -72,14 +80,14 @@ async def _offer(urls: list[str], seconds: float) -> Outcome:
     async def app_loop(n: int) -> None:
         app = f"app{n:02d}"
         async with httpx.AsyncClient(base_url=urls[n % len(urls)], timeout=30,
-                                     headers={"Authorization": f"Bearer {app_key(n)}"}) as http:
+                                     headers={"Authorization": f"Bearer {bearer(n)}"}) as http:
             tasks: list[asyncio.Task[None]] = []
             start = time.monotonic()
             # this app's arrivals per group: 3x the limit shared by the apps, phase-shifted
             schedule = sorted(
-                (start + (i + n / APPS) * WINDOW * APPS / (3 * limit), group)
-                for group, limit in LIMITS.items()
-                for i in range(int(seconds / WINDOW * 3 * limit / APPS)))
+                (start + (i + n / APPS) * window * APPS / (3 * limit), group)
+                for group, limit in limits.items()
+                for i in range(int(seconds / window * 3 * limit / APPS)))
             for at, group in schedule:
                 await asyncio.sleep(max(0.0, at - time.monotonic()))
                 tasks.append(asyncio.create_task(one(http, app, group)))
@@ -90,9 +98,14 @@ async def _offer(urls: list[str], seconds: float) -> Outcome:
     return outcome
 
 
-def offer(urls: list[str], seconds: float) -> Outcome:
-    """Run the load for ``seconds`` (app ``n`` talks to ``urls[n % len(urls)]``)."""
-    return asyncio.run(_offer(urls, seconds))
+def offer(urls: list[str], seconds: float, *, window: float = WINDOW,
+          limits: dict[str, int] | None = None, bearer: Callable[[int], str] = app_key,
+          platform_429_expected: bool = False) -> Outcome:
+    """Run the load for ``seconds`` (app ``n`` talks to ``urls[n % len(urls)]`` with
+    ``Authorization: Bearer bearer(n)``); ``platform_429_expected``: the apps talk to the
+    platform itself (the baseline), its 429s are counted, not unexpected."""
+    return asyncio.run(_offer(urls, seconds, window, limits or LIMITS, bearer,
+                              platform_429_expected))
 
 
 def warm_up(url: str) -> None:
@@ -102,4 +115,4 @@ def warm_up(url: str) -> None:
                       headers={"Authorization": f"Bearer {app_key(0)}"}) as http:
         for group, (method, path, body) in OPERATIONS.items():
             assert http.request(method, path, json=body).status_code == 200, group
-    time.sleep(WINDOW * 1.1)
+    time.sleep(WINDOW * (1 + 0.2) + 0.2)  # beyond the widest margin (20 %)

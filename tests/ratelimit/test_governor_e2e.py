@@ -14,10 +14,12 @@ every request restarts (``--api-rate enforce``), windows shortened to 4 s, penal
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from proxy_addon.cli.status import render
@@ -167,3 +169,37 @@ def test_hostile_rate_limit_headers_never_hold_a_group_beyond_the_cap(
             proxy.stop()
         assert len(upstream.api()) == 2  # the 429 and the last request: none during the hold
     assert "Traceback" not in proxy.logs()
+
+
+@pytest.mark.parametrize("variant", ["lower-case group names", "no rate-limit headers"])
+def test_platform_variants_are_governed_too(tmp_path: Path, emulator_factory,
+                                            variant: str) -> None:
+    """The docs' example writes `X-Rate-Limit-Group: light`, the spec `Light`; answers under
+    account-level limits carry no X-Rate-Limit-* headers at all. A burst of 3x the Light limit
+    at once: the platform sees exactly the limit (headers) or the configured default (none),
+    never a 429."""
+    extra = (("--api-group-case", "lower") if variant.startswith("lower")
+             else ("--api-rate-headers", "false"))
+    emulator = emulator_factory(*emulator_args(), *extra)
+    limits = {"Light": LIMITS["Light"], "Medium": LIMITS["Medium"], "Heavy": LIMITS["Heavy"]}
+    proxy = start_proxy(tmp_path, emulator.url, clients=[client("app0", key=app_key(0))],
+                        rate_limits={"mode": "enforce", "max_wait": 0.5, "window": WINDOW,
+                                     "limits": limits})
+    try:
+        warm_up(proxy.url)
+        emulator.reset_counters()
+
+        async def burst() -> list[int]:
+            async with httpx.AsyncClient(base_url=proxy.url, timeout=30, headers={
+                    "Authorization": f"Bearer {app_key(0)}"}) as http:
+                answers = await asyncio.gather(*(http.get(EXT)
+                                                 for _ in range(3 * LIMITS["Light"])))
+            return [a.status_code for a in answers]
+
+        statuses = asyncio.run(burst())
+        counters = emulator.counters()
+    finally:
+        proxy.stop()
+    assert statuses.count(200) == LIMITS["Light"], statuses
+    assert statuses.count(429) == 2 * LIMITS["Light"]
+    assert sum(counters["api_429_by_group"].values()) == 0, counters["api_429_by_group"]

@@ -71,3 +71,41 @@ def test_budget_key_tells_users_apart_as_far_as_the_config_can() -> None:
     assert budget_key(_account("c", "app", jwt=Secret("a.!!!.c")))[1].startswith("jwt:")
     assert budget_key(_account("d", "app", grant="refresh_token",
                                refresh_token=Secret("r"))) == ("app", "account:d")
+
+
+def test_the_token_endpoints_headers_set_the_budget_within_the_configured_cap() -> None:
+    clock = FakeClock()
+    budget = AuthBudget(5, 60.0, clock.monotonic)
+    budget.learn(3, 120.0)  # the platform says 3 per 120 s for this app
+    assert (budget.calls, budget.window) == (3, 120.0 * 1.02 + 0.5)
+    budget.learn(50, 10.0)  # never above the configured 5 nor below its window
+    assert (budget.calls, budget.window) == (5, 60.0)
+    off = AuthBudget(0, 60.0, clock.monotonic)
+    off.learn(5, 60.0)
+    assert off.calls == 0  # a budget switched off stays off
+
+
+def test_processes_sharing_a_store_share_the_token_call_budget(tmp_path) -> None:
+    """Issue 17: the Auth budget shared across processes: two budgets (as two workers would
+    hold) on one SQLite file make 2 calls together, not 2 each."""
+    import asyncio
+    import time
+
+    from proxy_addon.store.base import RecordCodec
+    from proxy_addon.store.crypto import TokenCipher
+    from proxy_addon.store.sqlite import SQLiteStore
+
+    async def scenario() -> list[float]:
+        store = SQLiteStore(RecordCodec(TokenCipher(None)), tmp_path / "t.db")
+        await store.open()
+        try:
+            first = AuthBudget(2, 60.0, time.monotonic, store, "auth/x")
+            second = AuthBudget(2, 60.0, time.monotonic, store, "auth/x")
+            return [await first.take(), await second.take(), await second.take(),
+                    await first.take()]
+        finally:
+            await store.close()
+
+    waits = asyncio.run(scenario())
+    assert waits[:2] == [0.0, 0.0]
+    assert waits[2] > 50 and waits[3] > 50  # each has local room; the shared window has none

@@ -91,10 +91,11 @@ class SQLiteStore(TokenStore):
         self._db: sqlite3.Connection | None = None
         self._watcher: asyncio.Task[None] | None = None
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
+    async def _run(self, fn: Any, *args: Any, executor: ThreadPoolExecutor | None = None
+                   ) -> Any:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, fn, *args)
+            return await loop.run_in_executor(executor or self._executor, fn, *args)
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite store {self.path}: {exc}") from None
 
@@ -328,11 +329,7 @@ class SQLiteStore(TokenStore):
             [(key, f"outside-{uuid.uuid4().hex}", now) for _ in range(count)])
 
     async def _rate_run(self, fn: Any, *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._rates_executor, fn, *args)
-        except sqlite3.Error as exc:
-            raise StoreError(f"sqlite store {self.path}: {exc}") from None
+        return await self._run(fn, *args, executor=self._rates_executor)
 
     async def rate_reserve(self, key: str, limit: int, span: float, member: str
                            ) -> tuple[float, int]:

@@ -7,9 +7,10 @@ keep to the platform's limit instead of each keeping to all of it.
 penalty) before a waiter goes. The fair queue between the account's apps stays in each process
 (fairness across processes is that of the load balancer); every request of a shared group waits
 for one store round trip. What the platform says still comes in per process: limits and windows
-learned from its headers; a 429's penalty is written to the store, so no replica sends into it;
-calls the platform counted beyond the shared window (something not behind the proxy) are added
-to it.
+learned from its headers; a 429's penalty is written to the store, so no replica sends into it.
+Calls the platform counted beyond the shared window (something not behind the proxy) are not
+folded in here (only a single process without a shared store does that, :mod:`.gate`): an
+answer's count cannot be told apart from the other processes' calls made since.
 
 The store being away never means unlimited: the gate falls back to the per-process budget of
 ``limit / N`` (N: the configured replicas times the workers of this host, or the processes the
@@ -29,7 +30,6 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .gate import Gate
-from .headers import RateHeaders
 
 log = logging.getLogger("tokenproxy.rate_limit")
 
@@ -49,8 +49,6 @@ class RateWindows(Protocol):
 
     async def rate_penalize(self, key: str, seconds: float) -> None: ...
 
-    async def rate_add(self, key: str, count: int, span: float) -> None: ...
-
 
 class SharedGate(Gate):
     def __init__(self, key: str, windows: RateWindows, limit: int, window: float, *,
@@ -64,7 +62,6 @@ class SharedGate(Gate):
         self._tasks: set[asyncio.Task[None]] = set()
         self._process = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._slots = itertools.count()
-        self._shared_count = 0  # slots taken in the store's window at the last reservation
 
     @property
     def degraded(self) -> bool:
@@ -110,7 +107,7 @@ class SharedGate(Gate):
                 continue
             slot = f"{self._process}-{next(self._slots)}"
             try:
-                wait, self._shared_count = await self._windows.rate_reserve(
+                wait, _ = await self._windows.rate_reserve(
                     self.key, self.local_limit, self.span, slot)
             except Exception as exc:  # StoreError: the store is away
                 self._degrade(exc)
@@ -142,16 +139,9 @@ class SharedGate(Gate):
 
     @property
     def folds_outside(self) -> bool:
-        return False  # the store's window holds every process's calls: others' are added there
-
-    def observe(self, rate: RateHeaders) -> None:
-        super().observe(rate)
-        if rate.remaining is not None and not self.degraded:
-            limit = rate.limit if rate.limit is not None else self.limit
-            outside = (limit - rate.remaining) - self._shared_count
-            if outside > 0:
-                self._shared_count += outside
-                self._spawn(self._windows.rate_add(self.key, min(outside, limit), self.span))
+        # the store's window holds every process's calls; the platform's count, read at some
+        # answer, cannot be told apart from calls other processes made since: not folded in
+        return False
 
     def _spawn(self, call: object) -> None:
         async def run() -> None:

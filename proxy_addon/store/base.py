@@ -339,10 +339,5 @@ class TokenStore(abc.ABC):
         running stays)."""
         raise NotImplementedError
 
-    async def rate_add(self, key: str, count: int, span: float) -> None:
-        """``count`` slots taken now by calls the processes did not send (the platform's count
-        says so)."""
-        raise NotImplementedError
-
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -134,8 +134,5 @@ class InstrumentedStore(TokenStore):
     async def rate_penalize(self, key: str, seconds: float) -> None:
         await self.inner.rate_penalize(key, seconds)
 
-    async def rate_add(self, key: str, count: int, span: float) -> None:
-        await self.inner.rate_add(key, count, span)
-
     async def close(self) -> None:
         await self.inner.close()

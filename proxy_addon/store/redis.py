@@ -40,7 +40,6 @@ import logging
 import re
 import secrets
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -136,13 +135,6 @@ local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if untill > current then
   redis.call('SET', KEYS[1], tostring(untill), 'PX', math.ceil(tonumber(ARGV[1]) * 1000) + 1000)
 end
-return 1
-"""
-RATE_ADD_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-for i = 1, tonumber(ARGV[1]) do redis.call('ZADD', KEYS[1], now, ARGV[2] .. i) end
-redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3]) * 1000) + 1000)
 return 1
 """
 
@@ -274,7 +266,6 @@ class RedisStore(TokenStore):
         self._rate_reserve = self._client.register_script(RATE_RESERVE_SCRIPT)
         self._rate_restamp = self._client.register_script(RATE_RESTAMP_SCRIPT)
         self._rate_penalize = self._client.register_script(RATE_PENALIZE_SCRIPT)
-        self._rate_add = self._client.register_script(RATE_ADD_SCRIPT)
         self._watcher: asyncio.Task[None] | None = None
 
     def _key(self, kind: str, name: str) -> str:
@@ -633,14 +624,6 @@ class RedisStore(TokenStore):
     async def rate_penalize(self, key: str, seconds: float) -> None:
         try:
             await self._rate_penalize(keys=[self._rate_keys(key)[1]], args=[repr(seconds)])
-        except RedisError as exc:
-            raise self._error(exc) from None
-
-    async def rate_add(self, key: str, count: int, span: float) -> None:
-        try:
-            await self._rate_add(keys=[self._rate_keys(key)[0]],
-                                 args=[min(count, 100_000), f"outside-{uuid.uuid4().hex}-",
-                                       repr(span)])
         except RedisError as exc:
             raise self._error(exc) from None
 

@@ -13,7 +13,6 @@ import logging
 import os
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -322,12 +321,6 @@ class SQLiteStore(TokenStore):
             "INSERT INTO rate_penalties (key, until) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
             "SET until = MAX(until, excluded.until)", (key, time.time() + seconds))
 
-    def _rate_add(self, key: str, count: int, span: float) -> None:
-        now = time.time()
-        self._rates_db().executemany(
-            "INSERT OR REPLACE INTO rate_slots (key, member, at) VALUES (?, ?, ?)",
-            [(key, f"outside-{uuid.uuid4().hex}", now) for _ in range(count)])
-
     async def _rate_run(self, fn: Any, *args: Any) -> Any:
         return await self._run(fn, *args, executor=self._rates_executor)
 
@@ -342,9 +335,6 @@ class SQLiteStore(TokenStore):
 
     async def rate_penalize(self, key: str, seconds: float) -> None:
         await self._rate_run(self._rate_penalize, key, seconds)
-
-    async def rate_add(self, key: str, count: int, span: float) -> None:
-        await self._rate_run(self._rate_add, key, min(count, 100_000), span)
 
     def _leave(self, member: str) -> None:
         self._connect().execute("DELETE FROM members WHERE member = ?", (member,))

@@ -28,10 +28,12 @@ def app_key(n: int) -> str:
     return f"rate-app-key-{n:04d}-0123456789"
 
 
-def emulator_args(penalty: float = 2.0) -> tuple[str, ...]:
-    """The emulator enforcing LIMITS per WINDOW, with a ``penalty`` every request restarts."""
-    limits = ",".join(f"{g}={n}" for g, n in LIMITS.items())
-    return ("--auth-rate", "0", "--api-rate", "enforce", "--api-limits", limits,
+def emulator_args(penalty: float = 2.0, limits: dict[str, int] | None = None
+                  ) -> tuple[str, ...]:
+    """The emulator enforcing ``limits`` (LIMITS) per WINDOW, with a ``penalty`` every request
+    restarts."""
+    limits_arg = ",".join(f"{g}={n}" for g, n in (limits or LIMITS).items())
+    return ("--auth-rate", "0", "--api-rate", "enforce", "--api-limits", limits_arg,
             "--api-window", str(WINDOW), "--api-penalty", str(penalty))
 
 

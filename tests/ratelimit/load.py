@@ -28,13 +28,13 @@ def app_key(n: int) -> str:
     return f"rate-app-key-{n:04d}-0123456789"
 
 
-def emulator_args(penalty: float = 2.0, limits: dict[str, int] | None = None
-                  ) -> tuple[str, ...]:
+def emulator_args(penalty: float = 2.0, limits: dict[str, int] | None = None,
+                  window: float = WINDOW) -> tuple[str, ...]:
     """The emulator enforcing ``limits`` (LIMITS) per WINDOW, with a ``penalty`` every request
     restarts."""
     limits_arg = ",".join(f"{g}={n}" for g, n in (limits or LIMITS).items())
     return ("--auth-rate", "0", "--api-rate", "enforce", "--api-limits", limits_arg,
-            "--api-window", str(WINDOW), "--api-penalty", str(penalty))
+            "--api-window", str(window), "--api-penalty", str(penalty))
 
 
 @dataclass
@@ -110,11 +110,11 @@ def offer(urls: list[str], seconds: float, *, window: float = WINDOW,
                               platform_429_expected))
 
 
-def warm_up(url: str) -> None:
+def warm_up(url: str, window: float = WINDOW) -> None:
     """One request per group (token acquired, each group's limits learned), then a window's
     rest so the load starts on empty windows."""
     with httpx.Client(base_url=url, timeout=10,
                       headers={"Authorization": f"Bearer {app_key(0)}"}) as http:
         for group, (method, path, body) in OPERATIONS.items():
             assert http.request(method, path, json=body).status_code == 200, group
-    time.sleep(WINDOW * (1 + 0.2) + 0.2)  # beyond the widest margin (20 %)
+    time.sleep(window * (1 + 0.2) + 0.2)  # beyond the widest margin (20 %)

@@ -64,7 +64,9 @@ def test_json_logs_status_cli_and_reauth(emulator_factory, proxy_factory) -> Non
     as_json = subprocess.run([*cli, "--json"], capture_output=True, text=True, timeout=30)
     assert as_json.returncode == 1
     states = {a["account"]: a["state"] for a in json.loads(as_json.stdout)["accounts"]}
-    assert states == {"main": "healthy", "seeded": "reauth_required"}
+    # a 2 s access token is renewed ahead about every second: "refreshing" is routine too
+    assert states["main"] in ("healthy", "refreshing"), states
+    assert states["seeded"] == "reauth_required"
     proxy.stop()
 
     lines = proxy.logs().splitlines()

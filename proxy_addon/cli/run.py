@@ -18,12 +18,17 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 
+import httpx
+
 from ..config import AccountConfig, Config
+from ..events.service import EventsService
 from ..gateway import pooled_body
+from ..gateway.events_route import EventsRoute
 from ..gateway.forward import Forward
 from ..gateway.guard import Guard
 from ..gateway.identify import Identify
 from ..gateway.inject import Inject
+from ..gateway.link_scanner import LinkScanner
 from ..gateway.links import LinkRewriter, Links
 from ..gateway.listening import Listening
 from ..gateway.login import Login
@@ -34,6 +39,7 @@ from ..gateway.replay_buffer import ReplayBuffer
 from ..gateway.request_metrics import RequestMetrics
 from ..gateway.throttle import BadKeyThrottle
 from ..ops.admin import AdminServer
+from ..ops.events_metrics import EventsMetrics
 from ..ops.metrics import Metrics, PoolObserver
 from ..ratelimit.governor import Governor
 from ..ratelimit.groups import GroupTable
@@ -118,19 +124,25 @@ async def _serve(config: Config, tls_pem: str | None = None, banner: bool = True
             metrics.watch_rate_limits(governor)
             if governor.shared:
                 watcher = asyncio.create_task(_count_processes(governor, store))
+        events = _events(config, pool, clients.control, metrics)
         master = build_master(config, _gateway(config, pool, clients.data, metrics, virtual,
-                                               login, throttle, buffer, banner, governor),
+                                               login, throttle, buffer, banner, governor,
+                                               events),
                               tls_pem=tls_pem)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, master.shutdown)
         admin = AdminServer(config, pool, store, metrics, governor)
         try:
+            if events is not None:
+                await events.start()
             await admin.start()
             await master.run()
         finally:
             if watcher is not None:
                 watcher.cancel()
+            if events is not None:
+                await events.stop()
             pool.close()
             await pool.leave()
             await admin.stop()
@@ -141,13 +153,14 @@ async def _serve(config: Config, tls_pem: str | None = None, banner: bool = True
 def _gateway(config: Config, pool: TokenPool, plane: DataPlane, metrics: Metrics,
              virtual: VirtualTokens, login: LoginInterceptor, throttle: BadKeyThrottle,
              buffer: ReplayBuffer, banner: bool = True,
-             governor: Governor | None = None) -> Gateway:
+             governor: Governor | None = None, events: EventsService | None = None) -> Gateway:
     """The gateway's addons, each built from what it needs (order: see ``Gateway``)."""
     proxy = config.proxy
     rewriter = LinkRewriter(proxy.upstream, proxy.media_upstream, proxy.public_url)
     tls = proxy.tls_cert is not None
     return Gateway(
-        guard=Guard(require_tls=tls, public_url=proxy.public_url, login_enabled=True),
+        guard=Guard(require_tls=tls, public_url=proxy.public_url, login_enabled=True,
+                    events_path=config.events.path if events is not None else None),
         identify=Identify(config.clients, config.accounts, pool, throttle, virtual),
         login=Login(login, config.accounts),
         inject=Inject(buffer, proxy.media_upstream),
@@ -159,7 +172,26 @@ def _gateway(config: Config, pool: TokenPool, plane: DataPlane, metrics: Metrics
         forward=_forward(config, plane),
         rate_limit=(RateLimit(governor, Replayer(plane, buffer), buffer, metrics)
                     if governor is not None else None),
+        events=(EventsRoute(events.tokens, events.hub, config.events.path, rewriter.base,
+                            events.metrics) if events is not None else None),
     )
+
+
+def _events(config: Config, pool: TokenPool, control: httpx.AsyncClient,
+            metrics: Metrics) -> EventsService | None:
+    """Apps' WebSocket subscriptions (``[events]``), links in relayed bodies rewritten as
+    for REST answers."""
+    if not config.events.enabled:
+        return None
+    proxy = config.proxy
+    rewriter = LinkRewriter(proxy.upstream, proxy.media_upstream, proxy.public_url)
+
+    def rewrite(text: str, base: str) -> str:
+        scan = LinkScanner(rewriter.fixer(base))
+        return (scan(text.encode()) + scan(b"")).decode("utf-8", "replace")
+
+    return EventsService(config, pool, control,
+                         EventsMetrics(metrics, [a.name for a in config.accounts]), rewrite)
 
 
 def _governor(config: Config, store: TokenStore) -> Governor | None:

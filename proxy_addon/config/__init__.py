@@ -8,6 +8,7 @@ from .model import (
     Config,
     ConfigError,
     EmulatorConfig,
+    EventsConfig,
     HostPort,
     ProxyConfig,
     RateLimitConfig,
@@ -16,5 +17,5 @@ from .model import (
 )
 
 __all__ = ["AccountConfig", "ClientConfig", "Config", "ConfigError", "EmulatorConfig",
-           "HostPort", "ProxyConfig", "RateLimitConfig", "Secret", "StoreConfig", "load_config",
-           "parse_config"]
+           "EventsConfig", "HostPort", "ProxyConfig", "RateLimitConfig", "Secret",
+           "StoreConfig", "load_config", "parse_config"]

@@ -13,6 +13,7 @@ stays; tests/config/test_config_messages.py pins its messages for any future por
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -33,6 +34,7 @@ from .model import (
     Config,
     ConfigError,
     EmulatorConfig,
+    EventsConfig,
     HostPort,
     ProxyConfig,
     RateLimitConfig,
@@ -40,6 +42,7 @@ from .model import (
     StoreConfig,
 )
 
+_EVENTS_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+/?")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Config:
@@ -149,7 +152,8 @@ class _Reader:
     # -- sections ------------------------------------------------------------------------
 
     def config(self, doc: dict[str, Any]) -> Config:
-        self.table(doc, "", {"proxy", "accounts", "clients", "emulator", "store", "rate_limits"})
+        self.table(doc, "", {"proxy", "accounts", "clients", "emulator", "store", "rate_limits",
+                             "events"})
         proxy = self.proxy(doc.get("proxy", {}))
         emulator = self.emulator(doc.get("emulator", {}))
         if emulator.enabled and "upstream" not in doc.get("proxy", {}):
@@ -186,7 +190,41 @@ class _Reader:
         clients = self.clients(doc.get("clients", []), {a.name for a in accounts})
         store = self.store(doc.get("store", {}))
         rate_limits = self.rate_limits(doc.get("rate_limits", {}))
-        return Config(self.source, proxy, accounts, clients, emulator, store, rate_limits)
+        events = self.events(doc.get("events", {}))
+        return Config(self.source, proxy, accounts, clients, emulator, store, rate_limits,
+                      events)
+
+    def events(self, value: Any) -> EventsConfig:
+        key = "events"
+        d = EventsConfig()
+        table = self.table(value, key, {f.name for f in dataclasses.fields(EventsConfig)})
+        path = self.string(table, "path", key, default=d.path) or d.path
+        if not _EVENTS_PATH.fullmatch(path) or path.lower().startswith(("/restapi", "/_")):
+            raise self.fail(_join(key, "path"), f"must be an absolute path of letters, digits, "
+                            f"'-', '_', '.' and '/' outside /restapi and /_*, got {path!r}")
+
+        def integer(name: str, default: int, low: int, high: int) -> int:
+            return int(self.number(table, name, key, default, minimum=low, maximum=high,
+                                   integer=True))
+
+        def seconds(name: str, default: float, low: float, high: float) -> float:
+            return self.number(table, name, key, default, minimum=low, maximum=high)
+
+        return EventsConfig(
+            enabled=self.boolean(table, "enabled", key, d.enabled),
+            path=path.rstrip("/") or d.path,
+            upstream_sockets=integer("upstream_sockets", d.upstream_sockets, 1, 50),
+            ws_token_ttl=seconds("ws_token_ttl", d.ws_token_ttl, 5, 86400),
+            max_frame_bytes=integer("max_frame_bytes", d.max_frame_bytes, 1024, 64 * 1024**2),
+            max_app_sockets=integer("max_app_sockets", d.max_app_sockets, 1, 1_000_000),
+            filters_per_app=integer("filters_per_app", d.filters_per_app, 1, 1000),
+            subscribe_per_minute=integer("subscribe_per_minute", d.subscribe_per_minute, 1,
+                                         10_000),
+            recovery_timeout=seconds("recovery_timeout", d.recovery_timeout, 0, 3600),
+            recovery_buffer=integer("recovery_buffer", d.recovery_buffer, 0, 100_000),
+            heartbeat_interval=seconds("heartbeat_interval", d.heartbeat_interval, 1, 1800),
+            request_timeout=seconds("request_timeout", d.request_timeout, 1, 600),
+        )
 
     def rate_limits(self, value: Any) -> RateLimitConfig:
         key = "rate_limits"

@@ -140,6 +140,24 @@ class RateLimitConfig:
         return dict(self.limits).get(group)
 
 
+@dataclass(frozen=True)
+class EventsConfig:
+    """[events]: apps' WebSocket subscriptions through the proxy (issue 18)."""
+
+    enabled: bool = True
+    path: str = "/ws"  # the proxy's WebSocket route (the ``uri`` of the ws tokens it issues)
+    upstream_sockets: int = 1  # per account: sockets to the platform's gateway (50 allowed)
+    ws_token_ttl: float = 600.0  # s an app's ws token opens sockets (the SDKs' default)
+    max_frame_bytes: int = 256 * 1024  # an app frame beyond this closes its socket (1009)
+    max_app_sockets: int = 10_000  # per process
+    filters_per_app: int = 100  # event filters in one app's subscription
+    subscribe_per_minute: int = 20  # subscription changes per app socket and minute
+    recovery_timeout: float = 180.0  # s an app's session waits for it to reconnect
+    recovery_buffer: int = 100  # notifications kept for an app while it is away
+    heartbeat_interval: float = 300.0  # s between the proxy's Heartbeats upstream
+    request_timeout: float = 60.0  # s for the platform's answer over the socket
+
+
 LOG_FORMATS = ("text", "json")
 STORE_BACKENDS = ("sqlite", "redis", "memory")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -226,6 +244,7 @@ class Config:
     emulator: EmulatorConfig = field(default_factory=EmulatorConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
 
     def secret_values(self) -> list[str]:
         """Every credential in the config (for log redaction)."""

@@ -38,6 +38,9 @@ class FlowContext:
     rate_slot: str | None = None  # its slot in the store's shared window (rate_limit)
     rate_refused: bool = False  # answered 429 by the proxy itself (rate_limit)
     rate_resent: bool = False  # sent again after the platform's 429 (rate_limit)
+    ws_token: bool = False  # POST /restapi/oauth/wstoken, answered by the proxy (events_route)
+    events_socket: bool = False  # an upgrade on the events path (guard -> events_route)
+    events_ticket: str | None = None  # the hub's ticket of that upgrade (events_route)
 
 
 def context_of(flow: http.HTTPFlow) -> FlowContext | None:

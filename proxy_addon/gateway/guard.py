@@ -3,7 +3,8 @@ headers alone, and what an app may not say.
 
 ``requestheaders``: plain HTTP where TLS is required, ``CONNECT``, a target naming another host
 or spelled ambiguously (dot-segments, encoded slashes: :mod:`.request_target`), the emulator's
-admin routes, OAuth routes the proxy does not serve (403) and oversized login forms are answered
+admin routes, OAuth routes the proxy does not serve (403; ``wstoken`` and the events path are
+marked for :mod:`.events_route` when ``[events]`` is on) and oversized login forms are answered
 here (:func:`~.early_answer.refuse_at_headers`: the body is never read). A request that goes on
 leaves with its path normalised, without the headers that would let it speak for a proxy in
 front of us, and without the hop-by-hop headers it lists in ``Connection``. An OAuth route the
@@ -29,16 +30,18 @@ SPOOFABLE_HEADERS = ("x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
                      "proxy-authorization", "proxy-connection")
 _SPOOFABLE_NAMES = frozenset(name.encode() for name in SPOOFABLE_HEADERS)
 OAUTH_ROUTE = "/restapi/oauth"  # routes compare lowercase, without a trailing slash
+WS_TOKEN_ROUTE = "/restapi/oauth/wstoken"
 EMULATOR_ROUTE = "/_emulator"
 LOGIN_FORM_LIMIT = 64 * 1024  # bytes: a login form is a few hundred
 
 
 class Guard:
     def __init__(self, require_tls: bool, public_url: str | None = None,
-                 login_enabled: bool = False) -> None:
+                 login_enabled: bool = False, events_path: str | None = None) -> None:
         self._require_tls = require_tls
         self._public_netloc = urlsplit(public_url).netloc if public_url else None
         self._login_enabled = login_enabled  # OAuth token/revoke routes answered by the proxy
+        self._events_path = events_path.lower() if events_path else None  # [events] enabled
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         request = flow.request
@@ -83,6 +86,13 @@ class Guard:
             return errors.error_response(
                 404, errors.NOT_SERVED, "The emulator's admin routes are never served "
                 "through the proxy.")
+        if self._events_path is not None:
+            if route == self._events_path:
+                attach(flow).events_socket = True  # events_route checks the upgrade
+                return None
+            if route == WS_TOKEN_ROUTE:
+                attach(flow).ws_token = True  # answered by events_route once identified
+                return None
         if route == OAUTH_ROUTE or route.startswith(OAUTH_ROUTE + "/"):
             query = target.path.partition("?")[2]
             canonical = route + ("?" + query if query else "")

@@ -55,8 +55,8 @@ class Identify:
         if flow.response is not None:
             return None  # refused by the guard
         context = context_of(flow)
-        if context is not None and context.login:
-            return None  # answered by the login interceptor, once the (small) form is in
+        if context is not None and (context.login or context.events_socket):
+            return None  # the login interceptor's, or a ws token's (events_route)
         request = flow.request
         key = _bearer(request.headers.get("authorization"))
         if key and self._virtual is not None and looks_virtual(key):

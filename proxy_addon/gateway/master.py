@@ -28,6 +28,7 @@ from mitmproxy.proxy.layers.http import _http1
 from ..config import Config
 from ..upstream.tls_resume import UpstreamTlsResumption
 from . import early_answer, errors, stream_abort
+from .events_route import EventsRoute
 from .forward import Forward
 from .guard import Guard
 from .identify import Identify
@@ -53,10 +54,13 @@ class Gateway:
     def __init__(self, *, guard: Guard, identify: Identify, login: Login | None,
                  inject: Inject, replay: Replay, links: Links,
                  request_metrics: RequestMetrics, listening: Listening,
-                 forward: Forward | None = None, rate_limit: RateLimit | None = None) -> None:
+                 forward: Forward | None = None, rate_limit: RateLimit | None = None,
+                 events: EventsRoute | None = None) -> None:
         self.addons: list[object] = [
             guard,  # requestheaders: TLS, target, OAuth routes, spoofable/hop-by-hop headers
             identify,  # requestheaders: client key or virtual token, else 401 (throttled)
+            # requestheaders: a ws token -> the events hub; request: wstoken answered
+            *([events] if events is not None else []),
             *([login] if login is not None else []),  # request: /restapi/oauth/token, revoke
             # requestheaders: the group's budget, or a fair wait, or 429; response: 429 resent
             *([rate_limit] if rate_limit is not None else []),

@@ -59,8 +59,8 @@ class RateLimit:
         if flow.response is not None:
             return None
         context = admitted(flow)
-        if context is None or context.login or context.client is None:
-            return None
+        if context is None or context.login or context.ws_token or context.client is None:
+            return None  # logins and ws tokens are answered by the proxy itself
         operation, group = self._governor.classify(flow.request.method, flow.request.path)
         context.rate_operation, context.rate_group = operation, group
         if group is None:

@@ -43,7 +43,8 @@ def toml_value(value: Any) -> str:
 
 def render_config(proxy: dict[str, Any], accounts: list[dict[str, Any]],
                   clients: list[dict[str, Any]], store: dict[str, Any] | None = None,
-                  rate_limits: dict[str, Any] | None = None) -> str:
+                  rate_limits: dict[str, Any] | None = None,
+                  events: dict[str, Any] | None = None) -> str:
     """A config file's text; ``[rate_limits]`` observes unless given (see :func:`start_proxy`)."""
     rate_limits = rate_limits or {"mode": "observe"}
     lines = ["[proxy]"]
@@ -53,6 +54,8 @@ def render_config(proxy: dict[str, Any], accounts: list[dict[str, Any]],
     if rate_limits:
         lines += ["", "[rate_limits]"]
         lines += [f"{k} = {toml_value(v)}" for k, v in rate_limits.items()]
+    if events:
+        lines += ["", "[events]"] + [f"{k} = {toml_value(v)}" for k, v in events.items()]
     for account in accounts:
         lines += ["", "[[accounts]]"] + [f"{k} = {toml_value(v)}" for k, v in account.items()]
     for client in clients:
@@ -103,7 +106,8 @@ STORE_KEY = Fernet.generate_key().decode()  # per test process; never a real sec
 def start_proxy(tmp_path: Path, upstream: str, *, accounts: list[dict[str, Any]] | None = None,
                 clients: list[dict[str, Any]] | None = None, timeout: float = 20.0,
                 env: dict[str, str] | None = None, store: dict[str, Any] | None = None,
-                rate_limits: dict[str, Any] | None = None, **proxy_options: Any) -> Proxy:
+                rate_limits: dict[str, Any] | None = None, events: dict[str, Any] | None = None,
+                **proxy_options: Any) -> Proxy:
     """Start a proxy; by default with its own encrypted SQLite store in ``tmp_path``.
 
     ``[rate_limits]`` is ``mode = "observe"`` unless given: the emulator reports the
@@ -119,7 +123,7 @@ def start_proxy(tmp_path: Path, upstream: str, *, accounts: list[dict[str, Any]]
         store = {"backend": "sqlite", "path": str(config_path.with_suffix(".db"))}
     config_path.write_text(render_config(proxy, accounts or [jwt_account()],
                                          clients if clients is not None else [client()],
-                                         store, rate_limits))
+                                         store, rate_limits, events))
     return start_proxy_with_config(config_path, timeout=timeout,
                                    env={"TOKENPROXY_STORE_KEY": STORE_KEY, **(env or {})})
 

@@ -1,0 +1,72 @@
+"""Real-time events, assembled: the ws tokens apps get, the hub that serves their sockets, and
+one channel per account with its upstream links. Built by the composition root
+(:mod:`proxy_addon.cli.run`) from ``[events]``; started before the proxy listens, stopped after.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import aiohttp
+import httpx
+
+from ..config import Config
+from ..ops.events_metrics import EventsMetrics
+from ..tokens.pool import TokenPool
+from ..upstream.data_plane import upstream_ssl_context
+from .channel import AccountChannel, ChannelSettings
+from .hub import Hub, HubSettings
+from .platform_ws_tokens import PlatformWsTokens
+from .upstream_link import LinkSettings, UpstreamLink
+from .ws_tokens import WsTokens, signing_key
+
+UPSTREAM_FRAME_LIMIT = 16 * 1024 * 1024
+
+
+class EventsService:
+    def __init__(self, config: Config, pool: TokenPool, http: httpx.AsyncClient,
+                 metrics: EventsMetrics, rewrite: Callable[[str, str], str]) -> None:
+        events = config.events
+        self.config = events
+        self.metrics = metrics
+        self.tokens = WsTokens(signing_key(os.environ.get(config.store.key_env)),
+                               events.ws_token_ttl)
+        self._verify = config.proxy.verify_upstream_tls
+        self._session: aiohttp.ClientSession | None = None
+        # the platform's frames (REST answers over the socket) are not the apps' to cap
+        link_settings = LinkSettings(events.heartbeat_interval, events.request_timeout,
+                                     max(events.max_frame_bytes, UPSTREAM_FRAME_LIMIT))
+        channel_settings = ChannelSettings(events.upstream_sockets, events.recovery_timeout,
+                                           events.recovery_buffer)
+        budgets = pool.auth_budgets
+        by_name = {a.name: a for a in config.accounts}
+
+        def maker(name: str) -> Callable[[int, AccountChannel], UpstreamLink]:
+            account = pool[name]
+            budget = budgets.for_account(by_name[name]) if budgets is not None else None
+            tokens = PlatformWsTokens(config.proxy.upstream, http, account, budget,
+                                      lambda outcome: metrics.ws_token_call(name, outcome))
+
+            def make(index: int, channel: AccountChannel) -> UpstreamLink:
+                assert self._session is not None
+                return UpstreamLink(name, index, tokens, self._session, link_settings, channel,
+                                    metrics)
+            return make
+
+        channels = {a.name: AccountChannel(a.name, channel_settings, maker(a.name), metrics,
+                                           rewrite) for a in config.accounts}
+        self.hub = Hub(channels, HubSettings(events.max_frame_bytes, events.max_app_sockets,
+                                             events.subscribe_per_minute,
+                                             events.filters_per_app, events.recovery_timeout),
+                       metrics)
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=upstream_ssl_context(self._verify)))
+        await self.hub.start()
+
+    async def stop(self) -> None:
+        await self.hub.stop()
+        if self._session is not None:
+            await self._session.close()

@@ -3,7 +3,10 @@
 ``GET health``, ``GET counters``, ``POST reset-counters`` (counters only), ``POST revoke-all``,
 ``POST expire-now[?refresh=1]``, ``POST outside-login``, ``GET|POST policy``, ``GET sessions``,
 ``POST reset-rates`` (forgets every rate window and penalty: token endpoint, API groups,
-injected), ``POST rate-penalty``.
+injected), ``POST rate-penalty``; WebSocket faults (:mod:`.ws`): ``POST ws/drop``
+``{"how": "close"|"abort"}``, ``POST ws/expire-tokens``, ``POST ws/refuse-recovery``
+``{"enabled": bool}``, ``POST ws/emit`` ``{"event", "body", "user"}``, ``GET ws/sessions``,
+``GET|POST ws/policy`` (the ``ws_*`` options, apart from ``policy``).
 Responses never contain token values, except ``outside-login`` which returns the tokens it made.
 
 ``POST rate-penalty`` injects a rate-limit penalty (a platform that lowered its limits, or an
@@ -34,7 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .app import PLATFORM, json_response
+from .app import PLATFORM, WS_HUB, json_response
 from .policy import PolicyError
 from .ratelimit import AUTH_GROUP, NO_THROTTLING, RATE_CODES, canonical_group
 
@@ -65,18 +68,24 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def counters(request: web.Request) -> web.Response:
-    return json_response(request.app[PLATFORM].counters_snapshot())
+    return json_response({**request.app[PLATFORM].counters_snapshot(),
+                          **request.app[WS_HUB].counters_snapshot()})
 
 
 async def reset_counters(request: web.Request) -> web.Response:
     request.app[PLATFORM].reset_counters()
+    request.app[WS_HUB].reset_counters()
     return json_response({"ok": True})
 
 
 async def revoke_all(request: web.Request) -> web.Response:
-    n = request.app[PLATFORM].revoke_all()
-    log.info("admin: revoked %d sessions", n)
-    return json_response({"revoked": n})
+    platform = request.app[PLATFORM]
+    n = platform.revoke_all()
+    closed = 0
+    if request.app[WS_HUB].policy.ws_on_revoke == "drop":  # their WS sessions stay recoverable
+        closed = request.app[WS_HUB].close_dead_oauth(1008, "Token revoked")
+    log.info("admin: revoked %d sessions, closed %d WebSocket connections", n, closed)
+    return json_response({"revoked": n, "ws_closed": closed})
 
 
 async def expire_now(request: web.Request) -> web.Response:
@@ -191,6 +200,77 @@ async def rate_penalty(request: web.Request) -> web.Response:
     return json_response(penalty)
 
 
+# ------------------------------------------------------------------ WebSocket faults
+async def ws_drop(request: web.Request) -> web.Response:
+    body = await _json_object(request)
+    if body is None:
+        return _bad("body must be a JSON object")
+    how = body.get("how", "close")
+    if how not in ("close", "abort"):
+        return _bad("how: must be close or abort")
+    n = request.app[WS_HUB].drop(how)
+    log.info("admin: dropped %d WebSocket connections (%s)", n, how)
+    return json_response({"dropped": n, "how": how})
+
+
+async def ws_expire_tokens(request: web.Request) -> web.Response:
+    n = request.app[WS_HUB].expire_tokens()
+    log.info("admin: %d ws tokens expired", n)
+    return json_response({"expired": n})
+
+
+async def ws_refuse_recovery(request: web.Request) -> web.Response:
+    body = await _json_object(request)
+    if body is None or not isinstance(body.get("enabled"), bool):
+        return _bad("enabled: required, true or false")
+    request.app[WS_HUB].refuse_recovery = body["enabled"]
+    log.info("admin: refuse WebSocket recoveries: %s", body["enabled"])
+    return json_response({"enabled": body["enabled"]})
+
+
+async def ws_emit(request: web.Request) -> web.Response:
+    body = await _json_object(request)
+    if body is None:
+        return _bad("body must be a JSON object")
+    unknown = sorted(set(body) - {"event", "body", "user"})
+    if unknown:
+        return _bad(f"{unknown[0]}: unknown field (expected event, body, user)")
+    event = body.get("event")
+    if not isinstance(event, str) or not event.startswith("/") or len(event) < 2:
+        return _bad("event: required, a path such as /restapi/v1.0/account/~/extension/~/presence")
+    payload = body.get("body", {})
+    user = body.get("user")
+    if user is not None:
+        if not isinstance(user, str):
+            return _bad("user: must be a user id (string) or null")
+        if all(u.owner_id != user for u in request.app[PLATFORM].users):
+            return _bad(f"user: unknown user {user!r}")
+    n = request.app[WS_HUB].publish(event, payload, user)
+    log.info("admin: emitted %s -> %d notifications", event, n)
+    return json_response({"notifications": n})
+
+
+async def ws_get_policy(request: web.Request) -> web.Response:
+    return json_response(request.app[WS_HUB].policy.as_dict())
+
+
+async def ws_set_policy(request: web.Request) -> web.Response:
+    body = await _json_object(request)
+    if body is None:
+        return _bad("body must be a JSON object")
+    hub = request.app[WS_HUB]
+    try:
+        hub.policy = hub.policy.updated(body)
+    except PolicyError as exc:
+        return _bad(str(exc))
+    log.info("admin: ws policy changed: %s", ", ".join(sorted(body)) or "(nothing)")
+    return json_response(hub.policy.as_dict())
+
+
+async def ws_sessions(request: web.Request) -> web.Response:
+    return json_response(request.app[WS_HUB].sessions_snapshot())
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get(PREFIX + "/health", health)
@@ -204,3 +284,10 @@ def add_routes(app: web.Application) -> None:
     r.add_get(PREFIX + "/sessions", sessions)
     r.add_post(PREFIX + "/reset-rates", reset_rates)
     r.add_post(PREFIX + "/rate-penalty", rate_penalty)
+    r.add_post(PREFIX + "/ws/drop", ws_drop)
+    r.add_post(PREFIX + "/ws/expire-tokens", ws_expire_tokens)
+    r.add_post(PREFIX + "/ws/refuse-recovery", ws_refuse_recovery)
+    r.add_post(PREFIX + "/ws/emit", ws_emit)
+    r.add_get(PREFIX + "/ws/sessions", ws_sessions)
+    r.add_get(PREFIX + "/ws/policy", ws_get_policy)
+    r.add_post(PREFIX + "/ws/policy", ws_set_policy)

@@ -1,9 +1,11 @@
 """Platform routes: the OAuth endpoints and the sample REST API (authenticated by the middleware).
 
 OAuth: ``POST /restapi/oauth/token``, ``POST /restapi/oauth/revoke``,
-``GET /restapi/oauth/authorize``. API (``/restapi/v1.0``): extension info, sms, fax, call-log,
-recording metadata and content (also under the ``/media`` prefix, the emulated media host),
-and ``echo`` (any method) which reports what it received.
+``GET /restapi/oauth/authorize`` (``POST /restapi/oauth/wstoken`` is in :mod:`.ws`).
+API (``/restapi/v1.0``): extension info, sms, fax, call-log, recording metadata and content
+(also under the ``/media`` prefix, the emulated media host), and ``echo`` (any method) which
+reports what it received. A sent SMS publishes its ``message-store`` events to WebSocket
+subscribers (:mod:`.ws_events`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .app import (
     PLATFORM,
     RATE_KEY,
     URLS,
+    WS_HUB,
     error_response,
     json_response,
     session_of,
@@ -36,6 +39,7 @@ from .app import (
 from .errors import PlatformError
 from .ratelimit import GLOBAL_CODE, RATE_CODES
 from .state import GRANT_TAGS
+from .ws_events import sms_events
 
 log = logging.getLogger("rc_emulator.api")
 
@@ -104,6 +108,9 @@ async def token(request: web.Request) -> web.Response:
             log.info("token grant=%s -> %s %s", grant, exc.status, exc.code)
         else:
             response = json_response(body)
+            if grant == "refresh_token" and request.app[WS_HUB].policy.ws_on_refresh == "drop":
+                request.app[WS_HUB].close_oauth_sessions({body["session_id"]}, 1008,
+                                                         "Token refreshed")
             log.info(
                 "token grant=%s -> 200 owner=%s session=%s",
                 grant,
@@ -185,8 +192,13 @@ async def sms(request: web.Request) -> web.Response:
         payload = None
     if not isinstance(payload, dict):
         raise errors.api_error(400, "CMN-101", "Request body is not a valid JSON object")
-    return _queued_message(request, "SMS", raw, **{
+    message = _queued_body(request, "SMS", raw, **{
         "from": payload.get("from"), "to": payload.get("to"), "subject": payload.get("text")})
+    owner_id = session_of(request).owner_id
+    hub = request.app[WS_HUB]
+    for event, body in sms_events(owner_id, message):  # WebSocket notifications (.ws_events)
+        hub.publish(event, body, owner_id)
+    return json_response(message)
 
 
 async def fax(request: web.Request) -> web.Response:
@@ -219,10 +231,15 @@ async def fax(request: web.Request) -> web.Response:
 
 def _queued_message(request: web.Request, kind: str, raw: bytes, **fields: object
                     ) -> web.Response:
+    return json_response(_queued_body(request, kind, raw, **fields))
+
+
+def _queued_body(request: web.Request, kind: str, raw: bytes, **fields: object
+                 ) -> dict[str, Any]:
     """The answer to a sent message: its id and URI, and the hash of the raw request body
     (tests compare it to check that a replayed body arrived byte-identical)."""
     msg_id = str(next(_message_ids))
-    return json_response({
+    return {
         "id": msg_id,
         "uri": f"{_base(request)}/message-store/{msg_id}",
         "type": kind,
@@ -231,7 +248,7 @@ def _queued_message(request: web.Request, kind: str, raw: bytes, **fields: objec
         **fields,
         "bodySha256": hashlib.sha256(raw).hexdigest(),
         "bodyLength": len(raw),
-    })
+    }
 
 
 def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:

@@ -30,8 +30,10 @@ from aiohttp.abc import AbstractAccessLogger
 
 from . import errors
 from .errors import PlatformError
+from .policy import WsPolicy
 from .ratelimit import request_group
 from .state import Platform, Session
+from .ws_events import WsHub
 
 if sys.version_info >= (3, 14):
     from compression import zstd
@@ -51,6 +53,7 @@ class Urls:
 
 PLATFORM = web.AppKey("platform", Platform)
 URLS = web.AppKey("urls", Urls)
+WS_HUB = web.AppKey("ws_hub", WsHub)  # WebSocket notifications (.ws, .ws_events)
 SESSION_KEY = "emulator.session"
 RATE_KEY = "emulator.rate_headers"
 
@@ -90,7 +93,8 @@ def session_of(request: web.Request) -> Session:
     return session
 
 
-def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+def http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's HTTP error (404, 405, 413...) in the platform's envelope."""
     status = exc.status
     if status == 404:
         code, message = "CMN-102", "Resource not found"
@@ -133,7 +137,7 @@ async def platform_middleware(request: web.Request, handler: Any) -> web.StreamR
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _http_error(request, exc)
+        return http_error(request, exc)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
@@ -298,17 +302,20 @@ class AccessLogger(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.DEBUG)
 
 
-def build_app(platform: Platform, public_url: str = "", media_url: str = "") -> web.Application:
+def build_app(platform: Platform, public_url: str = "", media_url: str = "",
+              ws_policy: WsPolicy | None = None) -> web.Application:
     """The emulator's aiohttp application; URLs may be set later through ``app[URLS]``."""
-    from . import admin, api
+    from . import admin, api, ws
 
     app = web.Application(middlewares=[chunking_middleware, compression_middleware,
                                        platform_middleware],
                           client_max_size=MAX_BODY)
     app[PLATFORM] = platform
     app[URLS] = Urls(public_url.rstrip("/"), media_url.rstrip("/"))
+    app[WS_HUB] = WsHub(platform, ws_policy)
     app.on_response_prepare.append(_add_rate_headers)
     app.on_response_prepare.append(_compress_stream)
     api.add_routes(app)
+    ws.add_routes(app)
     admin.add_routes(app)
     return app

@@ -17,6 +17,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from .ratelimit import AUTH_GROUP, DEFAULT_API_LIMITS, NO_THROTTLING
 
@@ -31,6 +32,11 @@ API_RATE_MODES = ("report", "enforce")
 GROUP_CASES = ("title", "lower")  # X-Rate-Limit-Group: "Light" (the spec) or "light" (the docs)
 GROUP_SOURCES = ("table", "heuristic")  # group of a request: the spec's table, or by method
 AUTH_RATE_KEYS = ("user", "app")  # token-endpoint limiter per (user, client id) or per client id
+# WebSocket notifications (see .ws and emulator/README.md "WebSocket notifications")
+WS_TOKEN_USES = ("single", "reusable")  # a ws token opens one connection ever, or many
+WS_REPLAYS = ("missed", "buffer")  # recovery replays never-sent events, or the whole buffer
+WS_ON_REVOKE = ("drop", "keep")  # revoke-all closes the WS connections of revoked sessions
+WS_ON_REFRESH = ("keep", "drop")  # a refresh rotation leaves the WS connections alone
 _GROUP_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 _BOOLS = {"true": True, "on": True, "yes": True, "1": True,
           "false": False, "off": False, "no": False, "0": False}
@@ -102,19 +108,56 @@ class Policy:
 
     def updated(self, changes: dict[str, Any]) -> Policy:
         """A validated copy with ``changes`` applied; raises PolicyError."""
-        if not isinstance(changes, dict):
-            raise PolicyError("policy", "expected a JSON object")
-        values = self.as_dict()
-        for key, raw in changes.items():
-            if key not in values:
-                raise PolicyError(key, "unknown policy field")
-            values[key] = _coerce(key, raw)
-        return Policy(**values)
+        return Policy(**_updated(self.as_dict(), changes))
 
 
-_POSITIVE = {"access_ttl", "refresh_ttl", "auth_window", "api_window"}
-_NON_NEGATIVE = {"auth_penalty", "refresh_grace", "token_delay", "api_penalty"}
-_COUNTS = {"auth_rate": 0, "session_cap": 1, "revoke_issued": 0, "chunk_bytes": 0}
+@dataclass
+class WsPolicy:
+    """The WebSocket gateway's options (:mod:`.ws`), apart from :class:`Policy`: changed at run
+    time with ``POST /_emulator/ws/policy`` (``/_emulator/policy`` keeps its fields)."""
+
+    # WebSocket notifications (.ws): ws token lifetime and use, the public ws URI ("" = the
+    # emulator's own ws[s]://HOST:PORT/ws), connections per (user, client id), recovery window
+    # and buffer, what a recovery replays, keep-alive pings (0 = none) and pong wait, idle and
+    # absolute connection timeouts, and what revoke-all / a refresh rotation do to connections
+    ws_token_ttl: float = 600.0
+    ws_token_use: str = "single"
+    ws_public_uri: str = ""
+    ws_max_connections: int = 50
+    ws_recovery_timeout: float = 180.0
+    ws_recovery_buffer: int = 100
+    ws_replay: str = "missed"
+    ws_ping_interval: float = 30.0
+    ws_pong_timeout: float = 10.0
+    ws_idle_timeout: float = 1800.0
+    ws_absolute_timeout: float = 86400.0
+    ws_on_revoke: str = "drop"
+    ws_on_refresh: str = "keep"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def updated(self, changes: dict[str, Any]) -> WsPolicy:
+        """A validated copy with ``changes`` applied; raises PolicyError."""
+        return WsPolicy(**_updated(self.as_dict(), changes))
+
+
+def _updated(values: dict[str, Any], changes: Any) -> dict[str, Any]:
+    if not isinstance(changes, dict):
+        raise PolicyError("policy", "expected a JSON object")
+    for key, raw in changes.items():
+        if key not in values:
+            raise PolicyError(key, "unknown policy field")
+        values[key] = _coerce(key, raw)
+    return values
+
+
+_POSITIVE = {"access_ttl", "refresh_ttl", "auth_window", "api_window", "ws_token_ttl",
+             "ws_pong_timeout", "ws_idle_timeout", "ws_absolute_timeout"}
+_NON_NEGATIVE = {"auth_penalty", "refresh_grace", "token_delay", "api_penalty",
+                 "ws_recovery_timeout", "ws_ping_interval"}
+_COUNTS = {"auth_rate": 0, "session_cap": 1, "revoke_issued": 0, "chunk_bytes": 0,
+           "ws_max_connections": 1, "ws_recovery_buffer": 0}
 _CHOICES = {
     "session_cap_policy": CAP_POLICIES,
     "expired_envelope": EXPIRED_ENVELOPES,
@@ -124,12 +167,18 @@ _CHOICES = {
     "api_rate": API_RATE_MODES,
     "api_group_case": GROUP_CASES,
     "api_group_source": GROUP_SOURCES,
+    "ws_token_use": WS_TOKEN_USES,
+    "ws_replay": WS_REPLAYS,
+    "ws_on_revoke": WS_ON_REVOKE,
+    "ws_on_refresh": WS_ON_REFRESH,
 }
 
 
 def _coerce(key: str, raw: Any) -> Any:
     if key == "api_limits":
         return parse_limits(raw)
+    if key == "ws_public_uri":
+        return parse_ws_uri(raw)
     if key == "api_rate_headers":
         if isinstance(raw, bool):
             return raw
@@ -158,6 +207,20 @@ def _coerce(key: str, raw: Any) -> Any:
     if key in _NON_NEGATIVE and value_f < 0:
         raise PolicyError(key, "must be >= 0")
     return value_f
+
+
+def parse_ws_uri(raw: Any) -> str:
+    """``ws_public_uri``: "" (the emulator's own address) or a ws:// / wss:// URL without
+    query or fragment (the ``uri`` the wstoken answer gives)."""
+    if raw is None or raw == "":
+        return ""
+    if not isinstance(raw, str):
+        raise PolicyError("ws_public_uri", "must be a ws:// or wss:// URL")
+    parts = urlsplit(raw)
+    if parts.scheme not in ("ws", "wss") or not parts.netloc or parts.query or parts.fragment:
+        raise PolicyError("ws_public_uri",
+                          f"expected a ws:// or wss:// URL without query, got {raw!r}")
+    return raw
 
 
 def _as_int(key: str, raw: Any) -> int:

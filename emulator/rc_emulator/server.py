@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import socket
@@ -29,13 +30,19 @@ from .policy import (
     EXPIRED_ENVELOPES,
     GROUP_CASES,
     GROUP_SOURCES,
+    WS_ON_REFRESH,
+    WS_ON_REVOKE,
+    WS_REPLAYS,
+    WS_TOKEN_USES,
     Policy,
     PolicyError,
+    WsPolicy,
 )
 from .seed import DEFAULT_SEED, SeedError, generated, load_seed
 from .state import Platform
 
 PROG = "emulator"
+WS_FIELDS = tuple(f.name for f in dataclasses.fields(WsPolicy))  # --ws-* options
 log = logging.getLogger("rc_emulator")
 
 
@@ -51,6 +58,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="RingCentral platform emulator (test/demo server).")
     d = Policy()
+    w = WsPolicy()
     p.add_argument(
         "--listen",
         default="127.0.0.1:0",
@@ -212,6 +220,7 @@ def _parser() -> argparse.ArgumentParser:
         "short pause between them, so clients see bodies split anywhere, as over any network "
         "(RFC 9112 section 7.1: chunk boundaries carry no meaning). 0 (default): one piece",
     )
+    _ws_options(p, w)
     p.add_argument(
         "--public-url",
         metavar="URL",
@@ -239,6 +248,52 @@ def _parser() -> argparse.ArgumentParser:
         help="stderr log level (default info; debug adds an access log)",
     )
     return p
+
+
+def _ws_options(p: argparse.ArgumentParser, d: WsPolicy) -> None:
+    """WebSocket notifications (ringcentral-api-docs docs/notifications/websockets/*.md)."""
+    p.add_argument("--ws-token-ttl", type=float, default=d.ws_token_ttl, metavar="S",
+                   help="lifetime of a ws token from POST /restapi/oauth/wstoken, its "
+                   "expires_in (default 600, the SDKs' reading; the docs' sample says 30)")
+    p.add_argument("--ws-token-use", choices=WS_TOKEN_USES, default=d.ws_token_use,
+                   help="'single': a ws token opens one connection ever (the docs); "
+                   "'reusable': any number until it expires (the SDKs reconnect with it) "
+                   "(default single)")
+    p.add_argument("--ws-public-uri", default=d.ws_public_uri, metavar="URL",
+                   help="the wstoken answer's uri (ws:// or wss://; default the emulator's "
+                   "own ws://HOST:PORT/ws)")
+    p.add_argument("--ws-max-connections", type=int, default=d.ws_max_connections,
+                   metavar="N", help="open WebSocket connections per (user, client id), "
+                   "maxConnectionsPerSession; beyond: the upgrade answers 429 WSG-105 "
+                   "(default 50)")
+    p.add_argument("--ws-recovery-timeout", type=float, default=d.ws_recovery_timeout,
+                   metavar="S", help="how long a WS session outlives its connection and can "
+                   "be recovered with &wsc= (default 180)")
+    p.add_argument("--ws-recovery-buffer", type=int, default=d.ws_recovery_buffer,
+                   metavar="N", help="notifications kept per WS session for a recovery, "
+                   "oldest dropped (default 100)")
+    p.add_argument("--ws-replay", choices=WS_REPLAYS, default=d.ws_replay,
+                   help="a successful recovery replays the events never sent ('missed') or "
+                   "the whole buffer, already-sent ones included ('buffer': clients must "
+                   "dedupe by uuid) (default missed)")
+    p.add_argument("--ws-ping-interval", type=float, default=d.ws_ping_interval,
+                   metavar="S", help="seconds between the server's ping frames, 0 = none "
+                   "(default 30)")
+    p.add_argument("--ws-pong-timeout", type=float, default=d.ws_pong_timeout, metavar="S",
+                   help="a connection that does not pong within S seconds is dropped "
+                   "(default 10)")
+    p.add_argument("--ws-idle-timeout", type=float, default=d.ws_idle_timeout, metavar="S",
+                   help="no frame from the client for S seconds: Error WSG-902 then close "
+                   "(default 1800)")
+    p.add_argument("--ws-absolute-timeout", type=float, default=d.ws_absolute_timeout,
+                   metavar="S", help="connection age limit: Error WSG-903 then close "
+                   "(default 86400)")
+    p.add_argument("--ws-on-revoke", choices=WS_ON_REVOKE, default=d.ws_on_revoke,
+                   help="POST /_emulator/revoke-all closes the WS connections of the revoked "
+                   "sessions ('drop') or leaves them open ('keep') (default drop)")
+    p.add_argument("--ws-on-refresh", choices=WS_ON_REFRESH, default=d.ws_on_refresh,
+                   help="a refresh rotation leaves the session's WS connections open ('keep') "
+                   "or closes them ('drop') (default keep)")
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -279,7 +334,8 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _configure(args: argparse.Namespace) -> tuple[Platform, str, str | None, str | None]:
+def _configure(args: argparse.Namespace
+               ) -> tuple[Platform, str, str | None, str | None, WsPolicy]:
     try:
         policy = Policy().updated(
             {
@@ -306,6 +362,7 @@ def _configure(args: argparse.Namespace) -> tuple[Platform, str, str | None, str
                 "api_rate_headers": args.api_rate_headers,
             }
         )
+        ws_policy = WsPolicy().updated({name: getattr(args, name) for name in WS_FIELDS})
     except PolicyError as exc:
         raise UsageError(f"--{exc.field.replace('_', '-')}: {exc.reason}") from None
     try:
@@ -316,13 +373,14 @@ def _configure(args: argparse.Namespace) -> tuple[Platform, str, str | None, str
         raise UsageError(str(exc)) from None
     public = _check_url("--public-url", args.public_url) if args.public_url else None
     media = _check_url("--media-url", args.media_url) if args.media_url else None
-    return Platform(seed, policy), args.listen, public, media
+    return Platform(seed, policy), args.listen, public, media, ws_policy
 
 
 async def _serve(
-    platform: Platform, sock: socket.socket, public: str | None, media: str | None
+    platform: Platform, sock: socket.socket, public: str | None, media: str | None,
+    ws_policy: WsPolicy,
 ) -> None:
-    app = build_app(platform)
+    app = build_app(platform, ws_policy=ws_policy)
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host
     base = f"http://{url_host}:{port}"
@@ -353,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the emulator; returns the exit status (0 on a clean stop, 2 on bad input)."""
     try:
         args = _parser().parse_args(argv)
-        platform, listen, public, media = _configure(args)
+        platform, listen, public, media, ws_policy = _configure(args)
         host, port = parse_listen(listen)
         sock = _bind(host, port)
     except UsageError as exc:
@@ -366,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("aiohttp.access").setLevel(args.log_level.upper())
     try:
-        asyncio.run(_serve(platform, sock, public, media))
+        asyncio.run(_serve(platform, sock, public, media, ws_policy))
     except KeyboardInterrupt:
         pass
     return 0

@@ -192,20 +192,9 @@ class Platform:
         c["token_calls"] += 1
         c["token_calls_by_grant"][tag] += 1
         try:
-            client_id, owner_id = self._auth_pair(form, authorization)
-            fault = self.faults.hit(AUTH_GROUP, client_id, owner_id)
-            if fault is not None:
-                c["rate_limited"] += 1
-                raise errors.api_rate_limited(fault.code, fault.retry_after)
-            wait, _ = self.limiter.hit(
-                self._auth_key(client_id, owner_id),
-                self.policy.auth_rate,
-                self.policy.auth_window,
-                self.policy.auth_penalty,
-            )
-            if wait is not None:
-                c["rate_limited"] += 1
-                raise errors.rate_limited(wait)
+            refused = self.auth_group_hit(*self._auth_pair(form, authorization))
+            if refused is not None:
+                raise refused
             body = self._token_grant(grant_type, form, authorization)
         except PlatformError as exc:
             c["token_errors_by_code"][exc.code] += 1
@@ -225,6 +214,31 @@ class Platform:
         c["token_calls"] += 1
         c["token_calls_by_grant"][GRANT_TAGS.get(grant_type, "other")] += 1
         c["token_errors_by_code"][exc.code] += 1
+
+    def auth_group_hit(self, client_id: str, owner_id: str) -> PlatformError | None:
+        """Count one call of the Auth group (token endpoint, ``/restapi/oauth/wstoken``) for
+        the pair, keyed per ``auth_rate_key``: None when allowed, else the 429 (an injected
+        Auth penalty or the limiter's), counted in ``rate_limited``."""
+        c = self.counters
+        fault = self.faults.hit(AUTH_GROUP, client_id, owner_id)
+        if fault is not None:
+            c["rate_limited"] += 1
+            return errors.api_rate_limited(fault.code, fault.retry_after)
+        wait, _ = self.limiter.hit(
+            self._auth_key(client_id, owner_id),
+            self.policy.auth_rate,
+            self.policy.auth_window,
+            self.policy.auth_penalty,
+        )
+        if wait is not None:
+            c["rate_limited"] += 1
+            return errors.rate_limited(wait)
+        return None
+
+    def auth_pair_remaining(self, client_id: str, owner_id: str) -> int:
+        p = self.policy
+        return self.limiter.remaining(self._auth_key(client_id, owner_id), p.auth_rate,
+                                      p.auth_window)
 
     def auth_rate_remaining(self, form: Mapping[str, str], authorization: str | None) -> int:
         p = self.policy
@@ -667,6 +681,12 @@ class Platform:
         except PlatformError as exc:
             self.counters["api_401_by_code"][exc.code] += 1
             raise
+
+    def check_bearer(self, authorization: str | None) -> Session:
+        """The session of a Bearer access token, with the API's 401s, without counting an API
+        request (``/restapi/oauth/wstoken`` authenticates this way)."""
+        self._sweep()
+        return self._check_access(authorization)
 
     def _check_access(self, authorization: str | None) -> Session:
         if authorization is None or not authorization.strip():

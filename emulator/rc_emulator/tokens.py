@@ -6,7 +6,7 @@ A token is the unpadded base64url encoding of 33 bytes::
 
 so the emulator can tell a string it could have issued ("parsable": maybe unknown, revoked,
 expired...) from garbage (OAU-149). Kinds: ``A`` access token, ``R`` refresh token,
-``C`` authorization code.
+``C`` authorization code, ``W`` WebSocket access token, ``S`` WebSocket session (wsc) token.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import re
 import secrets
 from typing import Literal
 
-Kind = Literal["A", "R", "C"]
+Kind = Literal["A", "R", "C", "W", "S"]
 
 _MAGIC = b"RCE1"
 _RANDOM_LEN = 24
 _RAW_LEN = len(_MAGIC) + 1 + _RANDOM_LEN + 4
 _ENCODED_LEN = (_RAW_LEN * 4) // 3  # 33 bytes -> 44 chars, no padding
-_KINDS = frozenset(b"ARC")
+_KINDS = frozenset(b"ARCWS")
 _SHAPE = re.compile(rf"[A-Za-z0-9_-]{{{_ENCODED_LEN}}}")
 
 

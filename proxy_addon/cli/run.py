@@ -132,7 +132,8 @@ async def _serve(config: Config, tls_pem: str | None = None, banner: bool = True
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, master.shutdown)
-        admin = AdminServer(config, pool, store, metrics, governor)
+        admin = AdminServer(config, pool, store, metrics, governor,
+                            events.hub.snapshot if events is not None else None)
         try:
             if events is not None:
                 await events.start()

@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -64,8 +65,10 @@ class AdminServer:
     PROBE_FRESH = 0.5  # seconds a probe's answer is reused for readiness checks
 
     def __init__(self, config: Config, pool: TokenPool, store: TokenStore,
-                 metrics: Metrics | None = None, rate_limits: RateBudgets | None = None) -> None:
+                 metrics: Metrics | None = None, rate_limits: RateBudgets | None = None,
+                 events: Callable[[], dict[str, Any]] | None = None) -> None:
         self._config = config
+        self._events = events  # the events hub's snapshot (issue 18), when [events] is on
         self._rate_limits = rate_limits  # the API rate-limit governor, when it runs
         self._pool = pool
         self._store = store
@@ -192,5 +195,7 @@ class AdminServer:
                     "queued": view.queued, "penalty_left": round(view.penalty_left, 1)})
             for account in accounts:
                 account["rate_limits"] = groups.get(account["account"], [])
-        return web.json_response({"time": time.time(), "healthy": healthy,
-                                  "accounts": accounts})
+        body: dict[str, Any] = {"time": time.time(), "healthy": healthy, "accounts": accounts}
+        if self._events is not None:
+            body["events"] = self._events()
+        return web.json_response(body)

@@ -1,4 +1,4 @@
-"""Small httpx helpers shared by the emulator's HTTP tests."""
+"""Small httpx helpers shared by the emulator's HTTP (and WebSocket) tests."""
 
 from __future__ import annotations
 
@@ -68,3 +68,14 @@ def oauth_error(error: str, code: str, message: str) -> dict:
         "error_description": message,
         "errors": [{"errorCode": code, "message": message}],
     }
+
+
+def wstoken(c: httpx.Client, access_token: str) -> httpx.Response:
+    """``POST /restapi/oauth/wstoken`` with the access token."""
+    return c.post("/restapi/oauth/wstoken", headers=bearer(access_token))
+
+
+def ws_url(body: dict, wsc: str | None = None) -> str:
+    """The URL to connect to from a wstoken answer (and a wsc token to recover)."""
+    url = f"{body['uri']}?access_token={body['ws_access_token']}"
+    return url if wsc is None else f"{url}&wsc={wsc}"

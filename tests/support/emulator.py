@@ -94,6 +94,32 @@ class Emulator:
         """Forget every rate window and penalty (token endpoint, API groups, injected)."""
         self._request("POST", "/_emulator/reset-rates")
 
+    # -- WebSocket notifications faults (POST|GET /_emulator/ws/*)
+    def ws_drop(self, how: str = "close") -> int:
+        """Close every WS connection: ``close`` (close frame 1001) or ``abort`` (TCP abort)."""
+        return int(self._request("POST", "/_emulator/ws/drop", json={"how": how}).json()["dropped"])
+
+    def ws_emit(self, event: str, body: dict | None = None, user: str | None = None) -> int:
+        """Emit an event to the matching WS subscriptions; returns how many notifications."""
+        payload: dict[str, Any] = {"event": event, "body": body or {}}
+        if user is not None:
+            payload["user"] = user
+        answer = self._request("POST", "/_emulator/ws/emit", json=payload).json()
+        return int(answer["notifications"])
+
+    def ws_set_policy(self, **policy: Any) -> dict:
+        """Change ``ws_*`` options at run time (``POST /_emulator/ws/policy``)."""
+        return self._request("POST", "/_emulator/ws/policy", json=policy).json()
+
+    def ws_sessions(self) -> list[dict]:
+        return self._request("GET", "/_emulator/ws/sessions").json()
+
+    def ws_expire_tokens(self) -> int:
+        return int(self._request("POST", "/_emulator/ws/expire-tokens").json()["expired"])
+
+    def ws_refuse_recovery(self, enabled: bool = True) -> None:
+        self._request("POST", "/_emulator/ws/refuse-recovery", json={"enabled": enabled})
+
     def stderr(self) -> str:
         """Everything the emulator wrote to stderr so far."""
         return _read_file(self.stderr_file)

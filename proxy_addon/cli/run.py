@@ -49,7 +49,7 @@ from ..store.factory import StoreConfigError, make_cipher, open_store
 from ..store.instrumented import InstrumentedStore
 from ..tokens.pool import TokenPool
 from ..upstream.clients import upstream_clients
-from ..upstream.data_plane import DataPlane
+from ..upstream.data_plane import DataPlane, upstream_ssl_context
 from ..upstream.replay_sender import Replayer
 from ..upstream.token_endpoint import TokenEndpoint
 from ..virtual.grants import VirtualTokens
@@ -124,7 +124,7 @@ async def _serve(config: Config, tls_pem: str | None = None, banner: bool = True
             metrics.watch_rate_limits(governor)
             if governor.shared:
                 watcher = asyncio.create_task(_count_processes(governor, store))
-        events = _events(config, pool, clients.control, metrics)
+        events = _events(config, pool, clients.control, metrics, governor)
         master = build_master(config, _gateway(config, pool, clients.data, metrics, virtual,
                                                login, throttle, buffer, banner, governor,
                                                events),
@@ -179,7 +179,7 @@ def _gateway(config: Config, pool: TokenPool, plane: DataPlane, metrics: Metrics
 
 
 def _events(config: Config, pool: TokenPool, control: httpx.AsyncClient,
-            metrics: Metrics) -> EventsService | None:
+            metrics: Metrics, governor: Governor | None) -> EventsService | None:
     """Apps' WebSocket subscriptions (``[events]``), links in relayed bodies rewritten as
     for REST answers."""
     if not config.events.enabled:
@@ -192,7 +192,8 @@ def _events(config: Config, pool: TokenPool, control: httpx.AsyncClient,
         return (scan(text.encode()) + scan(b"")).decode("utf-8", "replace")
 
     return EventsService(config, pool, control,
-                         EventsMetrics(metrics, [a.name for a in config.accounts]), rewrite)
+                         EventsMetrics(metrics, [a.name for a in config.accounts]), rewrite,
+                         governor, upstream_ssl_context(proxy.verify_upstream_tls))
 
 
 def _governor(config: Config, store: TokenStore) -> Governor | None:

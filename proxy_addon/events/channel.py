@@ -32,6 +32,7 @@ from ..ops.events_metrics import EventsMetrics
 from . import frames
 from .app_session import AppSession, AppSubscription
 from .filters import Filter, FilterError, parse_filter
+from .rest_budget import RestBudget
 from .upstream_link import LinkClosed, UpstreamLink
 
 log = logging.getLogger("tokenproxy.events")
@@ -75,8 +76,10 @@ class _LinkState:
 class AccountChannel:
     def __init__(self, account: str, settings: ChannelSettings,
                  make_link: Callable[[int, AccountChannel], UpstreamLink],
-                 metrics: EventsMetrics, rewrite: Callable[[str, str], str]) -> None:
+                 metrics: EventsMetrics, rewrite: Callable[[str, str], str],
+                 budget: RestBudget | None = None) -> None:
         self.account = account
+        self._budget = budget  # REST over the socket spends the API budget (rate_limits)
         self._settings = settings
         self._make_link = make_link
         self._metrics = metrics
@@ -230,8 +233,18 @@ class AccountChannel:
         headers = {k: v for k, v in (meta.get("headers") or {}).items()
                    if isinstance(k, str) and k.lower() not in DROPPED_HEADERS
                    and isinstance(v, str | int | float)}
-        answer = await link.request(str(meta["method"]).upper(), str(meta["path"]), frame.body,
-                                    frame.has_body, headers or None, meta.get("query") or None)
+        method, path = str(meta["method"]).upper(), str(meta["path"])
+        admission = None
+        if self._budget is not None:  # raises RateRefused: the hub answers the proxy's 429
+            admission = await self._budget.admit(self.account, session.client, method, path)
+        answer = await link.request(method, path, frame.body, frame.has_body, headers or None,
+                                    meta.get("query") or None)
+        if admission is not None and self._budget is not None:
+            answered = answer.meta.get("headers")
+            answered = answered if isinstance(answered, dict) else {}
+            self._budget.learn(self.account, method, admission,
+                               {str(k).lower(): str(v) for k, v in answered.items()},
+                               _status(answer))
         out = {key: value for key, value in answer.meta.items() if key != "wsc"}
         out["messageId"] = frame.message_id
         self._metrics.relayed_event(self.account, "client_request")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from . import frames
 from .app_session import AppSession
 from .channel import SUBSCRIPTION_PATH, AccountChannel
 from .filters import FilterError, parse_filters
+from .rest_budget import RateRefused
 from .upstream_link import LinkClosed
 from .ws_tokens import SocketTokens, WsGrant, WsTokenError
 
@@ -214,6 +216,15 @@ class Hub:
                     frame: frames.Frame) -> None:
         try:
             session.send(await channel.rest(session, frame))
+        except RateRefused as exc:
+            self._metrics.refused_frame("rate_limited")
+            message = "Request rate exceeded"
+            meta = {"type": "ClientRequest", "messageId": frame.message_id, "status": 429,
+                    "headers": {"RCRequestId": frames.new_id(), "Content-Type": "application/json",
+                                "Retry-After": str(max(1, math.ceil(exc.retry_after))),
+                                "X-Tokenproxy-Error": "TPX-RATE-LIMITED"}}
+            session.send(frames.dump(meta, {"errorCode": "CMN-301", "message": message, "errors": [
+                {"errorCode": "CMN-301", "message": message}]}))
         except LinkClosed as exc:
             session.send(frames.error_frame(503, "TPX-EVENTS-UNAVAILABLE", f"The platform's "
                                             f"gateway cannot be reached: {exc}; retry.",

@@ -6,6 +6,7 @@ one channel per account with its upstream links. Built by the composition root
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Callable
 
 import aiohttp
@@ -13,11 +14,12 @@ import httpx
 
 from ..config import Config
 from ..ops.events_metrics import EventsMetrics
+from ..ratelimit.governor import Governor
 from ..tokens.pool import TokenPool
-from ..upstream.data_plane import upstream_ssl_context
 from .channel import AccountChannel, ChannelSettings
 from .hub import Hub, HubSettings
 from .platform_ws_tokens import PlatformWsTokens
+from .rest_budget import RestBudget
 from .upstream_link import LinkSettings, UpstreamLink
 from .ws_tokens import WsTokens, signing_key
 
@@ -26,13 +28,15 @@ UPSTREAM_FRAME_LIMIT = 16 * 1024 * 1024
 
 class EventsService:
     def __init__(self, config: Config, pool: TokenPool, http: httpx.AsyncClient,
-                 metrics: EventsMetrics, rewrite: Callable[[str, str], str]) -> None:
+                 metrics: EventsMetrics, rewrite: Callable[[str, str], str],
+                 governor: Governor | None = None,
+                 tls: ssl.SSLContext | bool = True) -> None:
         events = config.events
         self.config = events
         self.metrics = metrics
         self.tokens = WsTokens(signing_key(os.environ.get(config.store.key_env)),
                                events.ws_token_ttl)
-        self._verify = config.proxy.verify_upstream_tls
+        self._tls = tls  # the TLS settings of every way out to the platform
         self._session: aiohttp.ClientSession | None = None
         # the platform's frames (REST answers over the socket) are not the apps' to cap
         link_settings = LinkSettings(events.heartbeat_interval, events.request_timeout,
@@ -54,8 +58,10 @@ class EventsService:
                                     metrics)
             return make
 
+        # REST over the socket spends the API budget as over HTTP (login clients: weight 1)
+        budget = RestBudget(governor, list(config.clients)) if governor is not None else None
         channels = {a.name: AccountChannel(a.name, channel_settings, maker(a.name), metrics,
-                                           rewrite) for a in config.accounts}
+                                           rewrite, budget) for a in config.accounts}
         self.hub = Hub(channels, HubSettings(events.max_frame_bytes, events.max_app_sockets,
                                              events.subscribe_per_minute,
                                              events.filters_per_app, events.recovery_timeout),
@@ -63,7 +69,7 @@ class EventsService:
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=upstream_ssl_context(self._verify)))
+            connector=aiohttp.TCPConnector(ssl=self._tls))
         await self.hub.start()
 
     async def stop(self) -> None:

@@ -52,9 +52,9 @@ class WsTokens:
         self.ttl = ttl
 
     def issue(self, client: str, account: str) -> tuple[str, WsGrant]:
-        grant = WsGrant(client, account, time.time() + self.ttl,
+        grant = WsGrant(client, account, round(time.time() + self.ttl, 3),
                         base64.urlsafe_b64encode(os.urandom(12)).decode())
-        payload = _b64(json.dumps([grant.client, grant.account, round(grant.expires, 3),
+        payload = _b64(json.dumps([grant.client, grant.account, grant.expires,
                                    grant.nonce], separators=(",", ":")).encode())
         return f"{PREFIX}.{payload}.{self._sign(payload)}", grant
 

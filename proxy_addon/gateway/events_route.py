@@ -31,6 +31,9 @@ from .early_answer import refuse_at_headers
 from .flow_context import context_of
 
 MAX_WSC = 512
+# the proxy's code of a refused upgrade -> its metric label
+REFUSALS = {"TPX-WS-TOKEN-UNKNOWN": "unknown", "TPX-WS-TOKEN-EXPIRED": "expired",
+            "TPX-WS-TOKEN-IN-USE": "in_use", "TPX-WS-BUSY": "busy"}
 
 
 class EventsRoute:
@@ -89,9 +92,8 @@ class EventsRoute:
             grant = self._tokens.verify(token)
             ticket = self._hub.admit(grant, wsc, self._base_of(flow))
         except WsTokenError as exc:
-            reason = exc.code.removeprefix("TPX-WS-TOKEN-").removeprefix("TPX-WS-").lower()
             status = 503 if exc.code == "TPX-WS-BUSY" else 401
-            self._refuse(flow, reason.replace("-", "_"), status, exc.code, str(exc))
+            self._refuse(flow, REFUSALS.get(exc.code, "unknown"), status, exc.code, str(exc))
             return
         context = context_of(flow)
         assert context is not None

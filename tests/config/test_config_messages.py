@@ -94,6 +94,11 @@ MORE_INPUTS = {
     "account not table": doc((("accounts",), ["x"])),
     "unknown top key": doc((("extra",), {})),
     "emulator args string": doc((("emulator",), {"args": "x"})),
+    "events path in restapi": doc((("events",), {"path": "/restapi/ws"})),
+    "events path bad": doc((("events",), {"path": "ws"})),
+    "events upstream sockets": doc((("events",), {"upstream_sockets": 51})),
+    "events unknown key": doc((("events",), {"sockets": 2})),
+    "events enabled string": doc((("events",), {"enabled": "yes"})),
     "emulator args env": doc((("emulator",), {"args": ["${NOPE_ARG}"]})),
     "emulator listen bad": doc((("emulator",), {"listen": "x"})),
     "emulator without upstream": doc(((P, "upstream"), DELETE), (("emulator",), {"enabled": True})),
@@ -222,7 +227,7 @@ TODAY_MORE = {
     'accounts not list': 'c.toml: accounts: expected one or more [[accounts]] tables',
     'account not table': 'c.toml: accounts[0]: expected a table, got a string',
     'unknown top key': (
-        'c.toml: extra: unknown key (allowed here: accounts, clients, emulator, proxy, '
+        'c.toml: extra: unknown key (allowed here: accounts, clients, emulator, events, proxy, '
         'rate_limits, store)'
     ),
     'emulator args string': 'c.toml: emulator.args: expected a list of strings',
@@ -338,7 +343,7 @@ TODAY_MORE = {
         'label)'
     ),
     'order: top unknown before proxy': (
-        'c.toml: zzz: unknown key (allowed here: accounts, clients, emulator, proxy, '
+        'c.toml: zzz: unknown key (allowed here: accounts, clients, emulator, events, proxy, '
         'rate_limits, store)'
     ),
     'rate mode bad': ("c.toml: rate_limits.mode: must be one of enforce, observe, off, got "
@@ -357,6 +362,21 @@ TODAY_MORE = {
                          "window)"),
     'client weight 0': "c.toml: clients[0].rate_weight: must be between 0.01 and 1000, got 0",
     'client quota float': "c.toml: clients[0].rate_quota.Heavy: expected a whole number",
+    'events path in restapi': (
+        "c.toml: events.path: must be an absolute path of letters, digits, '-', '_', '.' and "
+        "'/' outside /restapi and /_*, got '/restapi/ws'"
+    ),
+    'events path bad': (
+        "c.toml: events.path: must be an absolute path of letters, digits, '-', '_', '.' and "
+        "'/' outside /restapi and /_*, got 'ws'"
+    ),
+    'events upstream sockets': 'c.toml: events.upstream_sockets: must be between 1 and 50, got 51',
+    'events unknown key': (
+        'c.toml: events.sockets: unknown key (allowed here: enabled, filters_per_app, '
+        'heartbeat_interval, max_app_sockets, max_frame_bytes, path, recovery_buffer, '
+        'recovery_timeout, request_timeout, subscribe_per_minute, upstream_sockets, ws_token_ttl)'
+    ),
+    'events enabled string': 'c.toml: events.enabled: expected true or false, got a string',
 }
 
 

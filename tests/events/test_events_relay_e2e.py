@@ -144,3 +144,38 @@ def test_the_upstream_socket_is_wss_with_a_verified_certificate(tmp_path: Path,
             proxy.stop()
     assert len(upgrades) >= 2  # the first socket and its recovery, both over TLS
     assert emulator.counters()["ws_recoveries_successful"] >= 1
+
+
+async def rest_burst(proxy_url: str, count: int) -> list[list]:
+    async with httpx.AsyncClient(base_url=proxy_url, headers=HEADERS, timeout=30) as http, \
+            aiohttp.ClientSession() as session:
+        ws, _ = await connect(session, await ws_token(http))
+        answers = []
+        for start in range(0, count, 8):  # at most 8 in flight (maxActiveRequests is 10)
+            batch = range(start, min(count, start + 8))
+            for i in batch:
+                await ws.send_str(request_frame(f"r{i}", "GET", EXT))
+            by_id: dict[str, list] = {}
+            while len(by_id) < len(batch):
+                frame = json.loads((await ws.receive(timeout=30)).data)
+                by_id[frame[0]["messageId"]] = frame
+            answers += [by_id[f"r{i}"] for i in batch]
+        await ws.close()
+        return answers
+
+
+@pytest.mark.timeout(120)
+def test_rest_over_the_socket_spends_the_api_budget(emulator_factory, proxy_factory) -> None:
+    emulator = emulator_factory("--auth-rate", "0", "--api-rate", "enforce",
+                                "--api-limits", "light=5", "--api-window", "30")
+    proxy = proxy_factory(emulator.url, rate_limits={"mode": "enforce", "max_wait": 0.5})
+    answers = asyncio.run(rest_burst(proxy.url, 16))
+    statuses = [a[0]["status"] for a in answers]
+    refused = [a for a in answers if a[0]["status"] == 429]
+    counters = emulator.counters()
+    print(f"figures events-rest-budget: {statuses.count(200)} served, {len(refused)} refused "
+          f"by the proxy, platform 429s {dict(counters['api_429_by_group'])}")
+    assert statuses.count(200) == 5 and len(refused) == 11
+    assert all(a[0]["headers"]["X-Tokenproxy-Error"] == "TPX-RATE-LIMITED" for a in refused)
+    assert all(a[1]["errorCode"] == "CMN-301" for a in refused)
+    assert not counters["api_429_by_group"]  # the platform never had to refuse one

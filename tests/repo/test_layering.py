@@ -40,8 +40,10 @@ def test_the_package_keeps_every_layering_contract() -> None:
      "the product never imports the emulator"),
     ("rc_emulator/policy.py", "import proxy_addon",
      "the emulator stands alone: it never imports the product"),
+    ("proxy_addon/events/frames.py", "from mitmproxy import http",
+     "events/ is free of mitmproxy, the gateway and the stores"),
 ], ids=["tokens-mitmproxy", "tokens-ops", "gateway-store-backend", "cli-imported",
-        "product-emulator", "emulator-product"])
+        "product-emulator", "emulator-product", "events-mitmproxy"])
 def test_a_contract_broken_on_purpose_fails(tmp_path: Path, module: str, line: str,
                                             contract: str) -> None:
     shutil.copytree(ROOT / "proxy_addon", tmp_path / "proxy_addon",

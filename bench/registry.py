@@ -9,6 +9,7 @@ from __future__ import annotations
 from bench import (
     chaos,
     drain,
+    events,
     fleet,
     memory,
     ratelimit,
@@ -31,6 +32,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     transport.SCENARIO,
     scale.SCENARIO,
     ratelimit.SCENARIO,
+    events.SCENARIO,
 )
 
 

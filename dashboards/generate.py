@@ -192,6 +192,56 @@ def state_timeline(title: str, account: str = "", height: int = 6) -> Json:
                  width=GRID_WIDTH, height=height, defaults={"mappings": state_mappings()})
 
 
+def events_sockets(account: str = "", width: int = 12) -> Json:
+    return timeseries(
+        "Events: WebSockets open",
+        [target(f"sum by (account) (tokenproxy_events_app_sockets{sel(account)})",
+                "{{account}} apps"),
+         target(f"sum by (account) (tokenproxy_events_upstream_sockets{sel(account)})",
+                "{{account}} platform")],
+        "short", "Apps' WebSockets open on the proxy and the proxy's sockets to the platform's "
+        "gateway, summed over replicas (each replica keeps its own, at most [events] "
+        "upstream_sockets per account). Apps but no platform socket for minutes: "
+        "TokenproxyEventsUpstreamDown.", width=width)
+
+
+def events_connects(account: str = "", width: int = 12) -> Json:
+    by, legend = ("account, outcome", "{{account}} {{outcome}}") if account else (
+        "outcome", "{{outcome}}")
+    colors = {"lost": "red", "error": "orange"}
+    return timeseries(
+        "Events: platform socket connects by outcome",
+        [target(rate("tokenproxy_events_upstream_connects_total", by, account), legend)],
+        "ops", "new (first connect), recovered (recoveryState Successful after a drop), lost "
+        "(the platform's session was gone: subscriptions re-created, buffered events lost, apps "
+        "told recoveryState Failed; TokenproxyEventsRecoveryFailing), error (a connect attempt "
+        "failed).", width=width,
+        overrides=[{"matcher": {"id": "byRegexp", "options": f".*{outcome}"},
+                    "properties": [{"id": "color",
+                                    "value": {"mode": "fixed", "fixedColor": color}}]}
+                   for outcome, color in colors.items()])
+
+
+def events_relayed(account: str = "", width: int = 8) -> Json:
+    by, legend = ("account, kind", "{{account}} {{kind}}") if account else ("kind", "{{kind}}")
+    return timeseries(
+        "Events relayed by kind",
+        [target(rate("tokenproxy_events_relayed_total", by, account), legend)],
+        "ops", "Notifications and REST-over-WebSocket answers (client_request) the proxy "
+        "relayed to app sockets.", width=width)
+
+
+def events_ws_tokens(account: str = "", width: int = 8) -> Json:
+    by, legend = ("account, outcome", "{{account}} {{outcome}}") if account else (
+        "outcome", "{{outcome}}")
+    return timeseries(
+        "Events: platform ws token calls by outcome",
+        [target(rate("tokenproxy_events_ws_token_calls_total", by, account), legend)],
+        "reqps", "POST /restapi/oauth/wstoken calls for the proxy's platform sockets (Auth "
+        "rate-limit group, shared with the token endpoint): ok, rejected (token 401, renewed "
+        "and retried), limited (429), error.", width=width)
+
+
 # -- dashboards -------------------------------------------------------------------------------
 
 def place(panels: list[Json]) -> list[Json]:
@@ -383,6 +433,20 @@ def build_overview() -> Json:
         latency("Rate-limit wait", "tokenproxy_rate_limit_wait_seconds", "group, le",
                 "How long requests waited for their group's budget (those let through at "
                 "once are not counted).", width=8, prefix="{{group}} "),
+        # Events (WebSocket subscriptions, issue 18)
+        events_sockets(),
+        events_connects(),
+        events_relayed(),
+        events_ws_tokens(),
+        timeseries("Events: refused app tokens and frames by reason",
+                   [target(rate("tokenproxy_events_app_ws_tokens_total", "outcome",
+                                'outcome!="issued"'), "token {{outcome}}"),
+                    target(rate("tokenproxy_events_refused_frames_total", "reason"),
+                           "frame {{reason}}")],
+                   "ops", "Socket upgrades the proxy refused by the app's ws token (missing, "
+                   "unknown, expired, in_use, busy) and app frames answered with an error or "
+                   "a close (malformed, too_big, subscribe_rate, busy, slow_reader, "
+                   "oauth_route ...), all replicas.", width=8),
     ]
     return dashboard(OVERVIEW_UID, "tokenproxy - overview",
                      "Token health of every account tokenproxy manages, all replicas.",
@@ -480,6 +544,11 @@ def build_account() -> Json:
                            "{{account}} {{group}}")],
                    "s", "Seconds left of a platform 429 penalty: nothing of the group is sent "
                    "meanwhile.", width=8),
+        # Events (WebSocket subscriptions, issue 18)
+        events_sockets(a, width=6),
+        events_connects(a, width=6),
+        events_relayed(a, width=6),
+        events_ws_tokens(a, width=6),
     ]
     return dashboard(ACCOUNT_UID, "tokenproxy - account",
                      "One account's tokens, renewals, sessions and traffic, all replicas.",

@@ -62,6 +62,16 @@ def render(status: dict) -> str:
         lines.append("")
         lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                   for r in rows]
+    events = (status.get("events") or {}).get("accounts") or {}
+    if any(e.get("app_sessions") for e in events.values()):  # WebSocket subscriptions
+        rows = [("ACCOUNT", "APP SOCKETS", "APP SESSIONS", "PLATFORM SOCKETS", "FILTERS")]
+        rows += [(name, str(e["app_sockets"]), str(e["app_sessions"]),
+                  str(e["upstream_sockets"]), str(e["subscribed_filters"]))
+                 for name, e in events.items() if e.get("app_sessions")]
+        widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+        lines.append("")
+        lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                  for r in rows]
     return "\n".join(lines)
 
 

@@ -388,4 +388,9 @@ EXPORTED = (
     "tokenproxy_rate_limit_limit", "tokenproxy_rate_limit_used", "tokenproxy_rate_limit_remaining",
     "tokenproxy_rate_limit_queued", "tokenproxy_rate_limit_penalty_seconds",
     "tokenproxy_rate_limit_would_wait_total", "tokenproxy_rate_limit_bad_headers_total",
+    # real-time events (issue 18): ops/events_metrics.py
+    "tokenproxy_events_app_sockets", "tokenproxy_events_upstream_sockets",
+    "tokenproxy_events_upstream_connects_total", "tokenproxy_events_relayed_total",
+    "tokenproxy_events_ws_token_calls_total", "tokenproxy_events_app_ws_tokens_total",
+    "tokenproxy_events_refused_frames_total", "tokenproxy_events_bad_upstream_frames_total",
 )

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -39,13 +41,16 @@ async def run_apps(proxy_url: str, emulator) -> dict[str, Any]:
                                  limits=limits) as http, \
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         started = time.monotonic()
+        tokens = await asyncio.gather(*(ws_token(http) for _ in range(APPS)))
+        tokened = time.monotonic()
 
         async def open_app(app: int) -> aiohttp.ClientWebSocketResponse:
-            ws, _ = await connect(session, await ws_token(http))
+            ws, _ = await connect(session, tokens[app])
             return ws
 
+        # every app connects at once: each is connected when its ConnectionDetails is in
         sockets = await asyncio.gather(*(open_app(i) for i in range(APPS)))
-        connected = time.monotonic() - started
+        connected = time.monotonic() - tokened
 
         async def subscribe(app: int) -> None:
             ws = sockets[app]
@@ -85,8 +90,8 @@ async def run_apps(proxy_url: str, emulator) -> dict[str, Any]:
         received = await asyncio.gather(*(collect(i) for i in range(APPS)))
         for ws in sockets:
             await ws.close()
-        return {"connected": connected, "subscribed": subscribed, "received": received,
-                "sent": sent}
+        return {"connected": connected, "tokens": tokened - started, "subscribed": subscribed,
+                "received": received, "sent": sent}
 
 
 @pytest.mark.timeout(300)
@@ -101,8 +106,9 @@ def test_200_app_sockets_share_few_upstream_sockets(emulator_factory, proxy_fact
         assert got == wanted, (app, got, wanted)  # exactly its events, in order
     counters = emulator.counters()
     status = proxy.status()
-    print(f"figures events-multiplex: {APPS} apps connected in {result['connected']:.2f} s, "
-          f"subscribed by {result['subscribed']:.2f} s; platform: ws_connects="
+    print(f"figures events-multiplex: {APPS} ws tokens in {result['tokens']:.2f} s, then "
+          f"{APPS} sockets connected in {result['connected']:.2f} s, all subscribed "
+          f"{result['subscribed']:.2f} s after the start; platform: ws_connects="
           f"{counters['ws_connects']} open_max={counters.get('ws_open_max')} ws_token_calls="
           f"{counters['ws_token_calls']} subscription requests="
           f"{counters['ws_subscription_requests']} notifications sent="
@@ -114,3 +120,9 @@ def test_200_app_sockets_share_few_upstream_sockets(emulator_factory, proxy_fact
     assert not counters["ws_refused_by_code"]  # no upgrade refused, nothing rate-limited
     assert counters["ws_subscription_requests"] < APPS // 4  # merged, not one per app
     assert status["events"]["accounts"]["main"]["upstream_sockets"] <= UPSTREAM_SOCKETS
+    # the apps closed their sockets; their sessions wait recovery_timeout for them
+    table = subprocess.run([sys.executable, "-m", "proxy_addon", "status", "--url",
+                            proxy.admin_url], capture_output=True, text=True, timeout=30)
+    row = next(line.split() for line in table.stdout.splitlines()
+               if line.startswith("main ") and len(line.split()) == 5)
+    assert row[1:3] == ["0", str(APPS)], table.stdout  # app sockets, app sessions

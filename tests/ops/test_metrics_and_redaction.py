@@ -8,6 +8,7 @@ import httpx
 from prometheus_client import generate_latest
 
 from proxy_addon.config import parse_config
+from proxy_addon.ops.events_metrics import EventsMetrics
 from proxy_addon.ops.logs import REDACTED, JsonFormatter, RedactingFormatter, SecretRegistry
 from proxy_addon.ops.metrics import EXPORTED, Metrics, PoolObserver, bounded, status_class
 from proxy_addon.ratelimit.governor import Governor
@@ -31,6 +32,7 @@ def test_catalogue_is_what_the_registry_exports() -> None:
     config = parse_config(CONFIG, "test", {})
     metrics = Metrics()
     metrics.prepare(config, "sqlite")
+    EventsMetrics(metrics, ["main"])  # real-time events (issue 18)
     pool = TokenPool.build(config, TokenEndpoint("http://127.0.0.1:9", httpx.AsyncClient()),
                            MemoryStore(RecordCodec(TokenCipher(None))),
                            observer=PoolObserver(metrics))

@@ -105,7 +105,7 @@ def test_stats_helpers() -> None:
 
 def test_every_issue_scenario_is_registered() -> None:
     assert list(by_name()) == ["throughput", "storm", "fleet", "memory", "replicas", "drain",
-                              "chaos", "transport", "scale", "ratelimit"]
+                              "chaos", "transport", "scale", "ratelimit", "events"]
 
 
 def test_rewriting_a_section_keeps_the_hand_written_notes_after_it(tmp_path) -> None:

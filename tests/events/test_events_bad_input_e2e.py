@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import socket
 import time
 from urllib.parse import urlsplit
@@ -43,6 +44,19 @@ def raw_upgrade(url: str, target: str, extra: str = "") -> tuple[int, dict]:
     return int(head.split()[1]), json.loads(body) if body.strip() else {}
 
 
+def hang_up_mid_upgrade(url: str, target: str) -> None:
+    """Half an upgrade request, then the connection closes (a client giving up)."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\n".encode())
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        key = base64.b64encode(os.urandom(16)).decode()  # the whole request, then gone
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+                     f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                     "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+
+
 async def scenario(proxy_url: str, emulator) -> dict:
     headers = {"Authorization": f"Bearer {APP_KEY}"}
     async with httpx.AsyncClient(base_url=proxy_url, headers=headers, timeout=30) as http, \
@@ -53,7 +67,6 @@ async def scenario(proxy_url: str, emulator) -> dict:
         await good.send_str(subscribe_frame("g1", [PRESENCE]))
         assert (await answer_to(good, "g1"))[0]["status"] == 200
         before = emulator.counters()
-        figures: dict = {}
 
         # tokens: missing, unknown, forged, in use, then reused once its socket closed
         path = urlsplit(good_token["uri"]).path
@@ -74,6 +87,21 @@ async def scenario(proxy_url: str, emulator) -> dict:
         assert (status, body["errorCode"]) == (401, "TPX-WS-TOKEN-UNKNOWN"), body  # a client key
         plain = await http.get(path)
         assert (plain.status_code, plain.json()["errorCode"]) == (400, "TPX-WS-UPGRADE-REQUIRED")
+
+        figures: dict = {}
+        # an app that hangs up in the middle of its upgrade leaves its token usable
+        dropped = await ws_token(http)
+        await asyncio.to_thread(hang_up_mid_upgrade, proxy_url,
+                                f"{path}?access_token={dropped['ws_access_token']}")
+        for attempt in range(30):  # bounded: the proxy notices the hang-up within moments
+            try:
+                again, _ = await connect(session, dropped)
+                figures["hang_up_retries"] = attempt
+                break
+            except aiohttp.WSServerHandshakeError as exc:
+                assert exc.status == 401 and attempt < 29, exc
+                await asyncio.sleep(0.1)
+        await again.close()
 
         # frames: each malformed one gets an Error frame and the socket stays usable
         token = await ws_token(http)
@@ -156,8 +184,10 @@ def test_bad_input_is_refused_and_goes_nowhere(emulator_factory, proxy_factory) 
                                                 "subscribe_per_minute": SUBSCRIBE_CAP})
     figures = asyncio.run(scenario(proxy.url, emulator))
     metrics = httpx.get(proxy.admin_url + "/metrics", timeout=10).text
+    in_use = re.search(r'tokenproxy_events_app_ws_tokens_total\{outcome="in_use"\} (\d+)',
+                       metrics)
+    assert in_use and int(in_use.group(1)) >= 1  # + retries while a hang-up was noticed
     for line in ('tokenproxy_events_app_ws_tokens_total{outcome="missing"} 1.0',
-                 'tokenproxy_events_app_ws_tokens_total{outcome="in_use"} 1.0',
                  'tokenproxy_events_refused_frames_total{reason="too_big"} 1.0',
                  'tokenproxy_events_refused_frames_total{reason="subscribe_rate"} 25.0'):
         assert line in metrics, line

@@ -109,3 +109,23 @@ def test_a_refusal_is_answered_at_the_headers_without_continue() -> None:
     guarded(f)
     assert f.response.status_code == 400
     assert "expect" not in f.request.headers and f.request.stream is False
+
+
+@pytest.mark.parametrize("path", ["/restapi/oauth/wstoken", "/RESTAPI/oauth/WSTOKEN/"])
+def test_wstoken_goes_on_to_the_events_route_only_with_events_on(path: str) -> None:
+    on = flow(path, method="POST")
+    guarded(on, events_path="/ws")
+    assert on.response is None and context_of(on).ws_token
+    off = flow(path, method="POST")
+    guarded(off)  # [events] enabled = false
+    assert off.response.status_code == 403 and code_of(off) == "TPX-OAUTH-MANAGED"
+
+
+def test_the_events_path_is_marked_for_the_events_route() -> None:
+    f = flow("/ws?access_token=abc", method="GET")
+    guarded(f, events_path="/ws")
+    context = context_of(f)
+    assert f.response is None and context.events_socket and not context.ws_token
+    other = flow("/wss", method="GET")
+    guarded(other, events_path="/ws")
+    assert context_of(other) is None or not context_of(other).events_socket

@@ -284,9 +284,13 @@ def test_other_oauth_paths_are_refused(emulator_factory, proxy_factory) -> None:
     assert authorize.status_code == 302
     assert authorize.headers["location"] == (emulator.url +
                                              "/restapi/oauth/authorize?response_type=code")
-    response = httpx.post(proxy.url + "/restapi/oauth/wstoken", timeout=10)
+    response = httpx.post(proxy.url + "/restapi/oauth/introspect", timeout=10)
     assert response.status_code == 403
     assert response.json()["errorCode"] == "TPX-OAUTH-MANAGED"
+    # wstoken is answered by the proxy (issue 18), to identified apps only
+    response = httpx.post(proxy.url + "/restapi/oauth/wstoken", timeout=10)
+    assert response.status_code == 401
+    assert response.json()["errorCode"] == "TPX-CLIENT-UNKNOWN"
     assert emulator.counters()["token_calls"] == 0
 
 

@@ -1,19 +1,23 @@
 """A real Prometheus scrapes a real proxy through a scripted bad day: normal traffic, a
 revocation, an eviction, a platform API rate-limit penalty, a 429 storm at the token endpoint, an
-account that needs a person, and the store going away.
+account that needs a person, the store going away, a platform WebSocket session that could not
+be recovered and apps' sockets of an account that cannot reach the platform's gateway.
 Then every query of every dashboard panel and every alert rule runs through Prometheus' HTTP
 API: none may fail, the panels and the alerts the day should raise return data, and those
 alerts are pending or firing."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
+from websockets.sync.client import ClientConnection, connect
 
 from tests.support.prometheus import start_prometheus
 from tests.support.promql import ALERTS_FILE, alert_rules, expand, panel_queries
@@ -27,6 +31,28 @@ WRONG_KEY = "wrong-app-key-0123456789"
 # replica, in tests/store/test_redis_sentinel_e2e.py, and the rule fires in promtool's unit
 # tests, dashboards/alerts.test.yml). Their queries still run through Prometheus here.
 NOT_RAISED = {"TokenproxySessionsOverBudget", "TokenproxyStoreUnreplicatedWrites"}
+PRESENCE = "/restapi/v1.0/account/~/extension/~/presence"
+
+
+def events_app(proxy_url: str, key: str) -> ClientConnection:
+    """A WebSocket app of ``key``'s account, its subscription sent (its answer not awaited)."""
+    token = httpx.post(proxy_url + "/restapi/oauth/wstoken", timeout=10,
+                       headers={"Authorization": f"Bearer {key}"}).json()
+    ws = connect(f"{token['uri']}?access_token={token['ws_access_token']}", open_timeout=10)
+    assert json.loads(ws.recv(timeout=10))[0]["type"] == "ConnectionDetails"
+    ws.send(json.dumps([{"type": "ClientRequest", "messageId": "s1", "method": "POST",
+                         "path": "/restapi/v1.0/subscription"},
+                        {"eventFilters": [PRESENCE],
+                         "deliveryMode": {"transportType": "WebSocket"}}]))
+    return ws
+
+
+def frame_of(ws: ClientConnection, wanted, within: float) -> list:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + within
+    while True:
+        frame = json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+        if wanted(frame):
+            return frame
 
 
 @pytest.mark.timeout(400)
@@ -53,6 +79,7 @@ def test_dashboards_and_alerts_on_a_bad_day(tmp_path: Path, emulator_factory, pr
                                   [proxy.admin_url.removeprefix("http://")], [ALERTS_FILE])
     statuses: Counter[int] = Counter()
     stop = threading.Event()
+    sockets: list[ClientConnection] = []
 
     def traffic(key: str) -> None:
         with proxy.http(key) as client:
@@ -68,6 +95,17 @@ def test_dashboards_and_alerts_on_a_bad_day(tmp_path: Path, emulator_factory, pr
         for thread in threads:
             thread.start()
         time.sleep(6)  # normal traffic, refreshes every ~3 s
+        # events: main's app subscribes; its platform socket drops and the platform refuses
+        # the recovery (subscription re-created, the app told recoveryState Failed); the
+        # misconfigured account's app never gets a platform socket
+        main_ws = events_app(proxy.url, APP_KEY)
+        sockets.append(main_ws)
+        frame_of(main_ws, lambda f: f[0].get("messageId") == "s1", 20)
+        sockets.append(events_app(proxy.url, WRONG_KEY))
+        emulator.ws_refuse_recovery(True)
+        emulator.ws_drop("close")
+        frame_of(main_ws, lambda f: f[1].get("recoveryState") == "Failed", 20)
+        emulator.ws_refuse_recovery(False)
         # the platform rate-limits the Light group for 2 s: one platform 429 (then the proxy
         # holds the group), requests waiting it out (<= 1.5 s) or answered the proxy's 429
         emulator.rate_penalty("Light", retry_after=2, seconds=2)
@@ -110,6 +148,8 @@ def test_dashboards_and_alerts_on_a_bad_day(tmp_path: Path, emulator_factory, pr
         active = {a["labels"]["alertname"]: a["state"] for a in prometheus.alerts()}
     finally:
         stop.set()
+        for ws in sockets:
+            ws.close()
         redis.resume()
         for thread in threads:
             thread.join(30)

@@ -284,6 +284,12 @@ async def run_checks(config: Config, offline: bool) -> list[Result]:
     proxy = config.proxy
     emit(Result(OK, "config", f"{config.source} ({len(config.accounts)} account(s), "
                               f"{len(config.clients)} client(s), upstream {proxy.upstream})"))
+    for client in config.clients:
+        if client.allow is None:
+            emit(Result(WARN, f"client {client.name}", "no allow list: it may call the whole "
+                        f"API of account {client.account}",
+                        'list what it calls: allow = ["GET /restapi/v1.0/account/~/extension/'
+                        '~/call-log", "POST /restapi/v1.0/account/~/extension/~/sms"]'))
     store_result, store = await check_store(config)
     emit(store_result)
     emit(check_port("listen", proxy.listen, "proxy"))

@@ -1,5 +1,5 @@
 """Command line: ``tokenproxy run | check-config | status | authorize | revoke | keygen |
-emulator``.
+client-key | emulator``.
 
 Entry point of the console script and of ``python -m proxy_addon``. Exit codes: 0 success,
 1 runtime failure, 2 bad input (config or arguments).
@@ -176,6 +176,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("keygen", help="print a new store encryption key",
                         description="Print a new Fernet key for TOKENPROXY_STORE_KEY.")
 
+    commands.add_parser("client-key", help="print a new client key and its SHA-256",
+                        description="Print a new random client key (give it to the app, which "
+                                    "sends it as its Bearer) and its SHA-256, for [[clients]] "
+                                    "key_sha256: the config then holds no secret.")
+
     commands.add_parser("emulator", help="run the bundled RingCentral platform emulator",
                         add_help=False,
                         description="Run the platform emulator (see 'tokenproxy emulator -h').")
@@ -217,6 +222,15 @@ def main(argv: list[str] | None = None) -> int:
         from ..store.crypto import generate_key
 
         print(generate_key())
+        return 0
+    if args.command == "client-key":
+        import secrets
+
+        from ..config.model import key_digest
+
+        key = secrets.token_urlsafe(32)
+        print(f'key = "{key}"  # the app sends it: Authorization: Bearer <key>')
+        print(f'key_sha256 = "{key_digest(key)}"  # in its [[clients]] table instead of key')
         return 0
     if args.command == "status":
         from .status import main as status_main

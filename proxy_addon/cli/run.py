@@ -37,6 +37,7 @@ from ..gateway.rate_limit import RateLimit
 from ..gateway.replay import Replay
 from ..gateway.replay_buffer import ReplayBuffer
 from ..gateway.request_metrics import RequestMetrics
+from ..gateway.scope import Scope
 from ..gateway.throttle import BadKeyThrottle
 from ..ops.admin import AdminServer
 from ..ops.events_metrics import EventsMetrics
@@ -175,6 +176,8 @@ def _gateway(config: Config, pool: TokenPool, plane: DataPlane, metrics: Metrics
                     if governor is not None else None),
         events=(EventsRoute(events.tokens, events.hub, config.events.path, rewriter.base,
                             events.metrics) if events is not None else None),
+        scope=Scope(config.clients) if any(c.allow is not None for c in config.clients)
+        else None,
     )
 
 
@@ -237,7 +240,7 @@ def _print_banner(config: Config, urls: list[str]) -> None:
     if not config.emulator.enabled or not urls:
         return
     url = urls[0]
-    client = config.clients[0] if config.clients else None
+    client = next((c for c in config.clients if c.key.reveal()), None)
     print(f"\nDemo: the proxy at {url} manages tokens against the bundled emulator at "
           f"{config.proxy.upstream}.", flush=True)
     if client is not None:

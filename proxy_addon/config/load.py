@@ -40,6 +40,7 @@ from .model import (
     RateLimitConfig,
     Secret,
     StoreConfig,
+    key_digest,
 )
 
 _EVENTS_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+/?")
@@ -612,8 +613,8 @@ class _Reader:
         keys: set[str] = set()
         for index, item in enumerate(value):
             key = f"clients[{index}]"
-            table = self.table(item, key, {"name", "account", "key", "rate_weight",
-                                           "rate_quota"})
+            table = self.table(item, key, {"name", "account", "key", "keys", "key_sha256",
+                                           "rate_weight", "rate_quota", "allow"})
             name = self.string(table, "name", key, required=True) or ""
             if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
                 raise self.fail(_join(key, "name"),
@@ -621,23 +622,93 @@ class _Reader:
             account = self.string(table, "account", key, required=True) or ""
             if account not in account_names:
                 raise self.fail(_join(key, "account"), f"no [[accounts]] named {account!r}")
-            secret = self.secret(table, "key", key, required=True)
-            assert secret is not None
-            if len(secret.reveal()) < 16:
-                raise self.fail(_join(key, "key"), "too short: use at least 16 characters")
             if name in names:
                 raise self.fail(_join(key, "name"), f"duplicate client {name!r}")
-            if secret.reveal() in keys:
-                raise self.fail(_join(key, "key"), "the same key is used by another client")
+            secrets, digests = self.client_keys(table, key)
+            for field_name, digest in digests:
+                if digest in keys:
+                    raise self.fail(_join(key, field_name),
+                                    "the same key is used by another client (or twice here)")
+                keys.add(digest)
             names.add(name)
-            keys.add(secret.reveal())
             weight = self.number(table, "rate_weight", key, 1.0, minimum=0.01, maximum=1000)
             quota = (self.group_counts(table["rate_quota"], _join(key, "rate_quota"))
                      if "rate_quota" in table else {})
-            clients.append(ClientConfig(name=name, account=account, key=secret,
-                                        rate_weight=float(weight),
-                                        rate_quota=tuple(sorted(quota.items()))))
+            allow = self.allow(table["allow"], _join(key, "allow")) if "allow" in table \
+                else None
+            clients.append(ClientConfig(
+                name=name, account=account, key=secrets[0] if secrets else Secret(""),
+                rate_weight=float(weight), rate_quota=tuple(sorted(quota.items())),
+                key_sha256=tuple(d for _, d in digests), keys=tuple(secrets[1:]),
+                allow=allow))
         return tuple(clients)
+
+    def client_keys(self, table: dict[str, Any], key: str
+                    ) -> tuple[list[Secret], list[tuple[str, str]]]:
+        """A client's keys: ``key`` and ``keys`` in clear (at least 16 characters each),
+        ``key_sha256`` as digests (one or a list); the clear ones and every (field, digest)."""
+        secrets: list[Secret] = []
+        digests: list[tuple[str, str]] = []
+        if "key" in table:
+            secret = self.secret(table, "key", key, required=True)
+            assert secret is not None
+            secrets.append(secret)
+        if "keys" in table:
+            value = table["keys"]
+            if not isinstance(value, list) or not value \
+                    or not all(isinstance(k, str) for k in value):
+                raise self.fail(_join(key, "keys"), "expected a non-empty list of strings")
+            secrets += [Secret(self.interpolate(k, _join(key, "keys"))) for k in value]
+        for secret in secrets:
+            field_name = "key" if secret is secrets[0] and "key" in table else "keys"
+            if len(secret.reveal()) < 16:
+                raise self.fail(_join(key, field_name), "too short: use at least 16 characters")
+            digests.append((field_name, key_digest(secret.reveal())))
+        if "key_sha256" in table:
+            value = table["key_sha256"]
+            items = value if isinstance(value, list) else [value]
+            if not items or not all(isinstance(d, str) for d in items):
+                raise self.fail(_join(key, "key_sha256"), "expected a hex SHA-256 digest or a "
+                                "list of them")
+            for item in items:
+                digest = self.interpolate(item, _join(key, "key_sha256")).strip().lower()
+                if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                    raise self.fail(_join(key, "key_sha256"), "expected the 64 hex digits of a "
+                                    "key's SHA-256 (`tokenproxy client-key` prints both)")
+                digests.append(("key_sha256", digest))
+        if not digests:
+            raise self.fail(_join(key, "key"), "required key is missing (or give keys / "
+                            "key_sha256)")
+        return secrets, digests
+
+    def allow(self, value: Any, key: str) -> tuple[str, ...]:
+        """``allow``: "METHOD /path" patterns; each is checked here (see gateway/scope.py)."""
+        if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+            raise self.fail(key, 'expected a list of "METHOD /path" patterns')
+        patterns = []
+        for index, item in enumerate(value):
+            problem = pattern_problem(item)
+            if problem is not None:
+                raise self.fail(f"{key}[{index}]", f"{problem}, got {item!r}")
+            patterns.append(item.strip())
+        return tuple(patterns)
+
+
+ALLOW_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "*")
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why an ``allow`` pattern is not one, or None: "METHOD /path", METHOD one of
+    :data:`ALLOW_METHODS`, the path absolute, without query, spaces or dot-segments."""
+    method, _, path = pattern.strip().partition(" ")
+    path = path.strip()
+    if method.upper() not in ALLOW_METHODS:
+        return f"the method must be one of {', '.join(ALLOW_METHODS)}"
+    if not path.startswith("/") or any(c.isspace() or c in "?#%" for c in path):
+        return "the path must be absolute, without query, '%' or spaces"
+    if any(part in (".", "..") for part in path.split("/")):
+        return "the path may not have '.' or '..' segments"
+    return None
 
 
 def group_name(name: str) -> str | None:

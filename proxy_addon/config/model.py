@@ -6,6 +6,7 @@ so that no ``repr`` or log line can print them.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -97,11 +98,28 @@ class AccountConfig:
 class ClientConfig:
     name: str
     account: str
-    key: Secret
+    key: Secret  # its first key in clear ("" when it only has digests)
     # its share of the account's API rate limits against the account's other clients
     # (weighted fair queuing, [rate_limits]); optional hard caps per group and window
     rate_weight: float = 1.0
     rate_quota: tuple[tuple[str, int], ...] = ()  # (group key, requests per window)
+    # every key that identifies it: SHA-256 digests (hex) of `key`, `keys` and `key_sha256`
+    # (several while a key rotates; a digest keeps the secret out of the config)
+    key_sha256: tuple[str, ...] = ()
+    keys: tuple[Secret, ...] = ()  # further keys in clear (`keys`), for redaction
+    # what it may call: "METHOD /path" patterns (`*` within a segment, `**` across); None: all
+    allow: tuple[str, ...] | None = None
+
+    def digests(self) -> tuple[str, ...]:
+        """The SHA-256 digests (hex) of every key of this client."""
+        if self.key_sha256:
+            return self.key_sha256
+        return (key_digest(self.key.reveal()),) if self.key.reveal() else ()
+
+
+def key_digest(key: str) -> str:
+    """How a client key is known: its SHA-256, in hex (``key_sha256`` in the config)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -248,7 +266,8 @@ class Config:
 
     def secret_values(self) -> list[str]:
         """Every credential in the config (for log redaction)."""
-        values = [c.key.reveal() for c in self.clients]
+        values = [c.key.reveal() for c in self.clients if c.key.reveal()]
+        values += [k.reveal() for c in self.clients for k in c.keys]
         for account in self.accounts:
             for item in (account.client_secret, account.jwt, account.password,
                          account.refresh_token, account.auth_code, account.code_verifier):

@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from ..config.allow import AllowList
 from ..ops.events_metrics import EventsMetrics
 from . import frames
 from .app_session import AppSession
@@ -63,8 +64,9 @@ class _Ticket:
 
 class Hub:
     def __init__(self, channels: dict[str, AccountChannel], settings: HubSettings,
-                 metrics: EventsMetrics) -> None:
+                 metrics: EventsMetrics, scopes: dict[str, AllowList] | None = None) -> None:
         self.channels = channels
+        self._scopes = scopes or {}  # clients' allow lists: REST over the socket too
         self._settings = settings
         self._metrics = metrics
         self._tokens = SocketTokens()
@@ -193,6 +195,12 @@ class Hub:
             self._refuse(session, "oauth_route", 403, "TPX-OAUTH-MANAGED", "OAuth routes are "
                          "not served over the socket: tokenproxy manages the account's "
                          "tokens.", frame.message_id, answer=True)
+            return None
+        scope = self._scopes.get(session.client)
+        if scope is not None and not scope.allows(str(frame.meta["method"]),
+                                                  str(frame.meta["path"])):
+            self._refuse(session, "scope", 403, "TPX-SCOPE-DENIED", "Outside this client's "
+                         "[[clients]] allow list.", frame.message_id, answer=True)
             return None
         if session.active_requests >= MAX_ACTIVE:
             self._refuse(session, "busy", 429, "TPX-WS-BUSY", f"At most {MAX_ACTIVE} requests "

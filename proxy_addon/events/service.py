@@ -13,6 +13,7 @@ import aiohttp
 import httpx
 
 from ..config import Config
+from ..config.allow import AllowList
 from ..ops.events_metrics import EventsMetrics
 from ..ratelimit.governor import Governor
 from ..tokens.pool import TokenPool
@@ -65,7 +66,8 @@ class EventsService:
         self.hub = Hub(channels, HubSettings(events.max_frame_bytes, events.max_app_sockets,
                                              events.subscribe_per_minute,
                                              events.filters_per_app, events.recovery_timeout),
-                       metrics)
+                       metrics, {c.name: AllowList.of(c.allow) for c in config.clients
+                                 if c.allow is not None})
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(

@@ -28,6 +28,7 @@ REPLAY_TOO_LARGE = "TPX-REPLAY-TOO-LARGE"  # a replay's answer beyond stream_thr
 # the account's API budget for the request's group stayed used up (or in a platform penalty)
 # for [rate_limits] max_wait: the proxy's own 429, in the platform's CMN-301 envelope
 RATE_LIMITED = "TPX-RATE-LIMITED"
+SCOPE_DENIED = "TPX-SCOPE-DENIED"  # outside the client's [[clients]] allow list
 
 
 def error_body(code: str, message: str) -> bytes:

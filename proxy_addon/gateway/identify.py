@@ -46,7 +46,8 @@ class Identify:
         self._throttle = throttle
         self._virtual = virtual  # None: no logins through the proxy, no virtual tokens
         self._login_clients = login_clients(accounts)
-        self._clients = {_digest(c.key.reveal()): c for c in clients}
+        # every key of every client, by digest (several while a key rotates; `key_sha256`)
+        self._clients = {bytes.fromhex(d): c for c in clients for d in c.digests()}
         # keys seen to match, by value: one dict lookup per request instead of a SHA-256
         # (only configured keys get in: bounded; unknown keys are always looked up by digest)
         self._matched_keys: dict[str, ClientConfig] = {}

@@ -39,6 +39,7 @@ from .login import Login
 from .rate_limit import RateLimit
 from .replay import Replay
 from .request_metrics import RequestMetrics
+from .scope import Scope
 
 log = logging.getLogger("tokenproxy.master")
 
@@ -55,10 +56,11 @@ class Gateway:
                  inject: Inject, replay: Replay, links: Links,
                  request_metrics: RequestMetrics, listening: Listening,
                  forward: Forward | None = None, rate_limit: RateLimit | None = None,
-                 events: EventsRoute | None = None) -> None:
+                 events: EventsRoute | None = None, scope: Scope | None = None) -> None:
         self.addons: list[object] = [
             guard,  # requestheaders: TLS, target, OAuth routes, spoofable/hop-by-hop headers
             identify,  # requestheaders: client key or virtual token, else 401 (throttled)
+            *([scope] if scope is not None else []),  # requestheaders: the client's allow list
             # requestheaders: a ws token -> the events hub; request: wstoken answered
             *([events] if events is not None else []),
             *([login] if login is not None else []),  # request: /restapi/oauth/token, revoke

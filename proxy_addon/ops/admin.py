@@ -1,9 +1,9 @@
 """The operator's listener (``[proxy] metrics_listen``): ``/metrics`` (Prometheus),
-``/healthz``, ``/readyz`` and ``/status`` (every account's state as JSON, read by
-``tokenproxy status``). A background probe keeps ``tokenproxy_store_up`` current while no
-renewal touches the store.
+``/healthz``, ``/readyz``, ``/status`` (every account's state as JSON, read by
+``tokenproxy status``) and ``/`` (the same as an auto-refreshing HTML page, ``status_page``).
+A background probe keeps ``tokenproxy_store_up`` current while no renewal touches the store.
 
-With ``[proxy] admin_token_env``, ``/metrics`` and ``/status`` answer only requests carrying
+With ``[proxy] admin_token_env``, ``/metrics``, ``/status`` and ``/`` answer only requests carrying
 ``Authorization: Bearer <that variable's value>`` (compared in constant time; 401 otherwise);
 the probes ``/healthz`` and ``/readyz`` stay open for kubelets and load balancers, and tell a
 caller without the token no more than up / ready / degraded. The config refuses a
@@ -31,10 +31,12 @@ from ..tokens.pool import TokenPool
 from ..tokens.states import AccountState
 from .logs import SECRETS
 from .metrics import Metrics, RateBudgets
+from .status_page import render_status_page, render_unauthorized_page
 
 log = logging.getLogger("tokenproxy.admin")
 
 HEALTHY_STATES = {AccountState.HEALTHY, AccountState.IDLE, AccountState.REFRESHING}
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tokenproxy-admin"'}
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 # what a replica cannot do while the store is unreachable (``/readyz`` "impaired")
 IMPAIRED_WITHOUT_STORE = (
@@ -91,6 +93,7 @@ class AdminServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/status", self._guarded(self._status))
+        app.router.add_get("/", self._guarded(self._status_page, html=True))
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, listen.host, listen.port)
@@ -116,15 +119,19 @@ class AdminServer:
         return self._token is None or bearer_matches(request.headers.get("Authorization"),
                                                      self._token)
 
-    def _guarded(self, handler: Handler) -> Handler:
+    def _guarded(self, handler: Handler, html: bool = False) -> Handler:
         async def guarded(request: web.Request) -> web.Response:
             if self._authorized(request):
                 return await handler(request)
+            if html:
+                return web.Response(
+                    text=render_unauthorized_page(), status=401, content_type="text/html",
+                    charset="utf-8", headers={"Cache-Control": "no-store", **CHALLENGE})
             return web.json_response(
                 {"error": "unauthorized",
                  "message": f"{request.path} needs Authorization: Bearer <token>, the token in "
                             "the environment variable named by [proxy] admin_token_env"},
-                status=401, headers={"WWW-Authenticate": 'Bearer realm="tokenproxy-admin"'})
+                status=401, headers=CHALLENGE)
 
         return guarded
 
@@ -184,6 +191,15 @@ class AdminServer:
         return False, problem
 
     async def _status(self, _: web.Request) -> web.Response:
+        return web.json_response(self.status_body())
+
+    async def _status_page(self, _: web.Request) -> web.Response:
+        return web.Response(text=render_status_page(self.status_body()), content_type="text/html",
+                            charset="utf-8", headers={"Cache-Control": "no-store"})
+
+    def status_body(self) -> dict[str, Any]:
+        """What ``/status`` answers and ``/`` shows: every account's snapshot (no token values),
+        its rate-limit budgets and the events hub's sockets."""
         accounts = [a.snapshot() for a in self._pool.accounts.values()]
         healthy = all(AccountState(a["state"]) in HEALTHY_STATES for a in accounts)
         if self._rate_limits is not None:  # each account's API budgets, group by group
@@ -198,4 +214,4 @@ class AdminServer:
         body: dict[str, Any] = {"time": time.time(), "healthy": healthy, "accounts": accounts}
         if self._events is not None:
             body["events"] = self._events()
-        return web.json_response(body)
+        return body

@@ -15,7 +15,7 @@ RELAYED_KINDS = ("notification", "client_request")
 WS_TOKEN_OUTCOMES = ("ok", "rejected", "limited", "error")
 APP_TOKEN_OUTCOMES = ("issued", "missing", "unknown", "expired", "in_use", "busy")
 REFUSED_FRAME_REASONS = ("malformed", "too_big", "subscribe_rate", "busy", "slow_reader",
-                         "oauth_route", "rate_limited")
+                         "oauth_route", "rate_limited", "scope")
 
 
 class EventsMetrics:

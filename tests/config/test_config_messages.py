@@ -215,7 +215,9 @@ TODAY_MORE = {
     'jwt empty': 'c.toml: accounts[0].jwt: must not be empty',
     'grant empty': 'c.toml: accounts[0].grant: must not be empty',
     'client key short': 'c.toml: clients[0].key: too short: use at least 16 characters',
-    'client key missing': 'c.toml: clients[0].key: required key is missing',
+    'client key missing': (
+        'c.toml: clients[0].key: required key is missing (or give keys / key_sha256)'
+    ),
     'client account unknown': "c.toml: clients[0].account: no [[accounts]] named 'other'",
     'client name bad': (
         "c.toml: clients[0].name: use 1-64 letters, digits, '.', '_' or '-' (it is a metric "

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import httpx
 
@@ -27,6 +27,7 @@ from ..gateway.events_route import EventsRoute
 from ..gateway.forward import Forward
 from ..gateway.guard import Guard
 from ..gateway.identify import Identify
+from ..gateway.in_flight import InFlight
 from ..gateway.inject import Inject
 from ..gateway.link_scanner import LinkScanner
 from ..gateway.links import LinkRewriter, Links
@@ -126,15 +127,17 @@ async def _serve(config: Config, tls_pem: str | None = None, banner: bool = True
             if governor.shared:
                 watcher = asyncio.create_task(_count_processes(governor, store))
         events = _events(config, pool, clients.control, metrics, governor)
+        in_flight = InFlight()
         master = build_master(config, _gateway(config, pool, clients.data, metrics, virtual,
                                                login, throttle, buffer, banner, governor,
-                                               events),
+                                               events, in_flight),
                               tls_pem=tls_pem)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, master.shutdown)
         admin = AdminServer(config, pool, store, metrics, governor,
                             events.hub.snapshot if events is not None else None)
+        drain = Drain(config, master.shutdown, admin, in_flight)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, drain.signalled)
         try:
             if events is not None:
                 await events.start()
@@ -155,7 +158,8 @@ async def _serve(config: Config, tls_pem: str | None = None, banner: bool = True
 def _gateway(config: Config, pool: TokenPool, plane: DataPlane, metrics: Metrics,
              virtual: VirtualTokens, login: LoginInterceptor, throttle: BadKeyThrottle,
              buffer: ReplayBuffer, banner: bool = True,
-             governor: Governor | None = None, events: EventsService | None = None) -> Gateway:
+             governor: Governor | None = None, events: EventsService | None = None,
+             in_flight: InFlight | None = None) -> Gateway:
     """The gateway's addons, each built from what it needs (order: see ``Gateway``)."""
     proxy = config.proxy
     rewriter = LinkRewriter(proxy.upstream, proxy.media_upstream, proxy.public_url)
@@ -178,7 +182,46 @@ def _gateway(config: Config, pool: TokenPool, plane: DataPlane, metrics: Metrics
                             events.metrics) if events is not None else None),
         scope=Scope(config.clients) if any(c.allow is not None for c in config.clients)
         else None,
+        in_flight=in_flight,
     )
+
+
+class Drain:
+    """A graceful stop (issue 19, item 2). The first SIGTERM/SIGINT turns ``/readyz`` 503 and
+    answers ``Connection: close``; new connections are still served for ``drain_grace`` seconds
+    (load balancers notice the readiness and stop sending), then the requests in flight get up
+    to ``shutdown_timeout`` to finish, then the proxy stops (exit 0). A second signal stops at
+    once."""
+
+    def __init__(self, config: Config, stop: Callable[[], None], admin: AdminServer,
+                 in_flight: InFlight) -> None:
+        self._grace = config.proxy.drain_grace
+        self._timeout = config.proxy.shutdown_timeout
+        self._stop = stop
+        self._admin = admin
+        self._in_flight = in_flight
+        self._task: asyncio.Task[None] | None = None
+
+    def signalled(self) -> None:
+        if self._task is not None:
+            log.warning("second stop signal: stopping now", extra={"event": "drain_abandoned"})
+            self._stop()
+            return
+        self._admin.draining = self._in_flight.draining = True
+        log.info("draining: /readyz answers 503; serving %g s more, then up to %g s for the "
+                 "%d request(s) in flight", self._grace, self._timeout, self._in_flight.count,
+                 extra={"event": "draining"})
+        self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        await asyncio.sleep(self._grace)
+        started = time.monotonic()
+        finished = await self._in_flight.idle(self._timeout)
+        left = self._in_flight.count
+        log.info("drained in %.1f s%s; stopping", time.monotonic() - started,
+                 "" if finished else f" ({left} request(s) still in flight at the timeout)",
+                 extra={"event": "drained"})
+        self._stop()
 
 
 def _events(config: Config, pool: TokenPool, control: httpx.AsyncClient,

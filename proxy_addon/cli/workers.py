@@ -138,9 +138,12 @@ def supervise(config: Config, config_path: str, workers: int, extra_args: list[s
             for proc in procs:
                 if proc.poll() is None:
                     proc.terminate()
+            # each worker drains on SIGTERM: its grace, then its in-flight requests
+            deadline = time.monotonic() + config.proxy.drain_grace \
+                + config.proxy.shutdown_timeout + 15
             for proc in procs:
                 try:
-                    proc.wait(15)
+                    proc.wait(max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     proc.kill()
     return exit_code

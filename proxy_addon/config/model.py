@@ -215,6 +215,10 @@ class ProxyConfig:
     refresh_ahead: float = 60.0
     refresh_ahead_share: float = 0.04  # ... but never more than this share of the lifetime
     drain_timeout: float = 2.0
+    # SIGTERM: /readyz turns 503 and new connections are served this long (load balancers
+    # notice), then in-flight requests get up to shutdown_timeout to finish; then exit 0
+    drain_grace: float = 0.0
+    shutdown_timeout: float = 30.0
     stream_threshold: int = 1024 * 1024
     verify_upstream_tls: bool = True
     auth_budget_calls: int = 5

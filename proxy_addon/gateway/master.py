@@ -32,6 +32,7 @@ from .events_route import EventsRoute
 from .forward import Forward
 from .guard import Guard
 from .identify import Identify
+from .in_flight import InFlight
 from .inject import Inject
 from .links import Links
 from .listening import Listening
@@ -56,8 +57,11 @@ class Gateway:
                  inject: Inject, replay: Replay, links: Links,
                  request_metrics: RequestMetrics, listening: Listening,
                  forward: Forward | None = None, rate_limit: RateLimit | None = None,
-                 events: EventsRoute | None = None, scope: Scope | None = None) -> None:
+                 events: EventsRoute | None = None, scope: Scope | None = None,
+                 in_flight: InFlight | None = None) -> None:
         self.addons: list[object] = [
+            # requests in flight, counted for a graceful drain; Connection: close while it runs
+            *([in_flight] if in_flight is not None else []),
             guard,  # requestheaders: TLS, target, OAuth routes, spoofable/hop-by-hop headers
             identify,  # requestheaders: client key or virtual token, else 401 (throttled)
             *([scope] if scope is not None else []),  # requestheaders: the client's allow list

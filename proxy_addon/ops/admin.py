@@ -71,6 +71,7 @@ class AdminServer:
                  events: Callable[[], dict[str, Any]] | None = None) -> None:
         self._config = config
         self._events = events  # the events hub's snapshot (issue 18), when [events] is on
+        self.draining = False  # SIGTERM: not ready any more, whatever else holds
         self._rate_limits = rate_limits  # the API rate-limit governor, when it runs
         self._pool = pool
         self._store = store
@@ -148,6 +149,8 @@ class AdminServer:
         balancer at once would turn a store outage into a full one); the body says
         ``degraded`` and which part is down (the store's error text only with the admin
         token, when one is configured: it may name hosts)."""
+        if self.draining:  # load balancers: send nothing new here
+            return web.json_response({"ready": False, "draining": True}, status=503)
         store_ok, problem = await self.store_reachable()
         serving = all(a.can_serve() for a in self._pool.accounts.values())
         ready = store_ok or serving

@@ -46,6 +46,7 @@ class Answer:
     cut_after: int = -1  # >= 0: close the connection after this many body bytes
     hold: bool = False  # wait for ``release`` before answering
     close_after: bool = False  # close the connection (idly) right after answering
+    delay: float = 0.0  # seconds before answering (a slow platform)
 
 
 def piece(offset: int, size: int) -> bytes:
@@ -106,6 +107,8 @@ class ScriptedUpstream(LoopServer):
                 else:
                     self.api_connections.add(number)
                     answer = self.script(seen)
+                if answer.delay > 0:
+                    await asyncio.sleep(answer.delay)
                 if answer.hold:
                     await asyncio.get_running_loop().run_in_executor(None, self.release.wait, 30)
                 if answer.drop:

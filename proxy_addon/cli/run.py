@@ -23,6 +23,7 @@ import httpx
 from ..config import AccountConfig, Config
 from ..events.service import EventsService
 from ..gateway import pooled_body
+from ..gateway.audit import Audit, access_logger
 from ..gateway.events_route import EventsRoute
 from ..gateway.forward import Forward
 from ..gateway.guard import Guard
@@ -37,6 +38,7 @@ from ..gateway.master import Gateway, build_master, listen_tcp_only
 from ..gateway.rate_limit import RateLimit
 from ..gateway.replay import Replay
 from ..gateway.replay_buffer import ReplayBuffer
+from ..gateway.request_id import RequestId
 from ..gateway.request_metrics import RequestMetrics
 from ..gateway.scope import Scope
 from ..gateway.throttle import BadKeyThrottle
@@ -183,6 +185,8 @@ def _gateway(config: Config, pool: TokenPool, plane: DataPlane, metrics: Metrics
         scope=Scope(config.clients) if any(c.allow is not None for c in config.clients)
         else None,
         in_flight=in_flight,
+        request_id=RequestId(),
+        audit=Audit(logger) if (logger := access_logger(proxy.access_log)) else None,
     )
 
 

@@ -143,6 +143,18 @@ class _Reader:
             raise self.fail(_join(key, name), f"expected true or false, got {_kind(value)}")
         return value
 
+    def access_log(self, table: dict[str, Any], key: str) -> str:
+        """``"off"``, ``"stderr"`` or a file in a directory that exists and is writable."""
+        value = self.string(table, "access_log", key, default="off") or "off"
+        if value in ("off", "stderr"):
+            return value
+        directory = Path(value).parent
+        if not directory.is_dir() or not os.access(directory, os.W_OK) \
+                or Path(value).is_dir():
+            raise self.fail(_join(key, "access_log"), f"expected \"off\", \"stderr\" or a "
+                            f"file in a writable directory, got {value!r}")
+        return value
+
     def host_port(self, text: str, key: str) -> HostPort:
         host, sep, port = text.rpartition(":")
         host = host.strip("[]")
@@ -387,7 +399,8 @@ class _Reader:
         key = "proxy"
         allowed = {"listen", "metrics_listen", "upstream", "token_wait_timeout",
                    "upstream_timeout", "refresh_ahead", "refresh_ahead_share",
-                   "drain_timeout", "drain_grace", "shutdown_timeout", "stream_threshold",
+                   "drain_timeout", "drain_grace", "shutdown_timeout", "access_log",
+                   "stream_threshold",
                    "verify_upstream_tls",
                    "auth_budget_calls", "auth_budget_window", "log_format",
                    "media_upstream", "public_url", "allow_plaintext_listen", "bad_key_limit",
@@ -440,6 +453,7 @@ class _Reader:
                                     maximum=600),
             shutdown_timeout=self.number(table, "shutdown_timeout", key,
                                          defaults.shutdown_timeout, minimum=0, maximum=3600),
+            access_log=self.access_log(table, key),
             stream_threshold=int(self.number(table, "stream_threshold", key,
                                              defaults.stream_threshold, minimum=0, integer=True)),
             verify_upstream_tls=self.boolean(table, "verify_upstream_tls", key,

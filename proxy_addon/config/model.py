@@ -219,6 +219,7 @@ class ProxyConfig:
     # notice), then in-flight requests get up to shutdown_timeout to finish; then exit 0
     drain_grace: float = 0.0
     shutdown_timeout: float = 30.0
+    access_log: str = "off"  # the audit trail: "off", "stderr" or a file (one JSON line each)
     stream_threshold: int = 1024 * 1024
     verify_upstream_tls: bool = True
     auth_budget_calls: int = 5

@@ -36,6 +36,7 @@ class FlowContext:
     rate_group: str | None = None  # the rate-limit group it was admitted in (rate_limit)
     rate_admitted: float | None = None  # when its group let it go (monotonic; rate_limit)
     rate_slot: str | None = None  # its slot in the store's shared window (rate_limit)
+    rate_waited: float = 0.0  # seconds it waited for its group's budget (rate_limit)
     rate_refused: bool = False  # answered 429 by the proxy itself (rate_limit)
     rate_resent: bool = False  # sent again after the platform's 429 (rate_limit)
     ws_token: bool = False  # POST /restapi/oauth/wstoken, answered by the proxy (events_route)

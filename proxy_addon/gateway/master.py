@@ -28,6 +28,7 @@ from mitmproxy.proxy.layers.http import _http1
 from ..config import Config
 from ..upstream.tls_resume import UpstreamTlsResumption
 from . import early_answer, errors, stream_abort
+from .audit import Audit
 from .events_route import EventsRoute
 from .forward import Forward
 from .guard import Guard
@@ -39,6 +40,7 @@ from .listening import Listening
 from .login import Login
 from .rate_limit import RateLimit
 from .replay import Replay
+from .request_id import RequestId
 from .request_metrics import RequestMetrics
 from .scope import Scope
 
@@ -58,10 +60,13 @@ class Gateway:
                  request_metrics: RequestMetrics, listening: Listening,
                  forward: Forward | None = None, rate_limit: RateLimit | None = None,
                  events: EventsRoute | None = None, scope: Scope | None = None,
-                 in_flight: InFlight | None = None) -> None:
+                 in_flight: InFlight | None = None, request_id: RequestId | None = None,
+                 audit: Audit | None = None) -> None:
         self.addons: list[object] = [
             # requests in flight, counted for a graceful drain; Connection: close while it runs
             *([in_flight] if in_flight is not None else []),
+            # requestheaders: X-Request-Id kept or made, traceparent checked; both ways
+            *([request_id] if request_id is not None else []),
             guard,  # requestheaders: TLS, target, OAuth routes, spoofable/hop-by-hop headers
             identify,  # requestheaders: client key or virtual token, else 401 (throttled)
             *([scope] if scope is not None else []),  # requestheaders: the client's allow list
@@ -76,6 +81,7 @@ class Gateway:
             links,  # responseheaders: streaming; response: links point at the proxy
             request_metrics,  # responseheaders: upstream latency; response/error: counted
             listening,  # running: "tokenproxy listening on URL"
+            *([audit] if audit is not None else []),  # response/error: one audit line
         ]
 
 

@@ -82,6 +82,7 @@ class RateLimit:
             self._refuse(flow, context, group, exc.retry_after, exc.penalty)
             return
         self._metrics.rate_wait.labels(account, group).observe(waited)
+        context.rate_waited = waited
         if client_gone(flow):  # the app gave up while it waited: send nothing
             flow.kill()
 

@@ -154,12 +154,13 @@ TODAY = {
         'refresh_token, authorization_code)'
     ),
     'unknown proxy key': (
-        'c.toml: proxy.listen_port: unknown key (allowed here: admin_token_env, '
+        'c.toml: proxy.listen_port: unknown key (allowed here: access_log, admin_token_env, '
         'allow_plaintext_listen, auth_budget_calls, auth_budget_window, bad_key_limit, '
-        'drain_timeout, listen, log_format, login_failure_limit, media_upstream, '
+        'drain_grace, drain_timeout, listen, log_format, login_failure_limit, media_upstream, '
         'metrics_listen, metrics_per_account, public_url, refresh_ahead, refresh_ahead_share, '
         'replay_body_limit, '
-        'replay_buffer_total, stream_threshold, tls_cert, tls_key, token_wait_timeout, '
+        'replay_buffer_total, shutdown_timeout, stream_threshold, tls_cert, tls_key, '
+        'token_wait_timeout, '
         'upstream, upstream_http2, upstream_keepalive, upstream_pool, upstream_pool_size, '
         'upstream_pool_wait, upstream_timeout, verify_upstream_tls, virtual_access_ttl, '
         'virtual_grant_stale_max, virtual_grants_per_account)'
@@ -317,12 +318,13 @@ TODAY_MORE = {
         "c.toml: accounts[0].redirect_uri: required for grant 'authorization_code'"
     ),
     'order: unknown key before bad value': (
-        'c.toml: proxy.zzz: unknown key (allowed here: admin_token_env, '
+        'c.toml: proxy.zzz: unknown key (allowed here: access_log, admin_token_env, '
         'allow_plaintext_listen, auth_budget_calls, auth_budget_window, bad_key_limit, '
-        'drain_timeout, listen, log_format, login_failure_limit, media_upstream, '
+        'drain_grace, drain_timeout, listen, log_format, login_failure_limit, media_upstream, '
         'metrics_listen, metrics_per_account, public_url, refresh_ahead, refresh_ahead_share, '
         'replay_body_limit, '
-        'replay_buffer_total, stream_threshold, tls_cert, tls_key, token_wait_timeout, '
+        'replay_buffer_total, shutdown_timeout, stream_threshold, tls_cert, tls_key, '
+        'token_wait_timeout, '
         'upstream, upstream_http2, upstream_keepalive, upstream_pool, upstream_pool_size, '
         'upstream_pool_wait, upstream_timeout, verify_upstream_tls, virtual_access_ttl, '
         'virtual_grant_stale_max, virtual_grants_per_account)'

@@ -20,8 +20,8 @@ PYTHON ?= $(shell for c in python3.13 python3.12 \
 
 # Debian packages the tests run for real: redis-server (the shared store), redis-sentinel (the
 # failover test), prometheus (brings promtool; alert rules are checked and a real Prometheus
-# scrapes the proxy).
-TEST_DEBS ?= redis-server redis-sentinel prometheus
+# scrapes the proxy), chromium (the status page is loaded in a real headless browser).
+TEST_DEBS ?= redis-server redis-sentinel prometheus chromium
 # What `make bench` drives: nginx (the static upstream), wrk and hey (load generators),
 # redis-server and redis-sentinel (the shared store of scenarios drain and chaos).
 BENCH_DEBS ?= nginx wrk hey redis-server redis-sentinel

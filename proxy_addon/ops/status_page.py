@@ -29,6 +29,8 @@ ACCESS_SCALE = 3600.0
 REFRESH_SCALE = 7 * 86400.0
 LOW_FRACTION = 0.1  # a bar below this share of its scale is drawn as "low"
 GOOD_STATES = ("healthy", "idle", "refreshing")  # as admin.HEALTHY_STATES
+# states in which the tokens held, whatever time they have left, do not work: greyed bars
+DEAD_STATES = ("reauth_required", "misconfigured")
 
 CSS = """
 :root { --ok: #1a7f37; --warn: #9a6700; --bad: #cf222e; --info: #0969da; --muted: #6e7781;
@@ -65,7 +67,9 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .bar.low .fill { background: var(--warn); }
 .bar.none .fill { width: 0; }
 .left { min-width: 56px; text-align: right; font-variant-numeric: tabular-nums; }
-.bar.none .left { color: var(--muted); }
+.bar.none .left, .bar.unusable .left { color: var(--muted); }
+.bar.unusable .fill { background: repeating-linear-gradient(45deg, #d0d7de 0 6px,
+                                                           #eaeef2 6px 12px); }
 tr.attention td { background: #fff5f5; }
 .error { color: var(--bad); word-break: break-word; }
 .hint { margin-top: 4px; word-break: break-word; }
@@ -110,8 +114,13 @@ def _number(value: Any) -> float | None:
         else None
 
 
-def _bar(role: str, seconds: Any, scale: float) -> str:
+def _bar(role: str, seconds: Any, scale: float, usable: bool = True) -> str:
     left = _number(seconds)
+    if left is not None and not usable:  # e.g. a refresh token the platform refused
+        return (f'<div class="bar unusable" data-role="{role}" data-seconds="{int(left)}" '
+                f'title="{role}: {_e(format_duration(left))} left on paper, but the platform '
+                f'refused it"><span class="track"><span class="fill" style="width:100%">'
+                f'</span></span><span class="left">unusable</span></div>')
     if left is None:
         return (f'<div class="bar none" data-role="{role}" data-seconds="">'
                 f'<span class="track"><span class="fill"></span></span>'
@@ -133,6 +142,7 @@ def _account_row(account: Mapping[str, Any], slug: str, now: float) -> str:
     name = str(account.get("account", ""))
     state = str(account.get("state", "unknown"))
     attention = state not in GOOD_STATES
+    usable = state not in DEAD_STATES
     since = _number(account.get("state_since"))
     problem = ""
     if attention or account.get("last_error"):
@@ -149,8 +159,9 @@ def _account_row(account: Mapping[str, Any], slug: str, now: float) -> str:
         f'<td><span class="badge state-{_e(state)}" data-role="state">{_e(state)}</span>'
         + (f'<div class="muted" data-role="state-since">for '
            f'{_e(format_duration(now - since))}</div>' if since is not None else "")
-        + f'</td><td>{_bar("access", account.get("access_expires_in"), ACCESS_SCALE)}</td>'
-        f'<td>{_bar("refresh", account.get("refresh_expires_in"), REFRESH_SCALE)}</td>'
+        + f'</td><td>{_bar("access", account.get("access_expires_in"), ACCESS_SCALE, usable)}'
+        f'</td><td>{_bar("refresh", account.get("refresh_expires_in"), REFRESH_SCALE, usable)}'
+        '</td>'
         f'<td class="num" data-role="sessions">{sessions}</td>'
         f'<td data-role="last-refresh">{_e(_ago(now, account.get("last_refresh")))}</td>'
         f'<td data-role="problem">{problem or "<span class=muted>-</span>"}</td></tr>')

@@ -254,8 +254,11 @@ def test_status_page_in_a_headless_browser(emulator_factory, proxy_factory, chro
     assert "state-reauth_required" in badge.attrs["class"].split()
     assert "refresh token dead" in bad.find(data_role="error").text
     assert "tokenproxy authorize seeded" in bad.find(data_role="hint").text
-    for role in ("access", "refresh"):  # no live token: empty bars, "-"
-        assert bad.find(data_role=role).attrs["data-seconds"] == ""
+    for role in ("access", "refresh"):  # no usable token: an empty or a greyed bar
+        bar = bad.find(data_role=role)
+        assert bar.attrs["data-seconds"] == "" or "unusable" in bar.attrs["class"].split(), \
+            bar.attrs
+        assert bar.find(None, **{"class": "left"}).text in ("-", "unusable")
     assert re.fullmatch(r"[01]/1", bad.find(data_role="sessions").text)
 
     good = table.find("tr", data_account="main")

@@ -1,5 +1,5 @@
-"""Command line: ``tokenproxy run | check-config | status | authorize | revoke | keygen |
-client-key | emulator``.
+"""Command line: ``tokenproxy run | check-config | reload | status | authorize | revoke |
+keygen | client-key | emulator``.
 
 Entry point of the console script and of ``python -m proxy_addon``. Exit codes: 0 success,
 1 runtime failure, 2 bad input (config or arguments).
@@ -173,6 +173,13 @@ def _parser() -> argparse.ArgumentParser:
                              "(the proxy's [proxy] admin_token_env; default "
                              "TOKENPROXY_ADMIN_TOKEN)")
 
+    reload = commands.add_parser(
+        "reload", help="re-read the config of a running proxy (its clients apply at once)",
+        description="Check FILE, then send SIGHUP to the running `tokenproxy run --config FILE` "
+                    "(a supervisor passes it to its workers): clients, keys, allow lists and "
+                    "rate weights change without a restart; a bad file changes nothing.")
+    reload.add_argument("--config", required=True, metavar="FILE")
+
     commands.add_parser("keygen", help="print a new store encryption key",
                         description="Print a new Fernet key for TOKENPROXY_STORE_KEY.")
 
@@ -223,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(generate_key())
         return 0
+    if args.command == "reload":
+        from .reload import main as reload_main
+
+        return reload_main(args.config)
     if args.command == "client-key":
         import secrets
 

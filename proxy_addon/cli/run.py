@@ -58,6 +58,7 @@ from ..upstream.replay_sender import Replayer
 from ..upstream.token_endpoint import TokenEndpoint
 from ..virtual.grants import VirtualTokens
 from ..virtual.login import LoginInterceptor
+from .reload import Reloader
 
 log = logging.getLogger("tokenproxy")
 
@@ -130,16 +131,20 @@ async def _serve(config: Config, tls_pem: str | None = None, banner: bool = True
                 watcher = asyncio.create_task(_count_processes(governor, store))
         events = _events(config, pool, clients.control, metrics, governor)
         in_flight = InFlight()
-        master = build_master(config, _gateway(config, pool, clients.data, metrics, virtual,
-                                               login, throttle, buffer, banner, governor,
-                                               events, in_flight),
-                              tls_pem=tls_pem)
+        gateway = _gateway(config, pool, clients.data, metrics, virtual, login, throttle, buffer,
+                           banner, governor, events, in_flight)
+        master = build_master(config, gateway, tls_pem=tls_pem)
         admin = AdminServer(config, pool, store, metrics, governor,
                             events.hub.snapshot if events is not None else None)
         drain = Drain(config, master.shutdown, admin, in_flight)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, drain.signalled)
+        # SIGHUP: the config file again; its clients apply at once (cli/reload.py)
+        appliers = [a.clients_changed for a in gateway.addons if hasattr(a, "clients_changed")]
+        if events is not None:
+            appliers.append(events.clients_changed)
+        loop.add_signal_handler(signal.SIGHUP, Reloader(config, appliers, metrics).reload)
         try:
             if events is not None:
                 await events.start()
@@ -182,8 +187,7 @@ def _gateway(config: Config, pool: TokenPool, plane: DataPlane, metrics: Metrics
                     if governor is not None else None),
         events=(EventsRoute(events.tokens, events.hub, config.events.path, rewriter.base,
                             events.metrics) if events is not None else None),
-        scope=Scope(config.clients) if any(c.allow is not None for c in config.clients)
-        else None,
+        scope=Scope(config.clients),  # always: a reload may give a client an allow list
         in_flight=in_flight,
         request_id=RequestId(),
         audit=Audit(logger) if (logger := access_logger(proxy.access_log)) else None,

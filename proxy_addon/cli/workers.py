@@ -111,8 +111,16 @@ def supervise(config: Config, config_path: str, workers: int, extra_args: list[s
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    procs: list[subprocess.Popen[str]] = []
+
+    def reload(*_: object) -> None:  # every worker re-reads the config (cli/reload.py)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, reload)
     with _emulator(config):
-        procs = [start(i) for i in range(workers)]
+        procs[:] = [start(i) for i in range(workers)]
         restarts: deque[float] = deque()
         exit_code = 0
         try:

@@ -76,6 +76,9 @@ class Hub:
         self._reaper: asyncio.Task[None] | None = None
         self.port = 0
 
+    def clients_changed(self, scopes: dict[str, AllowList]) -> None:
+        self._scopes = scopes
+
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/hub/{ticket}", self._serve)

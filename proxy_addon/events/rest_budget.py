@@ -31,6 +31,10 @@ class RestBudget:
         self._shares = {c.name: ClientShare(c.name, c.rate_weight, dict(c.rate_quota))
                         for c in clients}
 
+    def clients_changed(self, clients: list[ClientConfig]) -> None:
+        self._shares = {c.name: ClientShare(c.name, c.rate_weight, dict(c.rate_quota))
+                        for c in clients}
+
     async def admit(self, account: str, client: str, method: str, path: str) -> Admission:
         """A slot for the request, waiting fairly; raises :class:`RateRefused`."""
         governor = self._governor

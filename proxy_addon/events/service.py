@@ -12,7 +12,7 @@ from collections.abc import Callable
 import aiohttp
 import httpx
 
-from ..config import Config
+from ..config import ClientConfig, Config
 from ..config.allow import AllowList
 from ..ops.events_metrics import EventsMetrics
 from ..ratelimit.governor import Governor
@@ -61,6 +61,7 @@ class EventsService:
 
         # REST over the socket spends the API budget as over HTTP (login clients: weight 1)
         budget = RestBudget(governor, list(config.clients)) if governor is not None else None
+        self._budget = budget
         channels = {a.name: AccountChannel(a.name, channel_settings, maker(a.name), metrics,
                                            rewrite, budget) for a in config.accounts}
         self.hub = Hub(channels, HubSettings(events.max_frame_bytes, events.max_app_sockets,
@@ -68,6 +69,13 @@ class EventsService:
                                              events.filters_per_app, events.recovery_timeout),
                        metrics, {c.name: AllowList.of(c.allow) for c in config.clients
                                  if c.allow is not None})
+
+    def clients_changed(self, clients: tuple[ClientConfig, ...]) -> None:
+        """A reload: allow lists and rate shares of REST over the socket."""
+        self.hub.clients_changed({c.name: AllowList.of(c.allow) for c in clients
+                                  if c.allow is not None})
+        if self._budget is not None:
+            self._budget.clients_changed(list(clients))
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(

@@ -52,6 +52,11 @@ class Identify:
         # (only configured keys get in: bounded; unknown keys are always looked up by digest)
         self._matched_keys: dict[str, ClientConfig] = {}
 
+    def clients_changed(self, clients: Iterable[ClientConfig]) -> None:
+        """A reload: the new clients' keys identify from the next request on."""
+        self._clients = {bytes.fromhex(d): c for c in clients for d in c.digests()}
+        self._matched_keys = {}
+
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response is not None:
             return None  # refused by the guard

@@ -24,10 +24,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 
 from mitmproxy import http
 
+from ..config import ClientConfig
 from ..ops.metrics import Metrics
 from ..ratelimit.governor import ClientShare, Governor, RateRefused
 from ..tokens.pool import TokenUnavailable
@@ -54,6 +55,10 @@ class RateLimit:
         self._shares: dict[str, ClientShare] = {}
 
     # -- the request's way in ----------------------------------------------------------------
+
+    def clients_changed(self, clients: Iterable[ClientConfig]) -> None:
+        """A reload: weights and quotas are read again from each request's client."""
+        self._shares.clear()
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response is not None:

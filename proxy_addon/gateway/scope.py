@@ -23,6 +23,10 @@ class Scope:
     def __init__(self, clients: Iterable[ClientConfig]) -> None:
         self._lists = {c.name: AllowList.of(c.allow) for c in clients if c.allow is not None}
 
+    def clients_changed(self, clients: Iterable[ClientConfig]) -> None:
+        """A reload: the new allow lists apply from the next request on."""
+        self._lists = {c.name: AllowList.of(c.allow) for c in clients if c.allow is not None}
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or not self._lists:
             return

@@ -129,6 +129,12 @@ class Metrics:
         self.rate_resent = Counter(
             f"{p}_rate_limit_resent", "Requests sent again after the platform's 429, once its "
             "penalty ended.", ["account", "group"], registry=r)
+        self.config_reloads = Counter(
+            f"{p}_config_reloads", "Config reloads (SIGHUP, tokenproxy reload) by outcome: "
+            "applied, or refused (the file is bad: the running config stays).", ["outcome"],
+            registry=r)
+        for outcome in ("applied", "refused"):
+            self.config_reloads.labels(outcome)
         if folded:  # every account's counters and histograms in one series, account="_all"
             for name in ("token_calls", "token_call_seconds", "token_rate_limited", "renewals",
                          "token_errors", "replays", "sessions_lost", "token_wait",
@@ -369,6 +375,7 @@ class PoolCollector(Collector):
 # Every metric name a dashboard or alert may use (counters carry their _total suffix; the
 # histograms their _bucket/_sum/_count). Kept in step with the objects above by a test.
 EXPORTED = (
+    "tokenproxy_config_reloads_total",
     "tokenproxy_token_endpoint_calls_total", "tokenproxy_token_endpoint_duration_seconds",
     "tokenproxy_token_endpoint_rate_limited_total", "tokenproxy_refreshes_total",
     "tokenproxy_upstream_token_errors_total", "tokenproxy_replays_total",

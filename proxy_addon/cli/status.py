@@ -14,23 +14,11 @@ import time
 
 import httpx
 
+from ..ops.status_page import format_duration
+
 EXIT_UNHEALTHY = 1
 EXIT_UNREACHABLE = 2
 DEFAULT_TOKEN_ENV = "TOKENPROXY_ADMIN_TOKEN"
-
-
-def format_duration(seconds: float | None) -> str:
-    """``3d4h``, ``2h5m``, ``4m10s``, ``9s``; ``-`` for None."""
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    if seconds >= 86400:
-        return f"{seconds // 86400}d{seconds % 86400 // 3600}h"
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60}s"
-    return f"{seconds}s"
 
 
 def render(status: dict) -> str:

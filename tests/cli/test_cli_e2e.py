@@ -431,3 +431,15 @@ def test_revoke_virtual_lists_and_ends_an_accounts_or_a_client_ids_grants(
         assert cli("revoke", "main", "--list", "--config", str(path)).returncode == 2
     finally:
         proxy.stop()
+
+
+def test_a_reader_that_leaves_early_is_not_an_error() -> None:
+    """`tokenproxy status | head`: the pipe closes before the output is written; no traceback."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    try:
+        done = subprocess.run([sys.executable, "-m", "proxy_addon", "client-key"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert done.returncode == 0 and done.stderr == "", done.stderr

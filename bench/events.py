@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import httpx
 
+from bench.ratelimit import platform_token
 from bench.report import table
 from bench.scenario import RunOptions, Scenario
 from tests.support.emulator import start_emulator
@@ -39,15 +40,6 @@ class Run:
     burst_seconds: float = 0.0
     burst_deliveries: int = 0
     platform: dict = field(default_factory=dict)
-
-
-def _platform_token(emulator_url: str) -> str:
-    answer = httpx.post(emulator_url + "/restapi/oauth/token", timeout=10,
-                        auth=("demo-client-id", "demo-client-secret"),
-                        data={"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
-                              "assertion": "demo-jwt-credential"})
-    answer.raise_for_status()
-    return str(answer.json()["access_token"])
 
 
 async def _apps(base_url: str, bearer: str, emulator, spaced: int, burst: int) -> Run:
@@ -119,7 +111,7 @@ async def _apps(base_url: str, bearer: str, emulator, spaced: int, burst: int) -
 
 def _direct(spaced: int, burst: int) -> Run:
     with start_emulator(*EMULATOR_ARGS) as emulator:
-        token = _platform_token(emulator.url)
+        token = platform_token(emulator.url)
         emulator.reset_counters()
         return asyncio.run(_apps(emulator.url, token, emulator, spaced, burst))
 

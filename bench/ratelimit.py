@@ -34,7 +34,8 @@ MAX_WAIT = 3.0
 DIRECT, PROXY = "straight to the platform", "through tokenproxy"
 
 
-def _token(emulator_url: str) -> str:
+def platform_token(emulator_url: str) -> str:
+    """An access token straight from the emulator's token endpoint (the demo JWT account)."""
     answer = httpx.post(emulator_url + "/restapi/oauth/token", timeout=10,
                         auth=("demo-client-id", "demo-client-secret"),
                         data={"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
@@ -46,7 +47,7 @@ def _token(emulator_url: str) -> str:
 
 def _direct(seconds: float) -> tuple[Outcome, dict]:
     with start_emulator(*emulator_args(penalty=WINDOW)) as emulator:
-        token = _token(emulator.url)
+        token = platform_token(emulator.url)
         time.sleep(0.2)
         emulator.reset_counters()
         outcome = offer([emulator.url], seconds, bearer=lambda _n: token,

@@ -89,7 +89,7 @@ async def authorize(config: Config, account_name: str, redirect_uri: str | None,
                  "code_challenge_method": "S256"}
         if login_hint:
             query["login_hint"] = login_hint
-        url = f"{config.proxy.upstream}{AUTHORIZE_PATH}?{urlencode(query)}"
+        url = f"{account.upstream or config.proxy.upstream}{AUTHORIZE_PATH}?{urlencode(query)}"
         print(f"Open this URL in a browser and log in as the account's user:\n  {url}",
               flush=True)
         try:

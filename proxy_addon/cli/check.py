@@ -10,7 +10,8 @@ this module then checks what the file cannot tell by itself and prints one line 
   (StoreKeyMismatch). A SQLite file that does not exist yet is not created.
 * **listen**, **metrics_listen**: free to bind, or held by a running tokenproxy (identified by
   its answers), or held by something else.
-* **upstream** (not with ``--offline``): reachable, TLS certificate verified.
+* **upstream** (not with ``--offline``): every platform of the config (the proxy's, and any
+  account's own: sandbox beside production) reachable, TLS certificate verified.
 * **accounts** (token calls only without ``--offline``):
 
   - ``jwt``/``password``: one login with the account's grant; the new session is revoked at
@@ -19,6 +20,8 @@ this module then checks what the file cannot tell by itself and prints one line 
     spent. The client id/secret are probed with a refresh grant carrying a deliberately invalid
     token: the platform authenticates the client first (``invalid_client``, OAU-153) and only
     then refuses the token (``invalid_grant``); no session is created or used;
+  - on OAU-153 (invalid client), the same probe on the other environment (production <->
+    sandbox) and the config's other platforms tells whether the credentials belong there;
   - every account: the stored session's state (none / live / expired / revoked: needs
     ``tokenproxy authorize``) and, while its access token lives, one read-only API call
     showing whether the platform still knows the session.
@@ -34,6 +37,7 @@ import contextlib
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 import httpx
@@ -111,8 +115,20 @@ def _reason(exc: BaseException) -> str:
 # -- upstream -------------------------------------------------------------------------------
 
 
-async def check_upstream(config: Config, http: httpx.AsyncClient) -> Result:
-    upstream = config.proxy.upstream
+def platforms_of(config: Config) -> list[str]:
+    """Every platform the config's accounts live on, the proxy's first."""
+    found = [config.proxy.upstream]
+    for account in config.accounts:
+        if account.upstream and account.upstream not in found:
+            found.append(account.upstream)
+    return found
+
+
+async def check_upstream(config: Config, http: httpx.AsyncClient,
+                         upstream: str | None = None) -> Result:
+    """One platform (default the proxy's) reachable, its certificate verified."""
+    name = "upstream" if upstream in (None, config.proxy.upstream) else f"upstream {upstream}"
+    upstream = upstream or config.proxy.upstream
     parts = urlsplit(upstream)
     started = time.monotonic()
     try:
@@ -120,7 +136,7 @@ async def check_upstream(config: Config, http: httpx.AsyncClient) -> Result:
                                   timeout=min(config.proxy.upstream_timeout,
                                               UPSTREAM_CHECK_TIMEOUT))
     except httpx.HTTPError as exc:
-        return Result(FAIL, "upstream", f"cannot reach {upstream}: {_reason(exc)}",
+        return Result(FAIL, name, f"cannot reach {upstream}: {_reason(exc)}",
                       transport_hint(exc, config))
     elapsed = (time.monotonic() - started) * 1000
     if parts.scheme == "https":
@@ -131,25 +147,27 @@ async def check_upstream(config: Config, http: httpx.AsyncClient) -> Result:
     detail = f"{upstream} answered (HTTP {response.status_code}, {elapsed:.0f} ms, {tls})"
     host = parts.hostname or ""
     if parts.scheme == "http" and not HostPort(host, 0).is_loopback:
-        return Result(WARN, "upstream", detail,
+        return Result(WARN, name, detail,
                       "plain HTTP beyond this host: credentials and tokens travel in clear")
-    return Result(OK, "upstream", detail)
+    return Result(OK, name, detail)
 
 
 # -- accounts -------------------------------------------------------------------------------
 
 
-async def check_login(account: AccountConfig, endpoint: TokenEndpoint) -> Result:
-    """jwt/password: log in, then revoke the new session at once."""
+async def check_login(account: AccountConfig, endpoint: TokenEndpoint,
+                      elsewhere: tuple[str, ...] = ()) -> Result:
+    """jwt/password: log in, then revoke the new session at once. On OAU-153 the client
+    credentials are tried on the platforms in ``elsewhere`` (sandbox vs production)."""
     name = f"account {account.name}"
     try:
         tokens = await endpoint.login(account)
     except TokenEndpointError as exc:
         return Result(FAIL, name, f"{account.grant} grant refused: {exc}",
-                      endpoint_hint(exc, account))
+                      await _hint_elsewhere(exc, account, endpoint, elsewhere))
     except UpstreamUnreachable as exc:
         return Result(FAIL, name, str(exc), f"upstream unreachable: check [proxy] upstream "
-                                            f"({endpoint.upstream})")
+                                            f"({endpoint.origin_of(account)})")
     remember(tokens.access_token, tokens.refresh_token)
     try:
         await endpoint.revoke(account, tokens.refresh_token or tokens.access_token)
@@ -162,7 +180,8 @@ async def check_login(account: AccountConfig, endpoint: TokenEndpoint) -> Result
                             f"{tokens.owner_id or '?'}); the test session was revoked at once")
 
 
-async def check_client(account: AccountConfig, endpoint: TokenEndpoint) -> Result:
+async def check_client(account: AccountConfig, endpoint: TokenEndpoint,
+                       elsewhere: tuple[str, ...] = ()) -> Result:
     """refresh_token/authorization_code: client credentials, without spending anything."""
     name = f"account {account.name} client"
     how = ("probe: a refresh grant with a deliberately invalid token, never the account's "
@@ -171,7 +190,7 @@ async def check_client(account: AccountConfig, endpoint: TokenEndpoint) -> Resul
         tokens = await endpoint.refresh(account, PROBE_REFRESH_TOKEN)
     except UpstreamUnreachable as exc:
         return Result(FAIL, name, str(exc), f"upstream unreachable: check [proxy] upstream "
-                                            f"({endpoint.upstream})")
+                                            f"({endpoint.origin_of(account)})")
     except TokenEndpointError as exc:
         if exc.rate_limited or exc.status >= 500 or exc.code == "OAU-153" \
                 or exc.error in ("invalid_client", "unauthorized_client"):
@@ -180,7 +199,8 @@ async def check_client(account: AccountConfig, endpoint: TokenEndpoint) -> Resul
                                           f"refresh_token grant: {exc}",
                               "enable Refresh Token for the app in the developer console: "
                               "without it the proxy cannot keep the session alive")
-            return Result(FAIL, name, f"{exc} ({how})", endpoint_hint(exc, account))
+            return Result(FAIL, name, f"{exc} ({how})",
+                          await _hint_elsewhere(exc, account, endpoint, elsewhere))
         if exc.error == "invalid_grant":
             return Result(OK, name, f"client_id/client_secret accepted: the platform "
                                     f"authenticated the client, then refused the token ({how})")
@@ -193,6 +213,53 @@ async def check_client(account: AccountConfig, endpoint: TokenEndpoint) -> Resul
         await endpoint.revoke(account, tokens.refresh_token or tokens.access_token)
     return Result(WARN, name, "the platform accepted an invalid refresh token (session "
                               "revoked at once)", "is [proxy] upstream really the platform?")
+
+
+# The platform's two environments: credentials of one are refused by the other with OAU-153
+# (../shared/platform.md; ringcentral-api-docs docs/getting-started: sandbox and production
+# have their own server URL and app credentials)
+ENVIRONMENTS = {
+    "https://platform.ringcentral.com": "production",
+    "https://platform.devtest.ringcentral.com": "sandbox",
+}
+
+
+def other_platforms(config: Config, account: AccountConfig) -> tuple[str, ...]:
+    """Where to try an account's client credentials the platform called invalid: the other
+    environment of a RingCentral platform, and every other platform of the config."""
+    own = account.upstream or config.proxy.upstream
+    others = [url for url in ENVIRONMENTS if own in ENVIRONMENTS and url != own]
+    others += [url for url in platforms_of(config) if url != own and url not in others]
+    return tuple(others)
+
+
+async def _hint_elsewhere(exc: TokenEndpointError, account: AccountConfig,
+                          endpoint: TokenEndpoint, elsewhere: tuple[str, ...]) -> str:
+    """The hint for a refusal; for OAU-153 (invalid client), whether the same client
+    credentials work on another platform (the forum threads' most common mistake: sandbox
+    credentials against production, or the reverse). Probed with a deliberately invalid
+    refresh token: the platform authenticates the client first, and no session is made."""
+    hint = endpoint_hint(exc, account)
+    if not elsewhere or not (exc.code == "OAU-153" or exc.error == "invalid_client"):
+        return hint
+    own = endpoint.origin_of(account)
+    unreachable = []
+    for other in elsewhere:
+        try:
+            await endpoint.refresh(replace(account, upstream=other), PROBE_REFRESH_TOKEN)
+        except UpstreamUnreachable:
+            unreachable.append(other)
+            continue
+        except TokenEndpointError as probe:
+            if probe.error != "invalid_grant":
+                continue
+        label = f" ({ENVIRONMENTS[other]})" if other in ENVIRONMENTS else ""
+        return (f"these client credentials are refused by {own} but accepted by {other}"
+                f"{label}: the app belongs to that environment. Set upstream = \"{other}\" in "
+                f"this [[accounts]] table, or use the app's credentials for {own}")
+    tried = [o for o in elsewhere if o not in unreachable]
+    return hint + (f"; not accepted by {', '.join(tried)} either" if tried else "") + \
+        (f"; {', '.join(unreachable)} could not be asked" if unreachable else "")
 
 
 async def check_session(account: AccountConfig, store: TokenStore | None, store_ok: bool,
@@ -303,21 +370,25 @@ async def run_checks(config: Config, offline: bool) -> list[Result]:
             for account in config.accounts:
                 emit(Result(SKIP, f"account {account.name}", "--offline: credentials not tried"))
                 emit(await check_session(account, store, store_result.status == OK, None,
-                                         proxy.upstream))
+                                         account.upstream or proxy.upstream))
             return results
         async with httpx.AsyncClient(timeout=proxy.upstream_timeout,
                                      verify=proxy.verify_upstream_tls,
                                      follow_redirects=False) as http:
-            upstream = await check_upstream(config, http)
-            emit(upstream)
+            reachable: dict[str, bool] = {}
+            for platform in platforms_of(config):
+                result = await check_upstream(config, http, platform)
+                reachable[platform] = result.status != FAIL
+                emit(result)
             endpoint = TokenEndpoint(proxy.upstream, http)
             calls: Counter[tuple[str, str]] = Counter()
             # leave one call of the app's budget to running proxies (0 = no budget)
             allowed = max(1, proxy.auth_budget_calls - 1) if proxy.auth_budget_calls else 0
             for account in config.accounts:
                 label = f"account {account.name}" + ("" if account.can_login else " client")
-                if upstream.status == FAIL:
-                    emit(Result(SKIP, label, "upstream unreachable"))
+                platform = endpoint.origin_of(account)
+                if not reachable.get(platform, True):
+                    emit(Result(SKIP, label, f"upstream unreachable ({platform})"))
                 elif allowed and calls[budget_key(account)] >= allowed:
                     emit(Result(SKIP, label, f"not tried: {allowed} token call(s) for this user "
                                              f"of client id {account.client_id} already made "
@@ -326,11 +397,12 @@ async def run_checks(config: Config, offline: bool) -> list[Result]:
                                 f"([proxy] auth_budget_calls = {proxy.auth_budget_calls})"))
                 else:
                     calls[budget_key(account)] += 1
-                    emit(await (check_login(account, endpoint) if account.can_login
-                                else check_client(account, endpoint)))
+                    elsewhere = other_platforms(config, account)
+                    emit(await (check_login(account, endpoint, elsewhere) if account.can_login
+                                else check_client(account, endpoint, elsewhere)))
                 emit(await check_session(account, store, store_result.status == OK,
-                                         None if upstream.status == FAIL else http,
-                                         proxy.upstream))
+                                         http if reachable.get(platform, True) else None,
+                                         platform))
     finally:
         if store is not None:
             await close_store(store)

@@ -159,7 +159,10 @@ def _parser() -> argparse.ArgumentParser:
                     "reauth_required, misconfigured), access and\nrefresh token time left, "
                     "sessions held / max_live_tokens, last renewal, last error, and a hint\n"
                     "for every account that is not healthy. With --workers, each worker has its "
-                    "own metrics port\n(metrics_listen port + worker index).",
+                    "own metrics port\n(metrics_listen port + worker index). Any one process "
+                    "answers for all: with a shared store\n(sqlite, redis) a PROCESSES table lists "
+                    "every worker and replica that reported within the\nlast minute ([proxy] "
+                    "status_report_interval x 6) and the tables sum their figures.",
         epilog="exit codes: 0 every account healthy, 1 an account is not healthy, 2 the proxy "
                "is unreachable\n\n"
                "examples:\n"
@@ -291,6 +294,7 @@ def _main(argv: list[str] | None = None) -> int:
         return authorize_main(config, args.account, args.redirect_uri, args.timeout,
                               args.login_hint)
     logs.setup(args.log_level, args.log_format or config.proxy.log_format)
+    logs.FORMAT_PINNED = bool(args.log_format)
     from .run import StartupError, run
     from .workers import resolve_workers, unshared_store
 
@@ -312,7 +316,8 @@ def _main(argv: list[str] | None = None) -> int:
 
         config = for_worker(config, args.worker, args.listen_port)
     try:
-        return run(config, worker=worker, banner=args.worker in (None, 0))  # the demo's, once
+        return run(config, worker=worker, banner=args.worker in (None, 0),  # the demo's, once
+                   worker_index=args.worker)
     except StartupError as exc:
         print(f"tokenproxy: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -202,7 +202,7 @@ async def _revoke_on_platform(config: Config, account: AccountConfig, tokens: To
                 return f"the platform says the session was already gone ({exc.code or exc.error})"
             raise RevokeError(f"the platform refused the revocation: {exc} — hint: {exc.hint}; "
                               "the session is still live and the store unchanged") from None
-    return f"revoked on the platform ({config.proxy.upstream})"
+    return f"revoked on the platform ({endpoint.origin_of(account)})"
 
 
 async def revoke(config: Config, account_name: str, assume_yes: bool) -> list[str]:
@@ -242,6 +242,13 @@ async def _end_virtual(store: TokenStore, name: str) -> str:
     await VirtualTokens(store).end_account(name)
     return (f"  virtual grants of {name} ended: apps that logged in through the proxy must log "
             "in again (running proxies honour it within 5 s)")
+
+
+async def revoke_session(config: Config, account: AccountConfig, store: TokenStore
+                         ) -> list[str]:
+    """Revoke and clear ``account``'s session without asking, through an open ``store`` (a
+    reload removed the account: :mod:`.live_accounts`); the lines say what happened."""
+    return await _revoke_with(config, account, store, assume_yes=True)
 
 
 async def _revoke_with(config: Config, account: AccountConfig, store: TokenStore,

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import httpx
 
+from .. import __version__
 from ..config import AccountConfig, Config
 from ..events.service import EventsService
 from ..gateway import pooled_body
@@ -40,11 +41,15 @@ from ..gateway.replay import Replay
 from ..gateway.replay_buffer import ReplayBuffer
 from ..gateway.request_id import RequestId
 from ..gateway.request_metrics import RequestMetrics
+from ..gateway.request_span import RequestSpan
 from ..gateway.scope import Scope
 from ..gateway.throttle import BadKeyThrottle
+from ..ops import logs
 from ..ops.admin import AdminServer
 from ..ops.events_metrics import EventsMetrics
 from ..ops.metrics import Metrics, PoolObserver
+from ..ops.processes import ProcessIdentity, ProcessReports
+from ..ops.tracing import start_tracing
 from ..ratelimit.governor import Governor
 from ..ratelimit.groups import GroupTable
 from ..ratelimit.headers import rate_headers
@@ -58,6 +63,7 @@ from ..upstream.replay_sender import Replayer
 from ..upstream.token_endpoint import TokenEndpoint
 from ..virtual.grants import VirtualTokens
 from ..virtual.login import LoginInterceptor
+from .live_accounts import LiveAccounts
 from .reload import Reloader
 
 log = logging.getLogger("tokenproxy")
@@ -83,9 +89,11 @@ def _raise_file_limit() -> None:
         pass
 
 
-def run(config: Config, worker: bool = False, banner: bool = True) -> int:
+def run(config: Config, worker: bool = False, banner: bool = True,
+        worker_index: int | None = None) -> int:
     """Serve until stopped; ``worker``: one of several processes sharing the listen address
-    (``--workers``): it binds with SO_REUSEPORT and leaves the emulator to the supervisor."""
+    (``--workers``): it binds with SO_REUSEPORT and leaves the emulator to the supervisor;
+    ``worker_index``: its index, named in its status report."""
     _raise_file_limit()
     try:
         make_cipher(config.store)  # fail fast on key problems, before starting anything
@@ -93,11 +101,12 @@ def run(config: Config, worker: bool = False, banner: bool = True) -> int:
         raise StartupError(f"store: {exc}", exit_code=2) from None
     listen_tcp_only(reuse_port=worker)  # workers share the address (SO_REUSEPORT)
     emulator = _emulator(config) if not worker else contextlib.nullcontext()
-    with emulator, _combined_pem(config) as tls_pem:
-        return asyncio.run(_serve(config, tls_pem, banner))
+    with emulator, _combined_pem(config) as tls_pem, _tracing(config):
+        return asyncio.run(_serve(config, tls_pem, banner, worker_index))
 
 
-async def _serve(config: Config, tls_pem: str | None = None, banner: bool = True) -> int:
+async def _serve(config: Config, tls_pem: str | None = None, banner: bool = True,
+                 worker_index: int | None = None) -> int:
     async with upstream_clients(config) as clients:
         metrics = Metrics(folded=config.proxy.metrics_per_account == "folded")
         endpoint = TokenEndpoint(config.proxy.upstream, clients.control, metrics)
@@ -134,17 +143,31 @@ async def _serve(config: Config, tls_pem: str | None = None, banner: bool = True
         gateway = _gateway(config, pool, clients.data, metrics, virtual, login, throttle, buffer,
                            banner, governor, events, in_flight)
         master = build_master(config, gateway, tls_pem=tls_pem)
+        # every process reports itself to the store; /status lists them all (issue 19.7)
+        reports = ProcessReports(store, ProcessIdentity.here(worker_index, __version__),
+                                 config.proxy.status_report_interval)
         admin = AdminServer(config, pool, store, metrics, governor,
-                            events.hub.snapshot if events is not None else None)
+                            events.hub.snapshot if events is not None else None,
+                            requests=in_flight.figures, processes=reports)
         drain = Drain(config, master.shutdown, admin, in_flight)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, drain.signalled)
-        # SIGHUP: the config file again; its clients apply at once (cli/reload.py)
+        # SIGHUP: the config file again; its accounts and clients apply at once (cli/reload.py)
         appliers = [a.clients_changed for a in gateway.addons if hasattr(a, "clients_changed")]
+        accounts = LiveAccounts(
+            pool, store, metrics,
+            [*(a.accounts_changed for a in gateway.addons if hasattr(a, "accounts_changed")),
+             login.accounts_changed],
+            [events.accounts_changed] if events is not None else [])
         if events is not None:
             appliers.append(events.clients_changed)
-        loop.add_signal_handler(signal.SIGHUP, Reloader(config, appliers, metrics).reload)
+        audit = next((a for a in gateway.addons if isinstance(a, Audit)), None)
+        settings = [lambda new: logs.set_format(new.proxy.log_format)]
+        if audit is not None:
+            settings.append(lambda new: audit.access_log_changed(new.proxy.access_log))
+        loop.add_signal_handler(signal.SIGHUP, Reloader(config, appliers, metrics, accounts,
+                                                        settings).signalled)
         try:
             if events is not None:
                 await events.start()
@@ -190,7 +213,9 @@ def _gateway(config: Config, pool: TokenPool, plane: DataPlane, metrics: Metrics
         scope=Scope(config.clients),  # always: a reload may give a client an allow list
         in_flight=in_flight,
         request_id=RequestId(),
-        audit=Audit(logger) if (logger := access_logger(proxy.access_log)) else None,
+        request_span=RequestSpan() if config.tracing.enabled else None,
+        # always in the chain: a reload may turn the access log on, move it or turn it off
+        audit=Audit(access_logger(proxy.access_log), proxy.access_log),
     )
 
 
@@ -241,9 +266,11 @@ def _events(config: Config, pool: TokenPool, control: httpx.AsyncClient,
     proxy = config.proxy
     rewriter = LinkRewriter(proxy.upstream, proxy.media_upstream, proxy.public_url)
 
-    def rewrite(text: str, base: str) -> str:
-        scan = LinkScanner(rewriter.fixer(base))
-        return (scan(text.encode()) + scan(b"")).decode("utf-8", "replace")
+    def rewrite(account: AccountConfig) -> Callable[[str, str], str]:
+        def rewrite_text(text: str, base: str) -> str:
+            scan = LinkScanner(rewriter.fixer(base, account))
+            return (scan(text.encode()) + scan(b"")).decode("utf-8", "replace")
+        return rewrite_text
 
     return EventsService(config, pool, control,
                          EventsMetrics(metrics, [a.name for a in config.accounts]), rewrite,
@@ -341,6 +368,18 @@ def _read_ready_line(proc: subprocess.Popen[str], timeout: float) -> str:
             raise StartupError(f"the bundled emulator exited with code {proc.returncode} "
                                "(is its port already in use? see the message above)")
     raise StartupError(f"the bundled emulator did not start within {timeout:g} s")
+
+
+@contextlib.contextmanager
+def _tracing(config: Config) -> Iterator[None]:
+    """``[tracing]``: the process's spans exported over OTLP/HTTP while it serves; on exit the
+    last ones leave (bounded: a dead collector holds no exit)."""
+    tracing = start_tracing(config.tracing)
+    try:
+        yield
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
 
 
 @contextlib.contextmanager

@@ -1,6 +1,10 @@
 """``tokenproxy status``: every account's token health, read from a running proxy.
 
-It reads ``/status`` on the proxy's ``metrics_listen``; when the proxy sets
+It reads ``/status`` on the proxy's ``metrics_listen``. Any one process answers for all: with a
+shared store (SQLite, Redis) ``/status`` lists every worker and replica that reported within
+the last minute (``ops/processes.py``) and sums their figures, printed as the PROCESSES table
+after the account tables; with the memory store only the process asked is listed, and the
+output says so. When the proxy sets
 ``[proxy] admin_token_env``, the token is taken from the environment variable ``--token-env``
 names (default ``TOKENPROXY_ADMIN_TOKEN``) and sent as a Bearer credential, never printed.
 """
@@ -60,7 +64,41 @@ def render(status: dict) -> str:
         lines.append("")
         lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                   for r in rows]
+    if status.get("processes"):
+        lines.append("")
+        lines += render_processes(status)
     return "\n".join(lines)
+
+
+def render_processes(status: dict) -> list[str]:
+    """The PROCESSES table: every process that reported within the window (``*``: the one
+    asked), a total row when there are several, and a line on what the list covers."""
+    processes = status["processes"]
+    rows = [("PROCESS", "HOST", "PID", "WORKER", "LAST REPORT", "SERVED", "IN FLIGHT",
+             "APP SOCKETS", "STATE")]
+    rows += [(p["id"] + (" *" if p.get("self") else ""), p.get("host", "-"), str(p.get("pid")),
+              "-" if p.get("worker") is None else str(p["worker"]),
+              "now" if p.get("self") else format_duration(p.get("age")) + " ago",
+              str(p.get("served", 0)), str(p.get("in_flight", 0)), str(p.get("app_sockets", 0)),
+              p.get("state", "-")) for p in processes]
+    totals = status.get("totals") or {}
+    if len(processes) > 1:
+        rows.append(("TOTAL", "", "", "", "", str(totals.get("served", 0)),
+                     str(totals.get("in_flight", 0)), str(totals.get("app_sockets", 0)), ""))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in rows]
+    window = format_duration(status.get("processes_window"))
+    if not status.get("processes_shared", True):
+        lines.append("only the process asked: its store (memory) is not shared with other "
+                     "processes")
+    elif status.get("processes_error"):
+        lines.append("only the process asked: the other processes' reports cannot be read: "
+                     f"{status['processes_error']}")
+    else:
+        lines.append(f"{len(processes)} process(es) reported within the last {window} "
+                     "(* the one asked); the tables above sum their figures")
+    return lines
 
 
 def main(url: str, as_json: bool, token_env: str = DEFAULT_TOKEN_ENV) -> int:

@@ -40,7 +40,9 @@ from .model import (
     RateLimitConfig,
     Secret,
     StoreConfig,
+    TracingConfig,
     key_digest,
+    otlp_headers,
 )
 
 _EVENTS_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+/?")
@@ -166,7 +168,7 @@ class _Reader:
 
     def config(self, doc: dict[str, Any]) -> Config:
         self.table(doc, "", {"proxy", "accounts", "clients", "emulator", "store", "rate_limits",
-                             "events"})
+                             "events", "tracing"})
         proxy = self.proxy(doc.get("proxy", {}))
         emulator = self.emulator(doc.get("emulator", {}))
         if emulator.enabled and "upstream" not in doc.get("proxy", {}):
@@ -199,13 +201,35 @@ class _Reader:
                             "set [proxy] admin_token_env to the name of an environment variable "
                             "holding a bearer token (openssl rand -hex 24), or listen on "
                             "127.0.0.1")
-        accounts = self.accounts(doc.get("accounts"))
+        accounts = self.platforms(self.accounts(doc.get("accounts")), proxy)
         clients = self.clients(doc.get("clients", []), {a.name for a in accounts})
         store = self.store(doc.get("store", {}))
         rate_limits = self.rate_limits(doc.get("rate_limits", {}))
         events = self.events(doc.get("events", {}))
+        tracing = self.tracing(doc.get("tracing", {}))
         return Config(self.source, proxy, accounts, clients, emulator, store, rate_limits,
-                      events)
+                      events, tracing)
+
+    def platforms(self, accounts: tuple[AccountConfig, ...], proxy: ProxyConfig
+                  ) -> tuple[AccountConfig, ...]:
+        """Each account's platform and media host made explicit: its own ``upstream`` (sandbox
+        beside production), else the proxy's; an upstream of its own is verified like the
+        proxy's (``verify_upstream_tls = false`` only for this host)."""
+        resolved = []
+        for index, account in enumerate(accounts):
+            upstream = account.upstream or proxy.upstream
+            media = account.media_upstream
+            if media is None and upstream == proxy.upstream:
+                media = proxy.media_upstream
+            host = urlsplit(upstream).hostname or ""
+            if not proxy.verify_upstream_tls and upstream.startswith("https://") \
+                    and not _is_loopback(host):
+                raise self.fail(f"accounts[{index}].upstream", "is not on this host, and "
+                                "[proxy] verify_upstream_tls = false is only for tests: the "
+                                "platform's certificate is always verified")
+            resolved.append(dataclasses.replace(account, upstream=upstream,
+                                                media_upstream=media))
+        return tuple(resolved)
 
     def events(self, value: Any) -> EventsConfig:
         key = "events"
@@ -238,6 +262,53 @@ class _Reader:
             heartbeat_interval=seconds("heartbeat_interval", d.heartbeat_interval, 1, 1800),
             request_timeout=seconds("request_timeout", d.request_timeout, 1, 600),
         )
+
+    def tracing(self, value: Any) -> TracingConfig:
+        key = "tracing"
+        d = TracingConfig()
+        table = self.table(value, key, {f.name for f in dataclasses.fields(TracingConfig)})
+        endpoint = self.string(table, "otlp_endpoint", key) or None  # "" (${VAR:-}): off
+        if endpoint is not None:
+            parts = urlsplit(endpoint)
+            try:
+                parts.port  # noqa: B018 - validates the port
+            except ValueError:
+                parts = parts._replace(netloc="")
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise self.fail(_join(key, "otlp_endpoint"), "expected the http(s) URL of an "
+                                "OTLP/HTTP traces endpoint (e.g. http://127.0.0.1:4318/v1/traces), "
+                                f"got {endpoint if '@' not in endpoint else 'a URL with a @'!r}")
+            if "@" in parts.netloc or parts.query or parts.fragment:
+                raise self.fail(_join(key, "otlp_endpoint"), "must not hold credentials, a query "
+                                "or a fragment: give the collector's headers (an API key) in "
+                                "headers_env")
+        name = self.string(table, "service_name", key, default=d.service_name)
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}", name or ""):
+            raise self.fail(_join(key, "service_name"), "use 1-128 letters, digits, '.', '_', "
+                            f"':', '/' or '-', starting with a letter or digit, got {name!r}")
+        return TracingConfig(
+            otlp_endpoint=endpoint,
+            service_name=name or d.service_name,
+            sample_ratio=self.number(table, "sample_ratio", key, d.sample_ratio, minimum=0,
+                                     maximum=1),
+            headers_env=self.headers_env(table, key),
+        )
+
+    def headers_env(self, table: dict[str, Any], key: str) -> str | None:
+        """The variable's name (read as written, like ``admin_token_env``); it must hold
+        ``name=value[,name=value...]``. Its value is never part of a message."""
+        full = _join(key, "headers_env")
+        found = self.env_reference(table, key, "headers_env",
+                                   "the exporter's headers: name=value,name2=value2")
+        if found is None:
+            return None
+        name, text = found
+        try:
+            otlp_headers(text)
+        except ValueError as exc:
+            raise self.fail(full, f"environment variable {name}: {exc} (expected "
+                                  "name=value,name2=value2)") from None
+        return name
 
     def rate_limits(self, value: Any) -> RateLimitConfig:
         key = "rate_limits"
@@ -408,7 +479,8 @@ class _Reader:
                    "admin_token_env", "login_failure_limit", "virtual_access_ttl",
                    "virtual_grants_per_account", "virtual_grant_stale_max",
                    "upstream_pool", "upstream_pool_size", "upstream_pool_wait",
-                   "upstream_keepalive", "upstream_http2", "metrics_per_account"}
+                   "upstream_keepalive", "upstream_http2", "metrics_per_account",
+                   "status_report_interval"}
         table = self.table(value, key, allowed)
         defaults = ProxyConfig()
         folding = self.string(table, "metrics_per_account", key,
@@ -500,22 +572,37 @@ class _Reader:
                                            defaults.upstream_keepalive, minimum=0),
             upstream_http2=self.boolean(table, "upstream_http2", key, defaults.upstream_http2),
             metrics_per_account=folding or defaults.metrics_per_account,
+            status_report_interval=self.number(table, "status_report_interval", key,
+                                               defaults.status_report_interval, minimum=0.1,
+                                               maximum=600),
         )
+
+    def env_reference(self, table: dict[str, Any], key: str, field: str, holds: str
+                      ) -> tuple[str, str] | None:
+        """A ``*_env`` key: the variable's name, read as written (not interpolated: a
+        ``${NAME}`` here would turn the secret into a name), and its value; None when the key
+        is absent. ``holds`` says what the variable holds, in the message when it is unset."""
+        full = _join(key, field)
+        if field not in table:
+            return None
+        name = table[field]
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise self.fail(full, "must be the name of an environment variable (write NAME, "
+                                  "not ${NAME})")
+        value = self.environ.get(name)
+        if value is None:
+            raise self.fail(full, f"environment variable {name} is not set (it holds {holds})")
+        return name, value
 
     def admin_token_env(self, table: dict[str, Any], key: str) -> str | None:
         """The variable's name, read as written (not interpolated: a ``${NAME}`` here would
         turn the token into a name); it must hold a token of at least 16 characters."""
         full = _join(key, "admin_token_env")
-        if "admin_token_env" not in table:
+        found = self.env_reference(table, key, "admin_token_env",
+                                   "the bearer token /metrics and /status require")
+        if found is None:
             return None
-        name = table["admin_token_env"]
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise self.fail(full, "must be the name of an environment variable (write NAME, "
-                                  "not ${NAME})")
-        token = self.environ.get(name)
-        if token is None:
-            raise self.fail(full, f"environment variable {name} is not set (it holds the "
-                                  "bearer token /metrics and /status require)")
+        name, token = found
         if not token:
             raise self.fail(full, f"environment variable {name} is empty")
         if len(token) < 16:
@@ -577,7 +664,7 @@ class _Reader:
     def account(self, value: Any, key: str) -> AccountConfig:
         allowed = {"name", "client_id", "client_secret", "grant", "jwt", "username", "extension",
                    "password", "refresh_token", "auth_code", "redirect_uri", "code_verifier",
-                   "access_token_ttl", "max_live_tokens"}
+                   "access_token_ttl", "max_live_tokens", "upstream", "media_upstream"}
         table = self.table(value, key, allowed)
         name = self.string(table, "name", key, required=True) or ""
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
@@ -622,6 +709,8 @@ class _Reader:
             access_token_ttl=None if ttl is None else int(self.number(
                 table, "access_token_ttl", key, 3600, minimum=1, maximum=3600, integer=True)),
             max_live_tokens=int(max_live),
+            upstream=self.origin_url(table, "upstream", key),
+            media_upstream=self.origin_url(table, "media_upstream", key),
         )
 
     def clients(self, value: Any, account_names: set[str]) -> tuple[ClientConfig, ...]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 GRANTS = ("jwt", "password", "refresh_token", "authorization_code")
 LOGIN_GRANTS = ("jwt", "password")
@@ -87,6 +89,12 @@ class AccountConfig:
     code_verifier: Secret | None = None
     access_token_ttl: int | None = None
     max_live_tokens: int = 1
+    # its platform's origin (sandbox and production side by side); the loader fills in
+    # [proxy] upstream when the account names none, so None only outside a loaded config
+    upstream: str | None = None
+    # its media host (recordings, under /_media); by default [proxy] media_upstream for an
+    # account on the proxy's platform, none for an account on another one
+    media_upstream: str | None = None
 
     @property
     def can_login(self) -> bool:
@@ -176,6 +184,47 @@ class EventsConfig:
     request_timeout: float = 60.0  # s for the platform's answer over the socket
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    """[tracing]: OpenTelemetry spans (request -> renewal -> token call) exported over
+    OTLP/HTTP (issue 19); without ``otlp_endpoint`` tracing is off and costs nothing."""
+
+    otlp_endpoint: str | None = None  # http(s) URL of the traces endpoint (.../v1/traces)
+    service_name: str = "tokenproxy"  # the spans' service.name
+    sample_ratio: float = 1.0  # share of new traces kept; an app's sampled flag is followed
+    # environment variable holding the exporter's headers ("name=value,..."; e.g. an API key:
+    # a secret, never logged)
+    headers_env: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.otlp_endpoint)
+
+    def headers(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """The exporter's headers from ``headers_env`` (ValueError: not ``name=value,...``)."""
+        if self.headers_env is None:
+            return {}
+        return otlp_headers(environ.get(self.headers_env, ""))
+
+
+def otlp_headers(text: str) -> dict[str, str]:
+    """``name=value,name2=value2`` (OTEL_EXPORTER_OTLP_HEADERS' format, values
+    percent-decoded); ValueError without the value in its message."""
+    headers: dict[str, str] = {}
+    for number, item in enumerate(text.split(","), 1):
+        name, sep, value = item.partition("=")
+        name, value = name.strip(), unquote(value.strip())
+        if not sep or not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"item {number} is not name=value")
+        if not value or any(c in value for c in "\r\n\0"):
+            raise ValueError(f"header {name} has an empty or multi-line value")
+        headers[name.lower()] = value
+    return headers
+
+
 LOG_FORMATS = ("text", "json")
 STORE_BACKENDS = ("sqlite", "redis", "memory")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -256,6 +305,9 @@ class ProxyConfig:
     # in one series (account="_all"), per-account gauges only for accounts needing attention
     metrics_per_account: str = "full"
     upstream_http2: bool = False  # HTTP/2 to the platform (ALPN), off: it measured slower
+    # s between the reports each process writes of itself to the store for `tokenproxy status`
+    # (issue 19.7); a report is shown for six times this (the window), then dropped
+    status_report_interval: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -268,6 +320,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     def secret_values(self) -> list[str]:
         """Every credential in the config (for log redaction)."""

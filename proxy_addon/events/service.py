@@ -12,7 +12,7 @@ from collections.abc import Callable
 import aiohttp
 import httpx
 
-from ..config import ClientConfig, Config
+from ..config import AccountConfig, ClientConfig, Config
 from ..config.allow import AllowList
 from ..ops.events_metrics import EventsMetrics
 from ..ratelimit.governor import Governor
@@ -29,7 +29,8 @@ UPSTREAM_FRAME_LIMIT = 16 * 1024 * 1024
 
 class EventsService:
     def __init__(self, config: Config, pool: TokenPool, http: httpx.AsyncClient,
-                 metrics: EventsMetrics, rewrite: Callable[[str, str], str],
+                 metrics: EventsMetrics,
+                 rewrite: Callable[[AccountConfig], Callable[[str, str], str]],
                  governor: Governor | None = None,
                  tls: ssl.SSLContext | bool = True) -> None:
         events = config.events
@@ -44,31 +45,50 @@ class EventsService:
                                      max(events.max_frame_bytes, UPSTREAM_FRAME_LIMIT))
         channel_settings = ChannelSettings(events.upstream_sockets, events.recovery_timeout,
                                            events.recovery_buffer)
-        budgets = pool.auth_budgets
-        by_name = {a.name: a for a in config.accounts}
-
-        def maker(name: str) -> Callable[[int, AccountChannel], UpstreamLink]:
-            account = pool[name]
-            budget = budgets.for_account(by_name[name]) if budgets is not None else None
-            tokens = PlatformWsTokens(config.proxy.upstream, http, account, budget,
-                                      lambda outcome: metrics.ws_token_call(name, outcome))
-
-            def make(index: int, channel: AccountChannel) -> UpstreamLink:
-                assert self._session is not None
-                return UpstreamLink(name, index, tokens, self._session, link_settings, channel,
-                                    metrics)
-            return make
-
+        self._pool, self._http, self._rewrite = pool, http, rewrite
+        self._default_upstream = config.proxy.upstream
+        self._link_settings, self._channel_settings = link_settings, channel_settings
         # REST over the socket spends the API budget as over HTTP (login clients: weight 1)
         budget = RestBudget(governor, list(config.clients)) if governor is not None else None
         self._budget = budget
-        channels = {a.name: AccountChannel(a.name, channel_settings, maker(a.name), metrics,
-                                           rewrite, budget) for a in config.accounts}
+        channels = {a.name: self._channel(a) for a in config.accounts}
         self.hub = Hub(channels, HubSettings(events.max_frame_bytes, events.max_app_sockets,
                                              events.subscribe_per_minute,
                                              events.filters_per_app, events.recovery_timeout),
                        metrics, {c.name: AllowList.of(c.allow) for c in config.clients
                                  if c.allow is not None})
+
+    def _channel(self, account: AccountConfig) -> AccountChannel:
+        """The account's channel: its upstream sockets take ws tokens from its own platform
+        (sandbox beside production), whose ``uri`` names the gateway they connect to."""
+        name, metrics = account.name, self.metrics
+        budgets = self._pool.auth_budgets
+        tokens = PlatformWsTokens(account.upstream or self._default_upstream, self._http,
+                                  self._pool[name],
+                                  budgets.for_account(account) if budgets is not None else None,
+                                  lambda outcome: metrics.ws_token_call(name, outcome))
+
+        def make(index: int, channel: AccountChannel) -> UpstreamLink:
+            assert self._session is not None
+            return UpstreamLink(name, index, tokens, self._session, self._link_settings,
+                                channel, metrics)
+        return AccountChannel(name, self._channel_settings, make, metrics,
+                              self._rewrite(account), self._budget)
+
+    async def accounts_changed(self, accounts: tuple[AccountConfig, ...]) -> None:
+        """A reload: a channel for each added account (once the pool has its tokens); a
+        removed account's channel closes (its apps' sockets get 1001 and reconnect in vain:
+        their ws tokens name an account no longer configured)."""
+        names = {a.name for a in accounts}
+        channels = dict(self.hub.channels)
+        for account in accounts:
+            if account.name not in channels:
+                self.metrics.add_accounts([account.name])
+                channels[account.name] = self._channel(account)
+        gone = [channels.pop(name) for name in list(channels) if name not in names]
+        self.hub.channels = channels
+        for channel in gone:
+            await channel.close()
 
     def clients_changed(self, clients: tuple[ClientConfig, ...]) -> None:
         """A reload: allow lists and rate shares of REST over the socket."""

@@ -25,15 +25,16 @@ _WRITTEN = "tokenproxy.audited"
 
 
 def access_logger(target: str) -> logging.Logger | None:
-    """The ``tokenproxy.access`` logger writing bare lines to ``target``; None for ``off``."""
-    if target == "off":
-        return None
+    """The ``tokenproxy.access`` logger writing bare lines to ``target``; None for ``off``
+    (its previous file, if any, is closed either way)."""
     logger = logging.getLogger("tokenproxy.access")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
+    if target == "off":
+        return None
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
     handler: logging.Handler = (logging.StreamHandler(sys.stderr) if target == "stderr"
                                 else logging.FileHandler(target, encoding="utf-8"))
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -42,8 +43,14 @@ def access_logger(target: str) -> logging.Logger | None:
 
 
 class Audit:
-    def __init__(self, logger: logging.Logger) -> None:
-        self._log = logger
+    def __init__(self, logger: logging.Logger | None, target: str = "") -> None:
+        self._log = logger  # None: ``access_log = "off"``
+        self._target = target
+
+    def access_log_changed(self, target: str) -> None:
+        """A reload's ``[proxy] access_log``: the next answered request goes there."""
+        if target != self._target:
+            self._log, self._target = access_logger(target), target
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._write(flow)
@@ -52,7 +59,7 @@ class Audit:
         self._write(flow)
 
     def _write(self, flow: http.HTTPFlow) -> None:
-        if flow.metadata.get(_WRITTEN):
+        if self._log is None or flow.metadata.get(_WRITTEN):
             return
         flow.metadata[_WRITTEN] = True
         request, response = flow.request, flow.response

@@ -52,6 +52,10 @@ class Identify:
         # (only configured keys get in: bounded; unknown keys are always looked up by digest)
         self._matched_keys: dict[str, ClientConfig] = {}
 
+    def accounts_changed(self, accounts: Iterable[AccountConfig]) -> None:
+        """A reload: apps logging in through the proxy count as the new accounts' clients."""
+        self._login_clients = login_clients(accounts)
+
     def clients_changed(self, clients: Iterable[ClientConfig]) -> None:
         """A reload: the new clients' keys identify from the next request on."""
         self._clients = {bytes.fromhex(d): c for c in clients for d in c.digests()}

@@ -4,7 +4,8 @@
 process drains (SIGTERM: :mod:`proxy_addon.cli.run`), every answer carries ``Connection: close``,
 so apps on keep-alive connections reconnect — to another replica, once the load balancer saw
 ``/readyz`` turn 503 — instead of sending more here; :meth:`InFlight.idle` waits until the last
-request in flight has its answer.
+request in flight has its answer. :meth:`InFlight.figures` (served, in flight) goes into this
+process's status report (``ops/processes.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ _COUNTED = "tokenproxy.in_flight"
 class InFlight:
     def __init__(self) -> None:
         self.count = 0
+        self.served = 0  # requests answered (or failed) since start
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -40,10 +42,14 @@ class InFlight:
 
     def _done(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.pop(_COUNTED, False):
+            self.served += 1
             self.count -= 1
             if self.count <= 0:
                 self.count = 0
                 self._idle.set()
+
+    def figures(self) -> dict[str, int]:
+        return {"served": self.served, "in_flight": self.count}
 
     async def idle(self, within: float) -> bool:
         """Wait until nothing is in flight, at most ``within`` seconds; True if so."""

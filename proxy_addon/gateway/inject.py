@@ -5,10 +5,11 @@
   (:class:`~.replay_buffer.ReplayBuffer`); others stream through and cannot be replayed after
   a token 401. A streamed request leaves as soon as its headers are done, so its credential is
   swapped right here.
-- ``request``: the swap for every other request: ``/_media/…`` is routed to the media host, an
-  ``access_token`` query parameter goes, and ``Authorization`` carries the account's token,
-  leased from the pool without awaiting anything while the token is fresh; else the request
-  waits for one (bounded per request from its arrival) or is answered by
+- ``request``: the swap for every other request: the request is pointed at its account's
+  platform (an account may name its own: sandbox beside production) and ``/_media/…`` at its
+  media host, an ``access_token`` query parameter goes, and ``Authorization`` carries the
+  account's token, leased from the pool without awaiting anything while the token is fresh;
+  else the request waits for one (bounded per request from its arrival) or is answered by
   :func:`.unavailable.refuse_unavailable`.
 - ``responseheaders`` / ``response`` / ``error``: the platform authenticated (or refused) the
   request, or the flow died: the lease on the token generation ends (an error also gives the
@@ -19,11 +20,13 @@ Flows already answered, not identified, or answered by the login interceptor are
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable
 from urllib.parse import urlsplit
 
 from mitmproxy import http
 
+from ..config import AccountConfig
 from ..tokens.pool import TokenUnavailable
 from .early_answer import has_body
 from .flow_context import FlowContext, admitted, client_gone
@@ -35,10 +38,9 @@ from .unavailable import refuse_unavailable
 class Inject:
     def __init__(self, buffer: ReplayBuffer, media_upstream: str | None = None) -> None:
         self._buffer = buffer
-        media = urlsplit(media_upstream) if media_upstream else None
-        self._media_target = ((media.scheme, media.hostname or "",
-                               media.port or (443 if media.scheme == "https" else 80))
-                              if media else None)
+        # the media host of accounts that name no platform of their own (a loaded config
+        # gives every account both: see AccountConfig.upstream)
+        self._media_upstream = media_upstream
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response is not None:
@@ -89,24 +91,26 @@ class Inject:
 
     def _swap(self, flow: http.HTTPFlow, context: FlowContext) -> Awaitable[None] | None:
         request = flow.request
-        self._route_media(request)
+        assert context.account is not None
+        self._route(request, context.account.account)
         if "access_token=" in request.path:
             request.query.pop("access_token", None)
-        assert context.account is not None
         lease = context.account.try_lease()
         if lease is not None:
             _inject(flow, context, lease)
             return None
         return self._inject_after_wait(flow, context)
 
-    def _route_media(self, request: http.Request) -> None:
-        """Send ``/_media/…`` to the media host (the rest goes to the platform)."""
-        if self._media_target is None or not request.path.startswith(MEDIA_ROUTE + "/"):
-            return
-        scheme, host, port = self._media_target
-        request.path = request.path[len(MEDIA_ROUTE):]
-        request.scheme, request.host, request.port = scheme, host, port
-        request.headers["host"] = host if port in (80, 443) else f"{host}:{port}"
+    def _route(self, request: http.Request, account: AccountConfig) -> None:
+        """Send the request to the account's own platform (sandbox beside production: the
+        listener's reverse target is the proxy's upstream), and ``/_media/…`` to its media
+        host. Replays and the shared pool send it where it now points."""
+        media = account.media_upstream if account.upstream else self._media_upstream
+        if media is not None and request.path.startswith(MEDIA_ROUTE + "/"):
+            request.path = request.path[len(MEDIA_ROUTE):]
+            _point(request, media)
+        elif account.upstream:
+            _point(request, account.upstream)
 
     @staticmethod
     async def _inject_after_wait(flow: http.HTTPFlow, context: FlowContext) -> None:
@@ -122,6 +126,25 @@ class Inject:
             flow.kill()
             return
         _inject(flow, context, lease)
+
+
+@functools.lru_cache(maxsize=64)
+def _target(origin: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, Host header) of an ``http(s)://host[:port]`` origin."""
+    parts = urlsplit(origin)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    authority = f"[{host}]" if ":" in host else host
+    return (parts.scheme, host, port,
+            authority if port == (443 if parts.scheme == "https" else 80)
+            else f"{authority}:{port}")
+
+
+def _point(request: http.Request, origin: str) -> None:
+    scheme, host, port, authority = _target(origin)
+    if (request.scheme, request.host, request.port) != (scheme, host, port):
+        request.scheme, request.host, request.port = scheme, host, port
+        request.headers["host"] = authority
 
 
 def _inject(flow: http.HTTPFlow, context: FlowContext, lease: tuple[str, int]) -> None:

@@ -8,7 +8,8 @@ token injected. The addon :class:`Links` comes after :mod:`.replay`:
   :mod:`.replay` decided about is not (a replayed answer is rewritten by the replay).
 
 Only the string values of known link fields (:data:`LINK_FIELDS`) change, and only when they
-start with exactly the platform's origin (→ the proxy's) or the media host's, where recordings
+start with exactly the platform's origin (→ the proxy's) or the media host's (the request's
+account's own when it names them: sandbox beside production), where recordings
 live (→ the proxy's ``/_media`` route, which :mod:`.inject` forwards to the media host); message
 text, subjects and every other value pass untouched, and so do look-alike hosts
 (``https://platform.ringcentral.com.evil.com``). Buffered answers are checked to be JSON and
@@ -21,11 +22,13 @@ or, by default, the scheme and local address the app connected to.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 
 from mitmproxy import http
 
+from ..config import AccountConfig
 from ..upstream.platform_errors import decode_bounded
 from .flow_context import admitted
 from .link_scanner import LINK_FIELDS, MAX_HELD, Fixer, LinkScanner, origin, rewrite_url
@@ -78,16 +81,17 @@ class LinkRewriter:
 
     def __init__(self, upstream: str, media_upstream: str | None = None,
                  public_url: str | None = None) -> None:
-        self._upstream = origin(upstream).lower()
-        self._media = origin(media_upstream).lower() if media_upstream else None
-        if self._media == self._upstream:
-            self._media = None  # one origin cannot be told apart: its links go to the proxy
+        self._origins = _origins(upstream, media_upstream)
         self._public = public_url.rstrip("/") if public_url else None
 
-    def fixer(self, base: str) -> Fixer:
-        """The rewrite of one link value for an app that reaches the proxy at ``base``."""
-        pairs = ((self._media, base + MEDIA_ROUTE),) if self._media else ()
-        pairs += ((self._upstream, base),)
+    def fixer(self, base: str, account: AccountConfig | None = None) -> Fixer:
+        """The rewrite of one link value for an app that reaches the proxy at ``base``; the
+        origins are ``account``'s platform and media host when it names them (an account on
+        another platform: sandbox beside production), else the proxy's."""
+        platform, media = (_origins(account.upstream, account.media_upstream)
+                           if account is not None and account.upstream else self._origins)
+        pairs = ((media, base + MEDIA_ROUTE),) if media else ()
+        pairs += ((platform, base),)
         return lambda value: rewrite_url(value, pairs)
 
     def rewrite(self, flow: http.HTTPFlow) -> None:
@@ -102,7 +106,7 @@ class LinkRewriter:
             json.loads(body)
         except ValueError:  # not JSON after all: leave it
             return
-        scan = LinkScanner(self.fixer(self.base(flow)))
+        scan = LinkScanner(self.fixer(self.base(flow), _account_of(flow)))
         changed = scan(body) + scan(b"")
         if changed != body:
             try:  # encoded again as it came; sets content-length unless chunked
@@ -137,7 +141,7 @@ class LinkRewriter:
         encoding = headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("identity", *RECODED):
             return None  # stacked or unknown encodings: passed through as they are
-        scan = LinkScanner(self.fixer(self.base(flow)))
+        scan = LinkScanner(self.fixer(self.base(flow), _account_of(flow)))
         headers.pop("content-length", None)
         if flow.request.http_version == "HTTP/1.1":
             headers["transfer-encoding"] = "chunked"
@@ -152,3 +156,17 @@ class LinkRewriter:
         host = f"[{host}]" if ":" in host else host
         scheme = "https" if flow.client_conn.tls_established else "http"
         return f"{scheme}://{host}:{port}"
+
+
+@functools.lru_cache(maxsize=64)
+def _origins(upstream: str, media_upstream: str | None) -> tuple[str, str | None]:
+    """(platform origin, media origin or None), lower-cased; a media host equal to the
+    platform cannot be told apart: its links go to the proxy."""
+    platform = origin(upstream).lower()
+    media = origin(media_upstream).lower() if media_upstream else None
+    return platform, (None if media == platform else media)
+
+
+def _account_of(flow: http.HTTPFlow) -> AccountConfig | None:
+    context = admitted(flow)
+    return context.account.account if context is not None and context.account else None

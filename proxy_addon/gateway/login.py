@@ -22,6 +22,10 @@ class Login:
         self._interceptor = interceptor
         self._login_clients = login_clients(accounts)
 
+    def accounts_changed(self, accounts: Iterable[AccountConfig]) -> None:
+        """A reload added or removed accounts (see :meth:`.identify.Identify.accounts_changed`)."""
+        self._login_clients = login_clients(accounts)
+
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response is not None:
             return None

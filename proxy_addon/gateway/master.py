@@ -42,6 +42,7 @@ from .rate_limit import RateLimit
 from .replay import Replay
 from .request_id import RequestId
 from .request_metrics import RequestMetrics
+from .request_span import RequestSpan
 from .scope import Scope
 
 log = logging.getLogger("tokenproxy.master")
@@ -61,12 +62,15 @@ class Gateway:
                  forward: Forward | None = None, rate_limit: RateLimit | None = None,
                  events: EventsRoute | None = None, scope: Scope | None = None,
                  in_flight: InFlight | None = None, request_id: RequestId | None = None,
-                 audit: Audit | None = None) -> None:
+                 audit: Audit | None = None, request_span: RequestSpan | None = None) -> None:
         self.addons: list[object] = [
             # requests in flight, counted for a graceful drain; Connection: close while it runs
             *([in_flight] if in_flight is not None else []),
             # requestheaders: X-Request-Id kept or made, traceparent checked; both ways
             *([request_id] if request_id is not None else []),
+            # [tracing]: the request's span starts (traceparent upstream: the proxy's span)
+            # and is current in every hook, down to request_span.end
+            *([request_span] if request_span is not None else []),
             guard,  # requestheaders: TLS, target, OAuth routes, spoofable/hop-by-hop headers
             identify,  # requestheaders: client key or virtual token, else 401 (throttled)
             *([scope] if scope is not None else []),  # requestheaders: the client's allow list
@@ -82,6 +86,10 @@ class Gateway:
             request_metrics,  # responseheaders: upstream latency; response/error: counted
             listening,  # running: "tokenproxy listening on URL"
             *([audit] if audit is not None else []),  # response/error: one audit line
+            # response: X-Request-Id on the final answer (a replayed one included)
+            *([request_id.end] if request_id is not None else []),
+            # every hook: the span detached again; response/error: the span ends
+            *([request_span.end] if request_span is not None else []),
         ]
 
 

@@ -4,8 +4,9 @@
 digits, ``.``, ``_``, ``:``, ``-``), else one is generated; it goes upstream with the request and
 back on the answer (the proxy's own refusals included), and names the request in the audit
 line (:mod:`.audit`). A W3C ``traceparent`` (``00-<32 hex>-<16 hex>-<2 hex>``, not all zeros) is
-propagated as the app sent it; a malformed one is dropped rather than forwarded, with its
-``tracestate``.
+propagated as the app sent it (with ``[tracing]``, :mod:`.request_span` then makes it the
+proxy's own span, the app's as its parent); a malformed one is dropped rather than forwarded,
+with its ``tracestate``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ _TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a
 
 
 class RequestId:
+    def __init__(self) -> None:
+        # the gateway puts it last, so an answer that replaced the platform's in ``response``
+        # (a replay after a token 401, a resend after a 429) carries the id too
+        self.end = RequestIdEnd()
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         headers = flow.request.headers
         given = headers.get("x-request-id", "")
@@ -33,16 +39,20 @@ class RequestId:
             headers.pop("tracestate", None)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        self._stamp(flow)
+        _stamp(flow)  # a streamed answer's headers leave after this hook
+
+
+class RequestIdEnd:
+    """The last addon: the final answer carries the request id."""
 
     def response(self, flow: http.HTTPFlow) -> None:
-        self._stamp(flow)
+        _stamp(flow)
 
-    @staticmethod
-    def _stamp(flow: http.HTTPFlow) -> None:
-        request_id = flow.metadata.get(KEY)
-        if request_id and flow.response is not None:
-            flow.response.headers["x-request-id"] = request_id
+
+def _stamp(flow: http.HTTPFlow) -> None:
+    request_id = flow.metadata.get(KEY)
+    if request_id and flow.response is not None:
+        flow.response.headers["x-request-id"] = request_id
 
 
 def request_id_of(flow: http.HTTPFlow) -> str:

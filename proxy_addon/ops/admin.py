@@ -2,6 +2,9 @@
 ``/healthz``, ``/readyz``, ``/status`` (every account's state as JSON, read by
 ``tokenproxy status``) and ``/`` (the same as an auto-refreshing HTML page, ``status_page``).
 A background probe keeps ``tokenproxy_store_up`` current while no renewal touches the store.
+``/status`` covers every process sharing the store: this one's figures, fresh, and the reports
+the other workers and replicas wrote within the window (:mod:`.processes`, which also writes
+this process's own report while the listener runs).
 
 With ``[proxy] admin_token_env``, ``/metrics``, ``/status`` and ``/`` answer only requests carrying
 ``Authorization: Bearer <that variable's value>`` (compared in constant time; 401 otherwise);
@@ -31,6 +34,7 @@ from ..tokens.pool import TokenPool
 from ..tokens.states import AccountState
 from .logs import SECRETS
 from .metrics import Metrics, RateBudgets
+from .processes import ProcessReports, local_view, merge_status
 from .status_page import render_status_page, render_unauthorized_page
 
 log = logging.getLogger("tokenproxy.admin")
@@ -68,8 +72,12 @@ class AdminServer:
 
     def __init__(self, config: Config, pool: TokenPool, store: TokenStore,
                  metrics: Metrics | None = None, rate_limits: RateBudgets | None = None,
-                 events: Callable[[], dict[str, Any]] | None = None) -> None:
+                 events: Callable[[], dict[str, Any]] | None = None, *,
+                 requests: Callable[[], Mapping[str, int]] | None = None,
+                 processes: ProcessReports | None = None) -> None:
         self._config = config
+        self._requests = requests  # this process's requests: {"served", "in_flight"}
+        self._processes = processes  # reports of every process sharing the store (issue 19.7)
         self._events = events  # the events hub's snapshot (issue 18), when [events] is on
         self.draining = False  # SIGTERM: not ready any more, whatever else holds
         self._rate_limits = rate_limits  # the API rate-limit governor, when it runs
@@ -87,7 +95,8 @@ class AdminServer:
 
     async def start(self) -> None:
         listen = self._config.proxy.metrics_listen
-        if listen is None:
+        if listen is None:  # no listener, but still a process the others list
+            await self._start_reports()
             return
         app = web.Application()
         app.router.add_get("/metrics", self._guarded(self._metrics_page))
@@ -103,9 +112,16 @@ class AdminServer:
         port = server.sockets[0].getsockname()[1] if server and server.sockets else listen.port
         self.url = f"http://{listen.host}:{port}"
         self._probe = asyncio.get_running_loop().create_task(self._probe_store())
+        await self._start_reports()
         print(f"tokenproxy metrics on {self.url}", flush=True)
 
+    async def _start_reports(self) -> None:
+        if self._processes is not None:
+            await self._processes.start(self.process_view, self.url)
+
     async def stop(self) -> None:
+        if self._processes is not None:
+            await self._processes.stop()
         if self._probe is not None:
             self._probe.cancel()
         if self._runner is not None:
@@ -194,15 +210,37 @@ class AdminServer:
         return False, problem
 
     async def _status(self, _: web.Request) -> web.Response:
-        return web.json_response(self.status_body())
+        return web.json_response(await self.status())
 
     async def _status_page(self, _: web.Request) -> web.Response:
-        return web.Response(text=render_status_page(self.status_body()), content_type="text/html",
-                            charset="utf-8", headers={"Cache-Control": "no-store"})
+        return web.Response(text=render_status_page(await self.status()),
+                            content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-store"})
+
+    def process_view(self, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """This process's part of its report (:mod:`.processes`): accounts as it sees them,
+        rate-limit budgets, WebSocket counts, requests; from ``body`` (default: fresh)."""
+        requests = self._requests() if self._requests is not None else {}
+        return local_view(self.status_body() if body is None else body, requests,
+                          self.draining)
+
+    async def status(self) -> dict[str, Any]:
+        """What ``/status`` answers: :meth:`status_body` with every process that reported to
+        the store within the window (``processes``, ``totals``, per-process figures summed);
+        the other processes' reports unreadable: this process alone, ``processes_error``
+        saying why."""
+        body = self.status_body()
+        if self._processes is None:
+            return body
+        own = self._processes.report(self.process_view(body))
+        others, error = await self._processes.others()
+        return merge_status(body, own, others, shared=self._processes.shared,
+                            window=self._processes.window, error=error)
 
     def status_body(self) -> dict[str, Any]:
-        """What ``/status`` answers and ``/`` shows: every account's snapshot (no token values),
-        its rate-limit budgets and the events hub's sockets."""
+        """This process's own ``/status`` (see :meth:`status` for every process's): every
+        account's snapshot (no token values), its rate-limit budgets and the events hub's
+        sockets."""
         accounts = [a.snapshot() for a in self._pool.accounts.values()]
         healthy = all(AccountState(a["state"]) in HEALTHY_STATES for a in accounts)
         if self._rate_limits is not None:  # each account's API budgets, group by group

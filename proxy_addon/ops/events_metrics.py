@@ -47,6 +47,14 @@ class EventsMetrics:
         self.bad_upstream = Counter(
             f"{p}_events_bad_upstream_frames", "Malformed frames from the platform's gateway "
             "(ignored).", ["account"], registry=r)
+        self.add_accounts(accounts)
+        for outcome in APP_TOKEN_OUTCOMES:
+            self.app_tokens.labels(outcome)
+        for reason in REFUSED_FRAME_REASONS:
+            self.refused_frames.labels(reason)
+
+    def add_accounts(self, accounts: Iterable[str]) -> None:
+        """Create the accounts' series at 0 (start-up, and accounts a reload adds)."""
         for account in accounts:
             self.app_sockets.labels(account)
             self.upstream_sockets.labels(account)
@@ -57,12 +65,9 @@ class EventsMetrics:
                 self.relayed.labels(account, kind)
             for outcome in WS_TOKEN_OUTCOMES:
                 self.ws_token_calls.labels(account, outcome)
-        for outcome in APP_TOKEN_OUTCOMES:
-            self.app_tokens.labels(outcome)
-        for reason in REFUSED_FRAME_REASONS:
-            self.refused_frames.labels(reason)
 
     # the link's and channel's view (see events.upstream_link / events.channel)
+
     def link_up(self, account: str, outcome: str, recovering: bool) -> None:
         self.links.labels(account, bounded(outcome, LINK_OUTCOMES)).inc()
         self.upstream_sockets.labels(account).inc()

@@ -157,15 +157,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def setup(level: str = "info", fmt: str = "text") -> None:
-    """Configure the root logger: one handler on stderr, redacted, text or JSON."""
+FORMAT_PINNED = False  # the command line's --log-format: a reload leaves it alone
+
+
+def _formatter(fmt: str) -> logging.Formatter:
     inner: logging.Formatter
     if fmt == "json":
         inner = JsonFormatter()
     else:
         inner = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return RedactingFormatter(inner)
+
+
+def set_format(fmt: str) -> bool:
+    """A reload's ``[proxy] log_format``, from the next line on (unless the command line
+    pinned one); True when it applied."""
+    if FORMAT_PINNED:
+        return False
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_formatter(fmt))
+    return True
+
+
+def setup(level: str = "info", fmt: str = "text") -> None:
+    """Configure the root logger: one handler on stderr, redacted, text or JSON."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RedactingFormatter(inner))
+    handler.setFormatter(_formatter(fmt))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

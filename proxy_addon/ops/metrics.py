@@ -144,8 +144,18 @@ class Metrics:
             self.rate_refused = _Folded(self.rate_refused, (0, 1))
 
     def prepare(self, config: Config, backend: str) -> None:
-        """Create every series the configured accounts and clients can have, at 0 (folded:
-        those of ``_all``)."""
+        """Create every series the configured accounts, clients and store can have, at 0
+        (folded: those of ``_all``)."""
+        self.prepare_names(config)
+        for operation in STORE_OPERATIONS:
+            for outcome in STORE_OUTCOMES:
+                self.store_ops.labels(backend, operation, outcome)
+        self.store_lock_wait.labels(backend)
+        self.store_up.labels(backend).set(1)
+        self.store_unreplicated.labels(backend)
+
+    def prepare_names(self, config: Config) -> None:
+        """The accounts' and clients' series at 0 (start-up, and what a reload adds)."""
         for account in (config.accounts[:1] if self.folded else config.accounts):
             name = account.name
             self.token_call_seconds.labels(name)
@@ -171,12 +181,6 @@ class Metrics:
                 self.requests.labels(f"{account.name}-login", account.name, klass)
         for klass in ("4xx", "5xx"):
             self.requests.labels(UNKNOWN_CLIENT, NO_ACCOUNT, klass)
-        for operation in STORE_OPERATIONS:
-            for outcome in STORE_OUTCOMES:
-                self.store_ops.labels(backend, operation, outcome)
-        self.store_lock_wait.labels(backend)
-        self.store_up.labels(backend).set(1)
-        self.store_unreplicated.labels(backend)
 
     def watch_pool(self, pool: TokenPool) -> None:
         self.registry.register(PoolCollector(pool, self.folded))

@@ -1,12 +1,14 @@
 """The status page the admin listener serves on ``/``: what ``/status`` says, for a person.
 
-:func:`render_status_page` turns the ``/status`` dict (built by ``AdminServer.status_body``) into
+:func:`render_status_page` turns the ``/status`` dict (built by ``AdminServer.status``) into
 one self-contained HTML page: server-rendered, inline CSS, no script, refreshed by the browser
 every few seconds (``<meta http-equiv="refresh">``). It shows the overall health and the time,
 then per account its state, the access and refresh token time left as bars, the sessions
 held against ``max_live_tokens``, the last renewal and, when the account is not healthy, its
 last error and the hint saying what to do; then each account's API rate-limit budgets and the
-WebSocket (events) connections when the listener has them.
+WebSocket (events) connections when the listener has them (summed over every process sharing
+the store), and the processes themselves: each worker and replica that reported within the
+window (``ops/processes.py``), with its last report's age, requests and sockets.
 
 Every value is HTML-escaped: account names come from the config, errors and hints may quote
 the platform. The status dict holds no token or secret and this page adds none. Elements carry
@@ -60,6 +62,9 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .badge.state-backing_off { background: var(--warn); }
 .badge.state-reauth_required, .badge.state-misconfigured, .badge.overall-bad {
   background: var(--bad); }
+.badge.process-healthy { background: var(--ok); }
+.badge.process-draining { background: var(--warn); }
+.badge.process-unhealthy { background: var(--bad); }
 .bar { display: flex; align-items: center; gap: 8px; min-width: 170px; }
 .track { flex: 1; height: 10px; border-radius: 5px; background: #eaeef2; overflow: hidden;
          min-width: 90px; }
@@ -216,6 +221,45 @@ def _websockets(events: Mapping[str, Any]) -> str:
             f'{_e(events.get("app_sockets", 0))}</strong></p>{table}</section>')
 
 
+def _processes(status: Mapping[str, Any]) -> str:
+    processes: list[Mapping[str, Any]] = list(status.get("processes") or [])
+    rows = []
+    for p in processes:
+        me = bool(p.get("self"))
+        state = str(p.get("state", "-"))
+        age = "now" if me else f"{format_duration(_number(p.get('age')))} ago"
+        worker = "-" if p.get("worker") is None else p.get("worker")
+        rows.append(
+            f'<tr data-process="{_e(p.get("id"))}" data-self="{"true" if me else "false"}" '
+            f'data-state="{_e(state)}"><td class="name">{_e(p.get("id"))}'
+            + (' <span class="muted">(this one)</span>' if me else "")
+            + f'</td><td data-role="process-host">{_e(p.get("host"))}</td>'
+            f'<td class="num" data-role="process-pid">{_e(p.get("pid"))}</td>'
+            f'<td class="num" data-role="process-worker">{_e(worker)}</td>'
+            f'<td data-role="process-age">{_e(age)}</td>'
+            f'<td class="num" data-role="process-served">{_e(p.get("served", 0))}</td>'
+            f'<td class="num" data-role="process-in-flight">{_e(p.get("in_flight", 0))}</td>'
+            f'<td class="num" data-role="process-app-sockets">{_e(p.get("app_sockets", 0))}'
+            f'</td><td><span class="badge process-{_e(state)}" data-role="process-state">'
+            f'{_e(state)}</span></td></tr>')
+    if not status.get("processes_shared", True):
+        note = "Only this process: its store (memory) is not shared with other processes."
+    elif status.get("processes_error"):
+        note = ("Only this process: the other processes' reports cannot be read: "
+                f"{status['processes_error']}")
+    else:
+        note = (f"Every process that reported within the last "
+                f"{format_duration(_number(status.get('processes_window')))}; the tables "
+                "above sum their figures.")
+    return (f'<section id="processes"><h2>Processes</h2>'
+            f'<p class="muted" data-role="processes-note">{_e(note)}</p>'
+            '<table id="process-table"><thead><tr><th>process</th><th>host</th>'
+            '<th class="num">pid</th><th class="num">worker</th><th>last report</th>'
+            '<th class="num">served</th><th class="num">in flight</th>'
+            '<th class="num">app sockets</th><th>state</th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></section>')
+
+
 def render_status_page(status: Mapping[str, Any], refresh: int = REFRESH_SECONDS) -> str:
     """The ``/status`` dict as one HTML page (refreshing itself every ``refresh`` seconds)."""
     now = _number(status.get("time")) or time.time()
@@ -244,13 +288,17 @@ def render_status_page(status: Mapping[str, Any], refresh: int = REFRESH_SECONDS
         f'<span id="overall" class="badge {"overall-ok" if healthy else "overall-bad"}">'
         f'{_e(overall)}</span>'
         f'<span class="meta"><time id="generated" datetime="{iso}">{stamp}</time> · '
-        f'{len(accounts)} account(s) · refreshes every {int(refresh)} s</span></header><main>'
+        f'{len(accounts)} account(s)'
+        + (f' · <span id="process-count">{len(status["processes"])}</span> process(es)'
+           if status.get("processes") else "")
+        + f' · refreshes every {int(refresh)} s</span></header><main>'
         '<section id="accounts"><h2>Accounts</h2><table id="account-table"><thead><tr>'
         '<th>account</th><th>state</th><th>access token left</th><th>refresh token left</th>'
         '<th class="num">sessions</th><th>last refresh</th><th>last error / what to do</th>'
         f'</tr></thead><tbody>{rows}</tbody></table></section>'
         + _rate_limits(accounts, slugs)
         + (_websockets(events) if isinstance(events, Mapping) else "")
+        + (_processes(status) if status.get("processes") else "")
         + '</main><footer>Served by the admin listener (<code>/status</code> has the same data '
         'as JSON). Bars: access time left against 1 h, refresh against 7 days. No token is ever '
         'shown.</footer></body></html>\n')

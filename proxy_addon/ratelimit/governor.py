@@ -202,9 +202,9 @@ class Governor:
                 for (account, group), gate in sorted(self._gates.items())]
 
     def _apply_quota(self, gate: Gate, group: str, client: ClientShare) -> None:
-        quota = client.quota.get(group)
-        if quota is not None:
-            gate.set_quota(client.name, quota)
+        """The client's cap in this group as its config says now: a reload that raises,
+        lowers or removes it applies at its next request."""
+        gate.set_quota(client.name, client.quota.get(group))
 
 
 def _partly_bad(rate: RateHeaders, headers: Mapping[str, str]) -> bool:

@@ -339,5 +339,27 @@ class TokenStore(abc.ABC):
         running stays)."""
         raise NotImplementedError
 
+    # -- status across processes (issue 19.7) ----------------------------------------------
+    # Every process keeps a small report of itself here (:mod:`proxy_addon.ops.processes`):
+    # JSON with names, states and counts, never a secret, so it is stored as it is (not
+    # sealed). The store only keeps the bytes and forgets them ``ttl`` seconds after the last
+    # write, on its own clock; reading and checking them is the reader's job.
+
+    shares_process_reports = True  # False: a store inside one process (nobody else reads)
+
+    @abc.abstractmethod
+    async def put_process_report(self, process: str, report: bytes, ttl: float) -> None:
+        """Keep ``report`` as ``process``'s (replacing its last one) for ``ttl`` seconds; drop
+        the reports whose time ran out."""
+
+    @abc.abstractmethod
+    async def process_reports(self) -> dict[str, bytes]:
+        """{process: report} of every report whose time has not run out (the raw bytes as
+        stored: they may be anything, the reader checks them)."""
+
+    @abc.abstractmethod
+    async def delete_process_report(self, process: str) -> None:
+        """``process`` stops (a clean shutdown): forget its report."""
+
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -118,6 +118,21 @@ class InstrumentedStore(TokenStore):
                                    lambda: self.inner.rotation_acks(account, generation))
 
     @property
+    def shares_process_reports(self) -> bool:  # type: ignore[override]
+        return self.inner.shares_process_reports
+
+    async def put_process_report(self, process: str, report: bytes, ttl: float) -> None:
+        await self._counted("put_process_report",
+                            lambda: self.inner.put_process_report(process, report, ttl))
+
+    async def process_reports(self) -> dict[str, bytes]:
+        return await self._counted("process_reports", self.inner.process_reports)
+
+    async def delete_process_report(self, process: str) -> None:
+        await self._counted("delete_process_report",
+                            lambda: self.inner.delete_process_report(process))
+
+    @property
     def shares_rate_limits(self) -> bool:  # type: ignore[override]
         return self.inner.shares_rate_limits
 

@@ -17,6 +17,7 @@ class MemoryStore(TokenStore):
         self._locks: dict[str, tuple[str, float]] = {}
         self._virtual: dict[str, tuple[bytes, float]] = {}
         self._indexes: dict[str, dict[str, float]] = {}
+        self._reports: dict[str, tuple[bytes, float]] = {}  # process -> report, expiry
 
     async def open(self) -> None:
         return None
@@ -94,6 +95,23 @@ class MemoryStore(TokenStore):
         now = time.time()
         return sorted(((m, t) for m, t in self._indexes.get(index, {}).items() if t > now),
                       key=lambda item: (item[1], item[0]))
+
+    # process reports: only this process writes them, so /status shows this process alone
+
+    shares_process_reports = False
+
+    async def put_process_report(self, process: str, report: bytes, ttl: float) -> None:
+        now = time.monotonic()
+        self._reports = {p: r for p, r in self._reports.items() if r[1] > now}
+        self._reports[process] = (report, now + ttl)
+
+    async def process_reports(self) -> dict[str, bytes]:
+        now = time.monotonic()
+        self._reports = {p: r for p, r in self._reports.items() if r[1] > now}
+        return {p: r[0] for p, r in self._reports.items()}
+
+    async def delete_process_report(self, process: str) -> None:
+        self._reports.pop(process, None)
 
     async def close(self) -> None:
         return None

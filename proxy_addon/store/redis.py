@@ -16,7 +16,11 @@ account's keys live in one slot and the Lua scripts (one key each, plus PUBLISH)
 - channel ``PREFIX:rotations`` carries ``{"account", "generation"}`` after every write, so
   other replicas adopt a new pair at once instead of meeting a 401 with the old one;
 - ``PREFIX:ratewin:{ACCOUNT/GROUP}`` sorted set of API calls sent in the group's window
-  (scored by the server's TIME), ``PREFIX:ratepen:{…}`` the end of its penalty (issue 17).
+  (scored by the server's TIME), ``PREFIX:ratepen:{…}`` the end of its penalty (issue 17);
+- ``PREFIX:reports:{processes}`` hash of every process's status report (field: the process,
+  value: its JSON, not sealed: no secret in it) and ``PREFIX:reportexp:{processes}`` sorted set
+  of their expiries on the server's clock; one hash tag, so the scripts that write, prune and
+  read them run in one slot (issue 19.7). Both keys expire with the latest report.
 
 Compare-and-set, lock take/extend and release are Lua scripts: atomic on the server, fenced by
 generation and owner. Durability is the server's: run Redis with ``appendonly yes`` (and
@@ -136,6 +140,42 @@ if untill > current then
   redis.call('SET', KEYS[1], tostring(untill), 'PX', math.ceil(tonumber(ARGV[1]) * 1000) + 1000)
 end
 return 1
+"""
+
+# Status reports of the processes (issue 19.7). KEYS: the reports (hash), their expiries (sorted
+# set, the server's TIME). Put — ARGV: process, report, ttl (s): write it, prune the expired,
+# keep both keys as long as the latest report.
+REPORT_PUT_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
+  redis.call('HDEL', KEYS[1], gone)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local latest = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+local keep = math.ceil((tonumber(latest[2]) - now) * 1000) + 1000
+redis.call('PEXPIRE', KEYS[1], keep)
+redis.call('PEXPIRE', KEYS[2], keep)
+return 1
+"""
+# Read: {process, report, ...} of the unexpired reports; the rest is pruned (a field without a
+# live expiry, however it got there, is dropped).
+REPORT_READ_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local out = {}
+for _, process in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if redis.call('ZSCORE', KEYS[2], process) then
+    table.insert(out, process)
+    table.insert(out, redis.call('HGET', KEYS[1], process))
+  else
+    redis.call('HDEL', KEYS[1], process)
+  end
+end
+return out
 """
 
 ACQUIRE_SCRIPT = """
@@ -266,6 +306,8 @@ class RedisStore(TokenStore):
         self._rate_reserve = self._client.register_script(RATE_RESERVE_SCRIPT)
         self._rate_restamp = self._client.register_script(RATE_RESTAMP_SCRIPT)
         self._rate_penalize = self._client.register_script(RATE_PENALIZE_SCRIPT)
+        self._report_put = self._client.register_script(REPORT_PUT_SCRIPT)
+        self._report_read = self._client.register_script(REPORT_READ_SCRIPT)
         self._watcher: asyncio.Task[None] | None = None
 
     def _key(self, kind: str, name: str) -> str:
@@ -624,6 +666,37 @@ class RedisStore(TokenStore):
     async def rate_penalize(self, key: str, seconds: float) -> None:
         try:
             await self._rate_penalize(keys=[self._rate_keys(key)[1]], args=[repr(seconds)])
+        except RedisError as exc:
+            raise self._error(exc) from None
+
+    # -- status across processes (issue 19.7) ----------------------------------------------
+
+    def _report_keys(self) -> list[str]:
+        """The reports and their expiries: one hash tag, one Cluster slot."""
+        return [f"{self.prefix}:reports:{{processes}}", f"{self.prefix}:reportexp:{{processes}}"]
+
+    async def put_process_report(self, process: str, report: bytes, ttl: float) -> None:
+        try:
+            await self._report_put(keys=self._report_keys(), args=[process, report, repr(ttl)])
+        except RedisError as exc:
+            raise self._error(exc) from None
+
+    async def process_reports(self) -> dict[str, bytes]:
+        try:
+            flat = await self._report_read(keys=self._report_keys())
+        except RedisError as exc:
+            raise self._error(exc) from None
+        pairs = zip(flat[::2], flat[1::2], strict=False)
+        return {bytes(p).decode("utf-8", "replace"): bytes(r) for p, r in pairs
+                if r is not None}
+
+    async def delete_process_report(self, process: str) -> None:
+        reports, expiries = self._report_keys()
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.hdel(reports, process)
+                pipe.zrem(expiries, process)
+                await pipe.execute()
         except RedisError as exc:
             raise self._error(exc) from None
 

@@ -2,6 +2,10 @@
 processes on one host share; compare-and-set runs in an IMMEDIATE transaction, so the
 database's own lock serialises writers across processes.
 
+The schema only grows: every table is created when missing (``CREATE TABLE IF NOT EXISTS`` on
+each connection), so a file written by an older release gains the newer tables (such as
+``process_reports``, issue 19.7) when a newer one opens it, and older releases ignore them.
+
 sqlite3 is blocking: every call runs on one dedicated thread, off the event loop.
 """
 
@@ -75,6 +79,11 @@ CREATE TABLE IF NOT EXISTS rate_slots (
 );
 CREATE INDEX IF NOT EXISTS rate_slots_at ON rate_slots (key, at);
 CREATE TABLE IF NOT EXISTS rate_penalties (key TEXT PRIMARY KEY, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS process_reports (
+    process TEXT PRIMARY KEY,
+    report BLOB NOT NULL,
+    expires_at REAL NOT NULL
+);
 """
 
 
@@ -368,6 +377,25 @@ class SQLiteStore(TokenStore):
             (time.time(),))]
         return written, announced
 
+    # -- status across processes (issue 19.7): one row per process, pruned when read -------
+
+    def _put_report(self, process: str, report: bytes, ttl: float) -> None:
+        db = self._connect()
+        now = time.time()
+        db.execute("INSERT OR REPLACE INTO process_reports (process, report, expires_at) "
+                   "VALUES (?, ?, ?)", (process, report, now + ttl))
+        db.execute("DELETE FROM process_reports WHERE expires_at <= ?", (now,))
+
+    def _reports(self) -> dict[str, bytes]:
+        db = self._connect()
+        now = time.time()
+        db.execute("DELETE FROM process_reports WHERE expires_at <= ?", (now,))
+        return {str(process): _blob(report) for process, report in db.execute(
+            "SELECT process, report FROM process_reports WHERE expires_at > ?", (now,))}
+
+    def _delete_report(self, process: str) -> None:
+        self._connect().execute("DELETE FROM process_reports WHERE process = ?", (process,))
+
     def _close(self) -> None:
         if self._db is not None:
             self._db.close()
@@ -448,6 +476,16 @@ class SQLiteStore(TokenStore):
         result: set[str] = await self._run(self._acks, account, generation)
         return result
 
+    async def put_process_report(self, process: str, report: bytes, ttl: float) -> None:
+        await self._run(self._put_report, process, report, ttl)
+
+    async def process_reports(self) -> dict[str, bytes]:
+        result: dict[str, bytes] = await self._run(self._reports)
+        return result
+
+    async def delete_process_report(self, process: str) -> None:
+        await self._run(self._delete_report, process)
+
     async def watch(self, listener: Callable[[str, int], None],
                     announcements: Callable[[str, int, str], None] | None = None,
                     hot: Callable[[], bool] | None = None) -> None:
@@ -492,3 +530,11 @@ class SQLiteStore(TokenStore):
         self._executor.shutdown(wait=False)
         await asyncio.get_running_loop().run_in_executor(self._rates_executor, self._close_rates)
         self._rates_executor.shutdown(wait=False)
+
+
+def _blob(value: object) -> bytes:
+    """A column's value as bytes, whatever type a foreign writer gave it (SQLite's columns
+    take any type): the reader of the bytes decides whether they make sense."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return str(value).encode("utf-8", "replace")

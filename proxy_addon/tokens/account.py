@@ -340,6 +340,14 @@ class AccountTokens(Renewal, Scheduling):
             "in_flight": sum(self._inflight.values()),
         }
 
+    async def retire(self, grace: float) -> None:
+        """Removed by a reload: no more renewals or keep-alives; the requests holding a lease
+        get up to ``grace`` s to finish (the session is revoked next)."""
+        self.close()
+        deadline = self._clock.monotonic() + grace
+        while self._inflight and self._clock.monotonic() < deadline:
+            await self._clock.sleep(0.05)
+
     def close(self) -> None:
         self._closed = True
         if self._timer is not None:

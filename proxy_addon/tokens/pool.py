@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections.abc import Callable
 
-from ..config import Config
+from ..config import AccountConfig, Config
 from ..store.base import StoreError, TokenStore
 from .account import AccountTokens, Lease, process_owner
 from .budget import AuthBudgets
@@ -47,6 +48,8 @@ class TokenPool:
         self._near = False
         self._near_until = -math.inf
         self._near_stale = True
+        # how build() makes an account's tokens: a reload adds accounts with it (add())
+        self._make: Callable[[AccountConfig], AccountTokens] | None = None
         for account in accounts.values():
             account._changed = self._account_changed
 
@@ -59,12 +62,43 @@ class TokenPool:
         budgets = AuthBudgets(settings.auth_budget_calls, settings.safe_budget_window,
                               clock.monotonic, store)
         owner = owner or process_owner()
-        pool = cls({a.name: AccountTokens(a, platform, settings, store,
-                                          budgets.for_account(a), clock=clock,
-                                          owner=owner, observer=observer)
-                    for a in config.accounts}, store, owner, clock)
+
+        def make(account: AccountConfig) -> AccountTokens:
+            return AccountTokens(account, platform, settings, store, budgets.for_account(account),
+                                 clock=clock, owner=owner, observer=observer)
+
+        pool = cls({a.name: make(a) for a in config.accounts}, store, owner, clock)
         pool.auth_budgets = budgets
+        pool._make = make
         return pool
+
+    # -- a reload (cli/reload.py): accounts added, changed, removed --------------------------
+    # ``accounts`` is replaced, never changed in place: whoever iterates it across an await
+    # (metrics, /status, the store's notifications) keeps a consistent view
+
+    async def add(self, account: AccountConfig) -> AccountTokens:
+        """``account`` joins: its tokens adopt a stored session if there is one, else it
+        authenticates on first use, like an account at start-up."""
+        assert self._make is not None, "a pool built by build() adds accounts"
+        tokens = self._make(account)
+        tokens._changed = self._account_changed
+        await tokens.start()
+        self.accounts = {**self.accounts, account.name: tokens}
+        self._near_stale = True
+        return tokens
+
+    def update(self, account: AccountConfig) -> None:
+        """``account``'s settings changed (rotated credentials, token lifetime, session
+        budget): its session stays; its next login or refresh uses them."""
+        self.accounts[account.name].account = account
+        self._near_stale = True
+
+    def remove(self, name: str) -> AccountTokens:
+        """``name`` leaves: no new request finds it; the caller retires its tokens."""
+        tokens = self.accounts[name]
+        self.accounts = {k: v for k, v in self.accounts.items() if k != name}
+        self._near_stale = True
+        return tokens
 
     def __getitem__(self, name: str) -> AccountTokens:
         return self.accounts[name]

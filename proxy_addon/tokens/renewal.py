@@ -3,7 +3,9 @@ the newer pair another process stored), obtain a new pair from the platform (ref
 in anew, within the app's call budget), persist it before anyone uses it, and adopt it.
 
 Part of :class:`~.account.AccountTokens` (its base :class:`Renewal`). Failures become
-:class:`~.failures.TokenUnavailable` and a back-off (:func:`~.schedule.backoff_delay`).
+:class:`~.failures.TokenUnavailable` and a back-off (:func:`~.schedule.backoff_delay`). Each
+renewal is an OpenTelemetry span (the API only: a no-op without ``[tracing]``), the child of
+the request that started it, a trace of its own when a timer did.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ import uuid
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import StatusCode
+
 from ..config import AccountConfig
 from ..store.base import CorruptRecord, StoredTokens, StoreError, TokenStore
 from .budget import AuthBudget
@@ -30,6 +36,7 @@ from .states import AccountState
 from .token_set import TokenSet
 
 log = logging.getLogger("tokenproxy.pool")
+_tracer = trace.get_tracer("tokenproxy.tokens")  # a no-op until [tracing] installs a provider
 
 
 class Superseded(Exception):
@@ -80,12 +87,29 @@ class Renewal:
     last_refresh: float | None
     token_calls: int
 
-    def _start_renewal(self, reason: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._renew(reason),
+    def _start_renewal(self, reason: str, unasked: bool = False) -> None:
+        """Renew in a task of its own. Its span (OpenTelemetry) is a child of the current one
+        (the request that needs the token: the gateway made its span current); ``unasked``
+        (a timer, another process's announcement): a trace of its own."""
+        parent = otel_context.Context() if unasked else None
+        task = asyncio.get_running_loop().create_task(self._traced_renew(reason, parent),
                                                       name=f"renew:{self._name}")
         self._renewal = task
         self._changed()
         task.add_done_callback(retrieve_exception)
+
+    async def _traced_renew(self, reason: str, parent: otel_context.Context | None) -> None:
+        with _tracer.start_as_current_span(
+                "tokenproxy renewal", context=parent, record_exception=False,
+                set_status_on_exception=False,
+                attributes={"tokenproxy.account": self._name,
+                            "tokenproxy.renewal.reason": reason}) as span:
+            try:
+                await self._renew(reason)
+            except TokenUnavailable as exc:  # no exception text: it may quote the platform
+                span.set_attribute("tokenproxy.renewal.outcome", "failed")
+                span.set_status(StatusCode.ERROR, exc.reason.value)
+                raise
 
     async def _renew(self, reason: str) -> None:
         previous_state = self.state
@@ -120,6 +144,8 @@ class Renewal:
                 break
             ours = record.tokens is self._pending
             outcome = self._obtained_by if ours else "adopted"
+            trace.get_current_span().set_attributes(
+                {"tokenproxy.renewal.outcome": outcome, "tokenproxy.generation": record.generation})
             name = self._name
             log.info("account %s: renewal %s (reason %s), generation %d", name, outcome, reason,
                      record.generation,

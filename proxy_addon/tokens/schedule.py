@@ -129,9 +129,9 @@ class Scheduling:
             self._schedule()
             return
         if now >= self._keepalive_at:
-            self._start_renewal("keepalive")
+            self._start_renewal("keepalive", unasked=True)
         elif self._used and now >= self._refresh_at:
-            self._start_renewal("ahead")
+            self._start_renewal("ahead", unasked=True)
         elif self._refresh_at > now:
             self._schedule()
         elif math.isfinite(self._keepalive_at):
@@ -193,7 +193,7 @@ class Scheduling:
             self._remote_drain = generation
             self._changed()
             if self._renewal is None:
-                self._start_renewal("remote")
+                self._start_renewal("remote", unasked=True)
             return  # the renewal acknowledges once our requests on it are done
         task = asyncio.get_running_loop().create_task(self._acknowledge(generation))
         task.add_done_callback(retrieve_exception)
@@ -225,7 +225,7 @@ class Scheduling:
     if TYPE_CHECKING:  # provided by AccountTokens and Renewal
         _name: str
 
-        def _start_renewal(self, reason: str) -> None: ...
+        def _start_renewal(self, reason: str, unasked: bool = False) -> None: ...
 
         def _adopt(self, generation: int, tokens: TokenSet,
                    sent_at: float | None = None) -> None: ...

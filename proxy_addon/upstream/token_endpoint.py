@@ -1,22 +1,29 @@
 """Client of the platform's token endpoint: log in with an account's grant, refresh, revoke.
 
 Implements the token core's :class:`~proxy_addon.tokens.ports.Platform` port; called by the
-pool's renewals (never on the request hot path). Answers become a
+pool's renewals (never on the request hot path). Each account's calls go to its own platform
+(``[[accounts]] upstream``: sandbox beside production), by default the proxy's. Answers become a
 :class:`~proxy_addon.tokens.token_set.TokenSet` or raise :class:`TokenEndpointError`
 (the platform said no) or :class:`UpstreamUnreachable` (no answer at all).
-Nothing here logs credentials.
+Nothing here logs credentials. Each call is an OpenTelemetry CLIENT span (``[tracing]``,
+:mod:`proxy_addon.ops.tracing`), child of the renewal's, and carries it as ``traceparent``.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
 
 from ..config import AccountConfig
 from ..ops.metrics import Metrics
+from ..ops.tracing import inject
 from ..tokens.ports import PlatformUnreachable
 from ..tokens.token_set import MalformedTokenResponse, TokenSet
 from .platform_errors import TokenEndpointError
@@ -30,6 +37,48 @@ GRANT_LABELS = {JWT_GRANT: "jwt", "password": "password", "refresh_token": "refr
 
 class UpstreamUnreachable(PlatformUnreachable):
     """The platform could not be reached (connection refused, DNS, TLS, timeout)."""
+
+
+_tracer = trace.get_tracer("tokenproxy.upstream")  # a no-op until [tracing] installs one
+_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # an error code fit for an attribute
+_Post = Callable[["TokenEndpoint", AccountConfig, str, dict[str, str]],
+                 Awaitable[httpx.Response]]
+
+
+def _traced(post: _Post) -> _Post:
+    """A CLIENT span around one call to the token endpoint (the call's ``traceparent`` is
+    this span): the path, account, grant, status and the platform's error code; never a
+    form field but the grant type, a header or a body."""
+
+    @functools.wraps(post)
+    async def call(self: TokenEndpoint, account: AccountConfig, path: str,
+                   form: dict[str, str]) -> httpx.Response:
+        attributes: dict[str, str | int] = {"http.request.method": "POST", "url.path": path,
+                                            "tokenproxy.account": account.name}
+        if "grant_type" in form:
+            attributes["tokenproxy.grant"] = GRANT_LABELS.get(form["grant_type"], "other")
+        with _tracer.start_as_current_span(f"POST {path}", kind=SpanKind.CLIENT,
+                                           attributes=attributes, record_exception=False,
+                                           set_status_on_exception=False) as span:
+            try:
+                response = await post(self, account, path, form)
+            except UpstreamUnreachable:
+                span.set_attribute("error.type", "unreachable")
+                span.set_status(StatusCode.ERROR, "the platform is unreachable")
+                raise
+            status = response.status_code
+            span.set_attribute("http.response.status_code", status)
+            if not 200 <= status < 300 and span.is_recording():
+                error = TokenEndpointError.from_response(status, response.content, None)
+                code = error.code if _CODE.fullmatch(error.code) else ""
+                reason = error.error if _CODE.fullmatch(error.error) else ""
+                if code:
+                    span.set_attribute("tokenproxy.error_code", code)
+                span.set_attribute("error.type", reason or str(status))
+                span.set_status(StatusCode.ERROR, code or reason or f"HTTP {status}")
+            return response
+
+    return call
 
 
 class TokenEndpoint:
@@ -117,18 +166,26 @@ class TokenEndpoint:
         metrics.token_calls.labels(name, grant, "success").inc()
         return tokens
 
+    @_traced
     async def _post(self, account: AccountConfig, path: str, form: dict[str, str]
                     ) -> httpx.Response:
         headers = {"Accept": "application/json"}
+        inject(headers)  # traceparent: the token call's span ([tracing]; else nothing)
         if account.client_secret:
             pair = f"{account.client_id}:{account.client_secret.reveal()}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
         else:
             form = {**form, "client_id": account.client_id}
+        upstream = self.origin_of(account)
         try:
-            return await self._http.post(self.upstream + path, data=form, headers=headers)
+            return await self._http.post(upstream + path, data=form, headers=headers)
         except httpx.TimeoutException:
-            raise UpstreamUnreachable(f"timed out calling {self.upstream}{path}") from None
+            raise UpstreamUnreachable(f"timed out calling {upstream}{path}") from None
         except httpx.TransportError as exc:
             raise UpstreamUnreachable(
-                f"cannot reach {self.upstream}{path}: {type(exc).__name__}") from None
+                f"cannot reach {upstream}{path}: {type(exc).__name__}") from None
+
+    def origin_of(self, account: AccountConfig) -> str:
+        """The platform ``account`` lives on: its own ``upstream`` (sandbox beside production),
+        else this endpoint's."""
+        return (account.upstream or self.upstream).rstrip("/")

@@ -96,12 +96,25 @@ class LoginInterceptor:
         # five) of parallel active sessions" (ringcentral-api-docs
         # docs/authentication/tokens.md, "Access token expiration and invalidation")
         virtual.grants_per_account = config.proxy.virtual_grants_per_account
-        virtual.use_accounts(config.accounts)  # a changed credential ends the old grants
         self._throttle = throttle or BadKeyThrottle(config.proxy.bad_key_limit)
         self._throttle.client_limit = config.proxy.login_failure_limit
         self._by_client: dict[str, list[AccountConfig]] = {}
-        for account in config.accounts:
-            self._by_client.setdefault(account.client_id, []).append(account)
+        self.accounts_changed(config.accounts)
+
+    def accounts_changed(self, accounts: tuple[AccountConfig, ...]) -> None:
+        """The accounts apps may log in as (start-up, and a reload): by client id, and the
+        credentials their grants are bound to (a changed credential ends the old grants)."""
+        by_client: dict[str, list[AccountConfig]] = {}
+        for account in accounts:
+            by_client.setdefault(account.client_id, []).append(account)
+        self._by_client = by_client
+        self._virtual.use_accounts(accounts)
+
+    def _platform_of(self, client_id: str) -> str:
+        """Where the authorize page of ``client_id`` lives: its accounts' platform when they
+        agree on one (sandbox beside production), else the proxy's."""
+        platforms = {a.upstream or self._upstream for a in self._by_client.get(client_id, ())}
+        return platforms.pop() if len(platforms) == 1 else self._upstream
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -113,7 +126,8 @@ class LoginInterceptor:
         if path == AUTHORIZE_PATH and request.method == "GET":
             # the browser part of the authorization-code flow is the platform's own page
             flow.response = http.Response.make(
-                302, b"", {"Location": self._upstream + request.path, **NO_STORE})
+                302, b"", {"Location": self._platform_of(request.query.get("client_id", ""))
+                           + request.path, **NO_STORE})
             return
         if request.method != "POST" or path == AUTHORIZE_PATH:  # authorize is GET only
             allowed = "GET" if path == AUTHORIZE_PATH else "POST"

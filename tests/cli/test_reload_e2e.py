@@ -6,6 +6,7 @@ created, each change is in force on both workers within 1 s, and a broken file c
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -30,6 +31,45 @@ def status_of(url: str, key: str, method: str = "GET") -> int:
     """A new connection each time: SO_REUSEPORT gives it to either worker."""
     with httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {key}"}) as c:
         return (c.post(EXT + "/sms", json=SMS) if method == "POST" else c.get(EXT)).status_code
+
+
+class AppsCalling:
+    """20 apps calling ``EXT`` with ``key`` every 50 ms on one keep-alive connection each,
+    their answers counted by status (or exception name) until :meth:`stop`."""
+
+    def __init__(self, url: str, key: str, apps: int = 20) -> None:
+        self.statuses: Counter = Counter()
+        self._url, self._key = url, key
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._app) for _ in range(apps)]
+        for thread in self._threads:
+            thread.start()
+
+    def _app(self) -> None:
+        with httpx.Client(base_url=self._url, timeout=30,
+                          headers={"Authorization": f"Bearer {self._key}"}) as client:
+            for _ in range(5000):  # bounded
+                if self._stop.is_set():
+                    return
+                try:
+                    self.statuses[client.get(EXT).status_code] += 1
+                except httpx.HTTPError as exc:
+                    self.statuses[exc.__class__.__name__] += 1
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+
+def settled(statuses: Counter, emulator) -> None:
+    """The apps have been served for a while (every worker's first token call is behind us,
+    even on a loaded machine): from now on, any platform login is one a reload caused."""
+    deadline = time.monotonic() + 60
+    while statuses[200] < 100 and time.monotonic() < deadline:  # bounded
+        time.sleep(0.1)
+    assert statuses[200] >= 100 and emulator.counters()["logins"] >= 1, statuses
 
 
 def in_force(url: str, key: str, expected: int, method: str = "GET") -> float:
@@ -65,24 +105,8 @@ def test_ten_reloads_under_load(tmp_path: Path, emulator_factory) -> None:
     proxy = start_proxy_with_config(config, env={"TOKENPROXY_STORE_KEY": STORE_KEY},
                                     args=("--workers", "2"))
     url = proxy.url
-    statuses: Counter[int] = Counter()
-    stop = threading.Event()
-
-    def app() -> None:
-        with httpx.Client(base_url=url, timeout=30,
-                          headers={"Authorization": f"Bearer {STABLE}"}) as client:
-            for _ in range(5000):  # bounded
-                if stop.is_set():
-                    return
-                try:
-                    statuses[client.get(EXT).status_code] += 1
-                except httpx.HTTPError as exc:
-                    statuses[exc.__class__.__name__] += 1  # type: ignore[index]
-                time.sleep(0.05)
-
-    threads = [threading.Thread(target=app) for _ in range(20)]
-    for thread in threads:
-        thread.start()
+    load = AppsCalling(url, STABLE)
+    statuses = load.statuses
 
     def sighup() -> None:
         proxy.proc.send_signal(signal.SIGHUP)
@@ -94,7 +118,7 @@ def test_ten_reloads_under_load(tmp_path: Path, emulator_factory) -> None:
 
     took: list[float] = []
     try:
-        time.sleep(1.0)
+        settled(statuses, emulator)
         logins = emulator.counters()["logins"]
         b = {"name": "b", "account": "main", "key": KEY_B}
         write(b); sighup()  # noqa: E702 - 1: a new client
@@ -131,9 +155,7 @@ def test_ten_reloads_under_load(tmp_path: Path, emulator_factory) -> None:
         time.sleep(1.0)
         new_logins = emulator.counters()["logins"] - logins
     finally:
-        stop.set()
-        for thread in threads:
-            thread.join(30)
+        load.stop()
         proxy.stop()
     log = proxy.logs()
     applied, refused = log.count("config reloaded from"), log.count("config reload refused")
@@ -146,3 +168,169 @@ def test_ten_reloads_under_load(tmp_path: Path, emulator_factory) -> None:
     assert applied == 2 * 8 and refused == 2 * 2
     assert "needs a restart to change: [proxy]" in log
     assert KEY_B not in log and KEY_B2 not in log and STABLE not in log
+
+
+@pytest.mark.timeout(120)
+def test_a_reload_changes_a_clients_rate_quota_within_a_second(tmp_path: Path,
+                                                               emulator_factory) -> None:
+    """Limits change with a reload too: a client capped at 2 Light calls a window gets the
+    proxy's 429; raised to 40 it is served within 1 s, lowered to 2 again refused within 1 s,
+    the cap removed served again within 1 s (a removed quota once stayed in force until a
+    restart)."""
+    emulator = emulator_factory("--auth-rate", "0")
+    config = tmp_path / "quota.toml"
+    proxy_table = {"listen": "127.0.0.1:0", "metrics_listen": "", "upstream": emulator.url,
+                   "auth_budget_calls": 0}
+    store = {"backend": "sqlite", "path": str(tmp_path / "tokens.db")}
+    quota_key = "quota-app-key-0123456789"
+
+    def write(**extra: object) -> None:
+        capped = {"name": "capped", "account": "main", "key": quota_key, **extra}
+        config.write_text(render_config(proxy_table, [jwt_account()], [capped], store,
+                                        {"mode": "enforce", "max_wait": 0.2}))
+
+    write(rate_quota={"Light": 2})
+    proxy = start_proxy_with_config(config, env={"TOKENPROXY_STORE_KEY": STORE_KEY})
+    try:
+        first = [status_of(proxy.url, quota_key) for _ in range(3)]
+        assert first == [200, 200, 429], first
+        write(rate_quota={"Light": 40})
+        proxy.proc.send_signal(signal.SIGHUP)
+        took = [in_force(proxy.url, quota_key, 200)]
+        write(rate_quota={"Light": 2})
+        proxy.proc.send_signal(signal.SIGHUP)
+        took.append(in_force(proxy.url, quota_key, 429))
+        write()  # no quota at all (about 20 calls so far: the account's 50 are far)
+        proxy.proc.send_signal(signal.SIGHUP)
+        took.append(in_force(proxy.url, quota_key, 200))
+    finally:
+        proxy.stop()
+    print(f"figures quota reload: in force after {[round(t, 2) for t in took]} s")
+    assert max(took) < 1.0
+
+
+@pytest.mark.timeout(300)
+def test_accounts_added_changed_and_removed_under_load(tmp_path: Path, emulator_factory) -> None:
+    """Accounts change with a reload too, on both workers of a 2-worker proxy, while 20 apps
+    of a running account keep calling: an added account serves its client within 1 s (one
+    platform session for both workers); its credentials changed, it keeps its session; removed,
+    its client is refused within 1 s and its session is revoked on the platform exactly once.
+    The running account's apps see no failure and no new session; a file that gives a running
+    account another app is refused and changes nothing."""
+    emulator = emulator_factory("--auth-rate", "0")
+    config = tmp_path / "accounts.toml"
+    proxy_table = {"listen": "127.0.0.1:0", "metrics_listen": "", "upstream": emulator.url,
+                   "auth_budget_calls": 0}
+    store = {"backend": "sqlite", "path": str(tmp_path / "tokens.db")}
+    stable = {"name": "stable", "account": "main", "key": STABLE}
+    second = jwt_account("second", jwt="demo-jwt-credential-2")  # user 100002 of the seed
+    second_key = "second-app-key-0123456789"
+    second_client = {"name": "second-app", "account": "second", "key": second_key}
+
+    def write(accounts: list[dict], clients: list[dict]) -> None:
+        config.write_text(render_config(proxy_table, accounts, [stable, *clients], store,
+                                        {"mode": "observe"}))
+
+    def owner_of(key: str) -> str:
+        with httpx.Client(base_url=url, timeout=30,
+                          headers={"Authorization": f"Bearer {key}"}) as client:
+            return str(client.get(EXT).json().get("id"))
+
+    write([jwt_account()], [])
+    proxy = start_proxy_with_config(config, env={"TOKENPROXY_STORE_KEY": STORE_KEY},
+                                    args=("--workers", "2"))
+    url = proxy.url
+    load = AppsCalling(url, STABLE)
+    statuses = load.statuses
+    took: list[float] = []
+    pair = "demo-client-id/100002"
+    try:
+        settled(statuses, emulator)
+        before = emulator.counters()
+        write([jwt_account(), second], [second_client])  # 1: an account and its client
+        proxy.proc.send_signal(signal.SIGHUP)
+        took.append(in_force(url, second_key, 200))
+        assert owner_of(second_key) == "100002"
+        added = emulator.counters()
+        write([jwt_account(), {**second, "access_token_ttl": 1800}], [second_client])  # 2
+        proxy.proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert status_of(url, second_key) == 200
+        changed = emulator.counters()
+        write([jwt_account(), {**second, "client_id": "demo-nojwt-client"}],  # 3: refused
+              [second_client])
+        proxy.proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert status_of(url, second_key) == 200
+        write([jwt_account()], [])  # 4: the account goes, with its client
+        proxy.proc.send_signal(signal.SIGHUP)
+        took.append(in_force(url, second_key, 401))
+        deadline = time.monotonic() + 15
+        while emulator.counters()["live_sessions"].get(pair) and time.monotonic() < deadline:
+            time.sleep(0.2)  # bounded: the removal revokes once the requests in flight finish
+        removed = emulator.counters()
+    finally:
+        load.stop()
+        proxy.stop()
+    log = proxy.logs()
+    print(f"figures accounts reload: {sum(statuses.values())} app requests {dict(statuses)}; "
+          f"in force after {[round(t, 2) for t in took]} s; logins "
+          f"{added['logins'] - before['logins']} (add), "
+          f"{changed['logins'] - added['logins']} (change); revocations "
+          f"{removed['revocations'] - changed['revocations']} (remove)")
+    assert set(statuses) == {200}, statuses
+    assert max(took) < 1.0
+    assert added["logins"] - before["logins"] == 1  # one session for the new account
+    assert changed["logins"] == added["logins"]  # new settings, same session
+    assert removed["logins"] == changed["logins"]  # main never logged in again
+    assert removed["revocations"] - changed["revocations"] == 1  # once, for both workers
+    assert not removed["live_sessions"].get(pair)
+    assert log.count("config reload refused") == 2 and "second (client_id)" in log
+    assert log.count("account second removed by the reload") == 2
+    assert STABLE not in log and second_key not in log and "demo-jwt-credential-2" not in log
+
+
+@pytest.mark.timeout(120)
+def test_a_reload_changes_the_log_settings(tmp_path: Path, emulator_factory) -> None:
+    """Log settings change with a reload: the access log turned on (a file) is written from the
+    next request, the process's log turns JSON from the reload's own line on, the access log
+    turned off again stops; a key only a restart applies is named precisely."""
+    emulator = emulator_factory("--auth-rate", "0")
+    config = tmp_path / "logs.toml"
+    access = tmp_path / "access.log"
+    base = {"listen": "127.0.0.1:0", "metrics_listen": "", "upstream": emulator.url,
+            "auth_budget_calls": 0}
+    store = {"backend": "sqlite", "path": str(tmp_path / "tokens.db")}
+
+    def write(**proxy: object) -> None:
+        config.write_text(render_config({**base, **proxy}, [jwt_account()],
+                                        [{"name": "app", "account": "main", "key": STABLE}],
+                                        store, {"mode": "observe"}))
+
+    write(access_log="off", log_format="text")
+    proxy = start_proxy_with_config(config, env={"TOKENPROXY_STORE_KEY": STORE_KEY})
+    try:
+        assert status_of(proxy.url, STABLE) == 200
+        assert not access.exists()
+        write(access_log=str(access), log_format="json", token_wait_timeout=20.0)
+        proxy.proc.send_signal(signal.SIGHUP)
+        took = in_force(proxy.url, STABLE, 200)
+        time.sleep(0.3)
+        lines = access.read_text().splitlines()
+        write(access_log="off", log_format="json", token_wait_timeout=20.0)
+        proxy.proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        for _ in range(3):
+            assert status_of(proxy.url, STABLE) == 200
+        after_off = access.read_text().splitlines()
+    finally:
+        proxy.stop()
+    log = proxy.logs().splitlines()
+    reloaded = [line for line in log if "config reloaded from" in line]
+    assert took < 1.0
+    assert len(lines) >= 6 and all(json.loads(line)["client"] == "app" for line in lines)
+    assert after_off == lines  # off: not one line more
+    assert len(reloaded) == 2 and all(line.startswith("{") for line in reloaded)
+    assert json.loads(reloaded[0])["message"].endswith(
+        "needs a restart to change: [proxy] token_wait_timeout")
+    assert STABLE not in access.read_text()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from proxy_addon.config import ConfigError, Secret, load_config
+from proxy_addon.config import ConfigError, Secret, load_config, parse_config
 
 GOOD = """
 [proxy]
@@ -148,3 +149,36 @@ def test_shipped_configs_are_valid() -> None:
     root = Path(__file__).resolve().parents[2]
     assert load_config(root / "config" / "demo.toml", {}).emulator.enabled
     load_config(root / "config" / "example.toml", ENV)
+
+
+def test_each_account_names_its_platform_or_gets_the_proxys() -> None:
+    """Sandbox beside production (issue 19, item 6): an account's own ``upstream`` and
+    ``media_upstream``; one without gets the proxy's, media host included; one on another
+    platform gets no media host unless it names one (the proxy's is another platform's)."""
+    text = GOOD.replace('upstream = "http://127.0.0.1:9000"',
+                        'upstream = "https://platform.ringcentral.com"\n'
+                        'media_upstream = "https://media.ringcentral.com"') + """
+[[accounts]]
+name = "sandbox"
+client_id = "sandbox-id"
+client_secret = "sandbox-secret"
+grant = "jwt"
+jwt = "sandbox-jwt"
+upstream = "https://platform.devtest.ringcentral.com/"
+
+[[accounts]]
+name = "sandbox-media"
+client_id = "sandbox-id"
+client_secret = "sandbox-secret"
+grant = "jwt"
+jwt = "sandbox-jwt-2"
+upstream = "https://platform.devtest.ringcentral.com"
+media_upstream = "https://media.devtest.ringcentral.com"
+"""
+    config = parse_config(tomllib.loads(text), "c.toml", ENV)
+    main, sandbox, media = config.accounts
+    assert (main.upstream, main.media_upstream) == ("https://platform.ringcentral.com",
+                                                    "https://media.ringcentral.com")
+    assert (sandbox.upstream, sandbox.media_upstream) == (
+        "https://platform.devtest.ringcentral.com", None)
+    assert media.media_upstream == "https://media.devtest.ringcentral.com"

@@ -99,6 +99,22 @@ MORE_INPUTS = {
     "events upstream sockets": doc((("events",), {"upstream_sockets": 51})),
     "events unknown key": doc((("events",), {"sockets": 2})),
     "events enabled string": doc((("events",), {"enabled": "yes"})),
+    "tracing endpoint scheme": doc((("tracing",), {"otlp_endpoint": "grpc://127.0.0.1:4317"})),
+    "tracing endpoint credentials": doc((("tracing",), {
+        "otlp_endpoint": "https://user:pw@otlp.example/v1/traces"})),
+    "tracing endpoint query": doc((("tracing",), {
+        "otlp_endpoint": "https://otlp.example/v1/traces?api_key=x"})),
+    "tracing ratio above 1": doc((("tracing",), {"sample_ratio": 1.5})),
+    "tracing ratio string": doc((("tracing",), {"sample_ratio": "all"})),
+    "tracing service name": doc((("tracing",), {"service_name": "token proxy"})),
+    "tracing headers_env ref": doc((("tracing",), {"headers_env": "${OTLP_HEADERS}"})),
+    "tracing headers_env unset": doc((("tracing",), {"headers_env": "TP_OTLP_UNSET"})),
+    "tracing unknown key": doc((("tracing",), {"endpoint": "http://127.0.0.1:4318"})),
+    "tracing not table": doc((("tracing",), "on")),
+    "account upstream path": doc(((*A, "upstream"), "https://platform.devtest.ringcentral.com/x")),
+    "account upstream unverified": doc(((P, "upstream"), "https://127.0.0.1:9443"),
+                                       ((P, "verify_upstream_tls"), False),
+                                       ((*A, "upstream"), "https://platform.devtest.ringcentral.com")),
     "emulator args env": doc((("emulator",), {"args": ["${NOPE_ARG}"]})),
     "emulator listen bad": doc((("emulator",), {"listen": "x"})),
     "emulator without upstream": doc(((P, "upstream"), DELETE), (("emulator",), {"enabled": True})),
@@ -159,7 +175,8 @@ TODAY = {
         'drain_grace, drain_timeout, listen, log_format, login_failure_limit, media_upstream, '
         'metrics_listen, metrics_per_account, public_url, refresh_ahead, refresh_ahead_share, '
         'replay_body_limit, '
-        'replay_buffer_total, shutdown_timeout, stream_threshold, tls_cert, tls_key, '
+        'replay_buffer_total, shutdown_timeout, status_report_interval, stream_threshold, '
+        'tls_cert, tls_key, '
         'token_wait_timeout, '
         'upstream, upstream_http2, upstream_keepalive, upstream_pool, upstream_pool_size, '
         'upstream_pool_wait, upstream_timeout, verify_upstream_tls, virtual_access_ttl, '
@@ -168,7 +185,7 @@ TODAY = {
     'unknown account key': (
         'c.toml: accounts[0].nmae: unknown key (allowed here: access_token_ttl, auth_code, '
         'client_id, client_secret, code_verifier, extension, grant, jwt, max_live_tokens, '
-        'name, password, redirect_uri, refresh_token, username)'
+        'media_upstream, name, password, redirect_uri, refresh_token, upstream, username)'
     ),
     'timeout string': 'c.toml: proxy.upstream_timeout: expected a number, got a string',
     'timeout too small': 'c.toml: proxy.upstream_timeout: must be >= 0.1, got 0.05',
@@ -231,7 +248,7 @@ TODAY_MORE = {
     'account not table': 'c.toml: accounts[0]: expected a table, got a string',
     'unknown top key': (
         'c.toml: extra: unknown key (allowed here: accounts, clients, emulator, events, proxy, '
-        'rate_limits, store)'
+        'rate_limits, store, tracing)'
     ),
     'emulator args string': 'c.toml: emulator.args: expected a list of strings',
     'emulator args env': 'c.toml: emulator.args: environment variable NOPE_ARG is not set',
@@ -323,7 +340,8 @@ TODAY_MORE = {
         'drain_grace, drain_timeout, listen, log_format, login_failure_limit, media_upstream, '
         'metrics_listen, metrics_per_account, public_url, refresh_ahead, refresh_ahead_share, '
         'replay_body_limit, '
-        'replay_buffer_total, shutdown_timeout, stream_threshold, tls_cert, tls_key, '
+        'replay_buffer_total, shutdown_timeout, status_report_interval, stream_threshold, '
+        'tls_cert, tls_key, '
         'token_wait_timeout, '
         'upstream, upstream_http2, upstream_keepalive, upstream_pool, upstream_pool_size, '
         'upstream_pool_wait, upstream_timeout, verify_upstream_tls, virtual_access_ttl, '
@@ -348,7 +366,7 @@ TODAY_MORE = {
     ),
     'order: top unknown before proxy': (
         'c.toml: zzz: unknown key (allowed here: accounts, clients, emulator, events, proxy, '
-        'rate_limits, store)'
+        'rate_limits, store, tracing)'
     ),
     'rate mode bad': ("c.toml: rate_limits.mode: must be one of enforce, observe, off, got "
                       "'strict'"),
@@ -381,6 +399,45 @@ TODAY_MORE = {
         'recovery_timeout, request_timeout, subscribe_per_minute, upstream_sockets, ws_token_ttl)'
     ),
     'events enabled string': 'c.toml: events.enabled: expected true or false, got a string',
+    'tracing endpoint scheme': (
+        'c.toml: tracing.otlp_endpoint: expected the http(s) URL of an OTLP/HTTP traces '
+        "endpoint (e.g. http://127.0.0.1:4318/v1/traces), got 'grpc://127.0.0.1:4317'"
+    ),
+    'tracing endpoint credentials': (
+        'c.toml: tracing.otlp_endpoint: must not hold credentials, a query or a fragment: give '
+        "the collector's headers (an API key) in headers_env"
+    ),
+    'tracing endpoint query': (
+        'c.toml: tracing.otlp_endpoint: must not hold credentials, a query or a fragment: give '
+        "the collector's headers (an API key) in headers_env"
+    ),
+    'tracing ratio above 1': 'c.toml: tracing.sample_ratio: must be between 0 and 1, got 1.5',
+    'tracing ratio string': 'c.toml: tracing.sample_ratio: expected a number, got a string',
+    'tracing service name': (
+        "c.toml: tracing.service_name: use 1-128 letters, digits, '.', '_', ':', '/' or '-', "
+        "starting with a letter or digit, got 'token proxy'"
+    ),
+    'tracing headers_env ref': (
+        'c.toml: tracing.headers_env: must be the name of an environment variable (write NAME, '
+        'not ${NAME})'
+    ),
+    'tracing headers_env unset': (
+        'c.toml: tracing.headers_env: environment variable TP_OTLP_UNSET is not set (it holds '
+        "the exporter's headers: name=value,name2=value2)"
+    ),
+    'tracing unknown key': (
+        'c.toml: tracing.endpoint: unknown key (allowed here: headers_env, otlp_endpoint, '
+        'sample_ratio, service_name)'
+    ),
+    'tracing not table': 'c.toml: tracing: expected a table, got a string',
+    'account upstream path': (
+        "c.toml: accounts[0].upstream: expected a bare http(s) origin like "
+        "https://host[:port], got 'https://platform.devtest.ringcentral.com/x'"
+    ),
+    'account upstream unverified': (
+        "c.toml: accounts[0].upstream: is not on this host, and [proxy] verify_upstream_tls = "
+        "false is only for tests: the platform's certificate is always verified"
+    ),
 }
 
 
@@ -417,3 +474,39 @@ def test_upstream_http2_must_be_a_boolean() -> None:
 
 def test_upstream_pool_size_is_bounded() -> None:
     assert "proxy.upstream_pool_size" in message("pool 0", {"proxy": {"upstream_pool_size": 0}})
+
+
+def test_tracing_is_off_unless_an_endpoint_is_given() -> None:
+    assert not parse_config(doc(), "c.toml", ENV).tracing.enabled
+    blank = doc((("tracing",), {"otlp_endpoint": "${TP_OTLP_ENDPOINT:-}"}))
+    assert not parse_config(blank, "c.toml", ENV).tracing.enabled  # "" turns it off
+    on = parse_config(doc((("tracing",), {
+        "otlp_endpoint": "http://127.0.0.1:4318/v1/traces", "sample_ratio": 0.25,
+        "service_name": "tokenproxy-eu", "headers_env": "TP_OTLP_HEADERS"})), "c.toml",
+        {**ENV, "TP_OTLP_HEADERS": "x-api-key=s3cret%2Fvalue, X-Tenant = eu"}).tracing
+    assert on.enabled and on.sample_ratio == 0.25 and on.service_name == "tokenproxy-eu"
+    assert on.headers({"TP_OTLP_HEADERS": "x-api-key=s3cret%2Fvalue, X-Tenant = eu"}) == {
+        "x-api-key": "s3cret/value", "x-tenant": "eu"}
+    assert "s3cret" not in repr(on)  # the config holds the variable's name only
+
+
+def test_malformed_otlp_headers_are_named_without_their_value() -> None:
+    config = doc((("tracing",), {"otlp_endpoint": "http://127.0.0.1:4318/v1/traces",
+                                 "headers_env": "TP_OTLP_BAD"}))
+    for bad, problem in (("x-api-key=s3cret-value,oops", "item 2 is not name=value"),
+                         ("x-api-key=", "header x-api-key has an empty or multi-line value"),
+                         ("", "item 1 is not name=value"),
+                         ("bad name=s3cret-value", "item 1 is not name=value")):
+        with pytest.raises(ConfigError) as info:
+            parse_config(copy.deepcopy(config), "c.toml", {**ENV, "TP_OTLP_BAD": bad})
+        assert str(info.value) == (
+            f"c.toml: tracing.headers_env: environment variable TP_OTLP_BAD: {problem} "
+            "(expected name=value,name2=value2)")
+        assert "s3cret" not in str(info.value)
+
+
+def test_an_endpoint_with_credentials_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc((("tracing",), {"otlp_endpoint": "ftp://u:s3cret@otlp.example"})),
+                     "c.toml", ENV)
+    assert "s3cret" not in str(info.value) and "tracing.otlp_endpoint" in str(info.value)

@@ -29,9 +29,12 @@ CLIENT = ClientConfig("app", "main", Secret(APP_KEY))
 
 @dataclass
 class Account:
-    """The fake account of :class:`Pool` (its ``name``, as ``AccountConfig`` has)."""
+    """The fake account of :class:`Pool` (its ``name`` and platform, as ``AccountConfig``
+    has: no platform of its own, the proxy's)."""
 
     name: str
+    upstream: str | None = None
+    media_upstream: str | None = None
 
 
 @dataclass

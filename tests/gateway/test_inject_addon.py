@@ -18,6 +18,7 @@ from tests.gateway.fakes import (
     REQUEST_HEADERS,
     RESPONSE,
     RESPONSE_HEADERS,
+    Account,
     FakeAccount,
     drive,
     unavailable,
@@ -130,6 +131,32 @@ def test_media_route_goes_to_the_media_host() -> None:
     assert (f.request.scheme, f.request.host, f.request.port) == ("https", "media.example", 8443)
     assert f.request.path == "/restapi/v1.0/recording/1/content"
     assert f.request.headers["host"] == "media.example:8443"
+
+
+def test_an_account_on_its_own_platform_is_sent_there_media_included() -> None:
+    """Sandbox beside production: the request of an account naming its platform leaves for
+    it (Host included), its ``/_media`` for its own media host, never the proxy's."""
+    sandbox = Account("sandbox", "https://platform.devtest.example:8443",
+                      "https://media.devtest.example")
+    api = with_key()
+    admitted(api, FakeAccount(account=sandbox))
+    drive(Inject(ReplayBuffer(1024, 4096), "https://media.example"), api, REQUEST)
+    assert (api.request.scheme, api.request.host, api.request.port) == (
+        "https", "platform.devtest.example", 8443)
+    assert api.request.headers["host"] == "platform.devtest.example:8443"
+    assert api.request.headers["authorization"] == "Bearer live-token-1"
+    media = with_key(path="/_media/restapi/v1.0/recording/1/content")
+    admitted(media, FakeAccount(account=sandbox))
+    drive(Inject(ReplayBuffer(1024, 4096), "https://media.example"), media, REQUEST)
+    assert (media.request.host, media.request.port, media.request.headers["host"]) == (
+        "media.devtest.example", 443, "media.devtest.example")
+    # on another platform without a media host of its own: /_media is not sent to the
+    # proxy's media host (another platform's), it goes to its platform as it is
+    bare = with_key(path="/_media/restapi/v1.0/recording/1/content")
+    admitted(bare, FakeAccount(account=Account("sandbox", "https://platform.devtest.example")))
+    drive(Inject(ReplayBuffer(1024, 4096), "https://media.example"), bare, REQUEST)
+    assert (bare.request.host, bare.request.path) == (
+        "platform.devtest.example", "/_media/restapi/v1.0/recording/1/content")
 
 
 def test_flows_not_identified_or_answered_are_left_alone() -> None:

@@ -314,3 +314,18 @@ def test_streamed_bomb_and_corrupt_streams_abort() -> None:
     assert b"".join(stream(raw[:40]))  # a valid start goes out
     with pytest.raises(StreamAborted, match="does not decode as gzip"):
         stream(b"\xff" * 64)  # then garbage: never passed on raw after re-encoded bytes
+
+
+def test_an_account_on_another_platform_has_its_own_origins_rewritten() -> None:
+    """Sandbox beside production: a sandbox account's links (platform and media host) come
+    back to the proxy; the proxy's default platform is not the sandbox account's."""
+    from proxy_addon.config import AccountConfig
+
+    sandbox = AccountConfig("sandbox", "id", None, "jwt",
+                            upstream="https://platform.devtest.ringcentral.com",
+                            media_upstream="https://media.devtest.ringcentral.com")
+    fix = rewriter().fixer(PROXY, sandbox)
+    assert fix("https://platform.devtest.ringcentral.com/restapi/v1.0") == PROXY + "/restapi/v1.0"
+    assert fix("https://media.devtest.ringcentral.com/r/1") == PROXY + "/_media/r/1"
+    assert fix(API) is None  # production's links are not this account's platform
+    assert rewriter().fixer(PROXY)(API) == PROXY + "/restapi/v1.0/account/~/extension/~"

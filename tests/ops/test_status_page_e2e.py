@@ -284,6 +284,10 @@ def test_status_page_in_a_headless_browser(emulator_factory, proxy_factory, chro
     row = sockets.find("tr", data_account="main")
     assert row.find(data_role="app-sockets").text == "1"
     assert int(row.find(data_role="filters").text) >= 1
+    # the processes sharing the store (issue 19.7): this one alone, with what it served
+    (me,) = doc.find("table", id="process-table").find_all("tr", data_self="true")
+    assert f":{proxy.proc.pid}:" in me.attrs["data-process"]
+    assert int(me.find(data_role="process-served").text) >= 8
     assert doc.find_all("script") == []  # no script at all
     for secret in (DEMO_JWT, DEMO_CLIENT_SECRET, APP_KEY, SEEDED_KEY, seeded["refresh_token"]):
         assert secret not in dom

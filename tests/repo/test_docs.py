@@ -148,7 +148,7 @@ def test_key_check_reports_new_and_stale_keys() -> None:
     documented = documented_keys(text)
     assert {"listen", "upstream", "tls_cert"} <= documented["proxy"]  # the parser reads rows
     assert set(documented) == {"proxy", "accounts", "clients", "store", "emulator",
-                               "rate_limits", "events"}
+                               "rate_limits", "events", "tracing"}
 
     class NewKey(config._Reader):  # a parser that learnt a key nobody documented
         def emulator(self, value: Any) -> config.EmulatorConfig:

@@ -106,6 +106,12 @@ def test_one_account_one_slot_everything_works_on_three_primaries(cluster: Clust
                 assert [m for m, _ in await watcher.list_index(account)] == ["g2"]
                 await watcher.unindex_virtual(account, ["g2"])
                 assert await writer.list_index(account) == []
+            # the processes' status reports: two keys, one hash tag, one slot (issue 19.7)
+            await writer.put_process_report("w", b"{}", 30)
+            await watcher.put_process_report("v", b"[]", 30)
+            assert await writer.process_reports() == {"w": b"{}", "v": b"[]"}
+            await watcher.delete_process_report("w")
+            assert await writer.process_reports() == {"v": b"[]"}
             for _ in range(100):  # bounded: notifications arrive within moments
                 if all((a, 2) in heard for a in accounts):
                     break

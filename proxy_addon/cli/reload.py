@@ -8,7 +8,9 @@ accounts added, removed (their sessions revoked once their requests finish) or w
 credentials (:mod:`.live_accounts`), then ``[[clients]]`` — added, removed, keys rotated
 (several at a time), ``allow`` lists, rate weights and quotas. What can only change with a
 restart (listeners, the store, the upstream, …) is named in the log and left as it runs;
-the log settings (``[proxy] log_format``, ``access_log``) apply at once. A
+the log settings (``[proxy] log_format``, ``access_log``) and the rate-limit settings
+(``[rate_limits]`` but its ``window``, ``replicas`` and a mode to or from ``off``) apply at
+once. A
 supervisor of ``--workers`` passes the signal to every worker.
 """
 
@@ -33,7 +35,9 @@ log = logging.getLogger("tokenproxy.reload")
 ApplyClients = Callable[[tuple[ClientConfig, ...]], None]
 ApplySettings = Callable[[Config], object]
 # what a reload applies besides accounts and clients (see ``settings`` of Reloader)
-LIVE_KEYS = frozenset({"proxy.log_format", "proxy.access_log"})
+LIVE_KEYS = frozenset({"proxy.log_format", "proxy.access_log", "rate_limits.mode",
+                       "rate_limits.max_wait", "rate_limits.limits",
+                       "rate_limits.default_retry_after", "rate_limits.max_penalty"})
 
 
 class Reloader:
@@ -45,7 +49,7 @@ class Reloader:
                  settings: Iterable[ApplySettings] = ()) -> None:
         self.config = config
         self._appliers = list(appliers)
-        self._settings = list(settings)  # the log settings: [proxy] log_format, access_log
+        self._settings = list(settings)  # LIVE_KEYS: log and rate-limit settings
         self._metrics = metrics
         self._accounts = accounts
         self._lock = asyncio.Lock()
@@ -131,6 +135,8 @@ def restart_needed(old: Config, new: Config) -> list[str]:
         parts += [f"[{item.name}] {key.name}" for key in fields(before)
                   if getattr(before, key.name) != getattr(after, key.name)
                   and f"{item.name}.{key.name}" not in LIVE_KEYS]
+    if (old.rate_limits.mode == "off") != (new.rate_limits.mode == "off"):
+        parts.append("[rate_limits] mode (to or from \"off\")")
     return parts
 
 

@@ -166,6 +166,9 @@ async def _serve(config: Config, tls_pem: str | None = None, banner: bool = True
         settings = [lambda new: logs.set_format(new.proxy.log_format)]
         if audit is not None:
             settings.append(lambda new: audit.access_log_changed(new.proxy.access_log))
+        if governor is not None:  # off: a restart turns it on ("off" leaves it out)
+            settings.append(lambda new: new.rate_limits.mode == "off"
+                            or governor.settings_changed(new.rate_limits))
         loop.add_signal_handler(signal.SIGHUP, Reloader(config, appliers, metrics, accounts,
                                                         settings).signalled)
         try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..config import RateLimitConfig
 from .gate import Gate, RateRefused
@@ -75,6 +75,16 @@ class Governor:
         self.on_gate: Callable[[str, str], None] | None = None
         self.would_wait = 0  # observe mode: requests enforcing would have held
         self.bad_headers = 0  # answers whose rate-limit headers were (partly) not believed
+
+    def settings_changed(self, config: RateLimitConfig) -> None:
+        """A reload's ``[rate_limits]``: ``mode`` (enforce <-> observe), ``max_wait`` and the
+        penalty bounds apply from the next request; ``limits`` to groups first met from now on
+        (a group already met follows the platform's headers). ``window`` and ``replicas``
+        shape the budgets themselves: a restart applies them (see cli/reload.py)."""
+        self.config = replace(config, window=self.config.window, replicas=self.config.replicas)
+        self.mode = config.mode
+        self._limits = dict(config.limits)
+        self._groups |= set(self._limits)
 
     def classify(self, method: str, path: str) -> tuple[str, str | None]:
         """(operation key, group key), the group None for operations the platform does not

@@ -334,3 +334,38 @@ def test_a_reload_changes_the_log_settings(tmp_path: Path, emulator_factory) -> 
     assert json.loads(reloaded[0])["message"].endswith(
         "needs a restart to change: [proxy] token_wait_timeout")
     assert STABLE not in access.read_text()
+
+
+@pytest.mark.timeout(120)
+def test_a_reload_changes_the_rate_limit_settings(tmp_path: Path, emulator_factory) -> None:
+    """[rate_limits] changes with a reload: observe lets a client past its quota, enforce
+    (reloaded) holds it to it within 1 s, observe again lets it through within 1 s; the window,
+    which shapes the budgets, is named as needing a restart."""
+    emulator = emulator_factory("--auth-rate", "0")
+    config = tmp_path / "rates.toml"
+    proxy_table = {"listen": "127.0.0.1:0", "metrics_listen": "", "upstream": emulator.url,
+                   "auth_budget_calls": 0}
+    store = {"backend": "sqlite", "path": str(tmp_path / "tokens.db")}
+    key = "rates-app-key-0123456789"
+
+    def write(**rate_limits: object) -> None:
+        capped = {"name": "capped", "account": "main", "key": key, "rate_quota": {"Light": 2}}
+        config.write_text(render_config(proxy_table, [jwt_account()], [capped], store,
+                                        {"max_wait": 0.2, **rate_limits}))
+
+    write(mode="observe")
+    proxy = start_proxy_with_config(config, env={"TOKENPROXY_STORE_KEY": STORE_KEY})
+    try:
+        observed = [status_of(proxy.url, key) for _ in range(4)]
+        write(mode="enforce")
+        proxy.proc.send_signal(signal.SIGHUP)
+        took = [in_force(proxy.url, key, 429)]
+        write(mode="observe", window=30)
+        proxy.proc.send_signal(signal.SIGHUP)
+        took.append(in_force(proxy.url, key, 200))
+    finally:
+        proxy.stop()
+    print(f"figures rate-limit reload: in force after {[round(t, 2) for t in took]} s")
+    assert observed == [200] * 4
+    assert max(took) < 1.0
+    assert "needs a restart to change: [rate_limits] window" in proxy.logs()

@@ -33,6 +33,16 @@ def status_of(url: str, key: str, method: str = "GET") -> int:
         return (c.post(EXT + "/sms", json=SMS) if method == "POST" else c.get(EXT)).status_code
 
 
+def reloadable(tmp_path: Path, name: str, upstream: str
+               ) -> tuple[Path, dict[str, object], dict[str, object]]:
+    """A config file to write and reload, the ``[proxy]`` table of a proxy on ``upstream``
+    (no admin listener, no token-call budget: tests renew often) and a SQLite ``[store]``."""
+    proxy = {"listen": "127.0.0.1:0", "metrics_listen": "", "upstream": upstream,
+             "auth_budget_calls": 0}
+    return (tmp_path / f"{name}.toml", proxy,
+            {"backend": "sqlite", "path": str(tmp_path / "tokens.db")})
+
+
 class AppsCalling:
     """20 apps calling ``EXT`` with ``key`` every 50 ms on one keep-alive connection each,
     their answers counted by status (or exception name) until :meth:`stop`."""
@@ -91,10 +101,7 @@ def in_force(url: str, key: str, expected: int, method: str = "GET") -> float:
 @pytest.mark.timeout(300)
 def test_ten_reloads_under_load(tmp_path: Path, emulator_factory) -> None:
     emulator = emulator_factory("--auth-rate", "0")
-    config = tmp_path / "reload.toml"
-    proxy_table = {"listen": "127.0.0.1:0", "metrics_listen": "", "upstream": emulator.url,
-                   "auth_budget_calls": 0}
-    store = {"backend": "sqlite", "path": str(tmp_path / "tokens.db")}
+    config, proxy_table, store = reloadable(tmp_path, "reload", emulator.url)
     stable = {"name": "stable", "account": "main", "key": STABLE}
 
     def write(*clients: dict, proxy: dict | None = None) -> None:
@@ -178,10 +185,7 @@ def test_a_reload_changes_a_clients_rate_quota_within_a_second(tmp_path: Path,
     the cap removed served again within 1 s (a removed quota once stayed in force until a
     restart)."""
     emulator = emulator_factory("--auth-rate", "0")
-    config = tmp_path / "quota.toml"
-    proxy_table = {"listen": "127.0.0.1:0", "metrics_listen": "", "upstream": emulator.url,
-                   "auth_budget_calls": 0}
-    store = {"backend": "sqlite", "path": str(tmp_path / "tokens.db")}
+    config, proxy_table, store = reloadable(tmp_path, "quota", emulator.url)
     quota_key = "quota-app-key-0123456789"
 
     def write(**extra: object) -> None:
@@ -218,10 +222,7 @@ def test_accounts_added_changed_and_removed_under_load(tmp_path: Path, emulator_
     The running account's apps see no failure and no new session; a file that gives a running
     account another app is refused and changes nothing."""
     emulator = emulator_factory("--auth-rate", "0")
-    config = tmp_path / "accounts.toml"
-    proxy_table = {"listen": "127.0.0.1:0", "metrics_listen": "", "upstream": emulator.url,
-                   "auth_budget_calls": 0}
-    store = {"backend": "sqlite", "path": str(tmp_path / "tokens.db")}
+    config, proxy_table, store = reloadable(tmp_path, "accounts", emulator.url)
     stable = {"name": "stable", "account": "main", "key": STABLE}
     second = jwt_account("second", jwt="demo-jwt-credential-2")  # user 100002 of the seed
     second_key = "second-app-key-0123456789"
@@ -296,11 +297,8 @@ def test_a_reload_changes_the_log_settings(tmp_path: Path, emulator_factory) -> 
     next request, the process's log turns JSON from the reload's own line on, the access log
     turned off again stops; a key only a restart applies is named precisely."""
     emulator = emulator_factory("--auth-rate", "0")
-    config = tmp_path / "logs.toml"
+    config, base, store = reloadable(tmp_path, "logs", emulator.url)
     access = tmp_path / "access.log"
-    base = {"listen": "127.0.0.1:0", "metrics_listen": "", "upstream": emulator.url,
-            "auth_budget_calls": 0}
-    store = {"backend": "sqlite", "path": str(tmp_path / "tokens.db")}
 
     def write(**proxy: object) -> None:
         config.write_text(render_config({**base, **proxy}, [jwt_account()],
@@ -342,10 +340,7 @@ def test_a_reload_changes_the_rate_limit_settings(tmp_path: Path, emulator_facto
     (reloaded) holds it to it within 1 s, observe again lets it through within 1 s; the window,
     which shapes the budgets, is named as needing a restart."""
     emulator = emulator_factory("--auth-rate", "0")
-    config = tmp_path / "rates.toml"
-    proxy_table = {"listen": "127.0.0.1:0", "metrics_listen": "", "upstream": emulator.url,
-                   "auth_budget_calls": 0}
-    store = {"backend": "sqlite", "path": str(tmp_path / "tokens.db")}
+    config, proxy_table, store = reloadable(tmp_path, "rates", emulator.url)
     key = "rates-app-key-0123456789"
 
     def write(**rate_limits: object) -> None:
